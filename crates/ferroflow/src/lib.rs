@@ -1,0 +1,1 @@
+//! ferroflow: configs, data sets, training and evaluation of flow-matching models.

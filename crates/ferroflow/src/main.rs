@@ -1,0 +1,2 @@
+//! The `ferroflow` command-line program.
+fn main() {}

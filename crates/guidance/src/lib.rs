@@ -1,0 +1,1 @@
+//! Guided velocity fields for sampling: divergence-based mode seeking and classifier-free guidance.

@@ -1,0 +1,1 @@
+//! libtorch-backed velocity networks, autograd helpers and checkpoints.

@@ -1,0 +1,1 @@
+//! Architecture invariants, checked as a test.
