@@ -1,2 +1,45 @@
 //! Gaussian probability paths for flow matching: schedulers, conditional paths and velocities,
-//! parameterisation conversions, and closed-form Gaussian-mixture marginals.
+//! parameterisation conversions, and closed-form Gaussian-mixture marginals and Gaussian optimal transport.
+//!
+//! Time convention (Meta's `flow_matching`, Lipman et al. 2024 "Flow Matching Guide and Code"): `t = 0` is the
+//! source (noise), `t = 1` the data. Batches are `[n_samples, dim]` arrays of `f64`, one sample per row, with
+//! one time per sample (`[n_samples]`).
+//!
+//! Code map:
+//! - [`scheduler`]: `(alpha_t, sigma_t)` schedules ([`Scheduler`], [`SchedulerKind`] for configs).
+//! - [`path`]: conditional paths `(x0, x1, t) -> (x_t, u_t)` ([`ConditionalPath`]).
+//! - [`convert`]: velocity / target / epsilon / score conversions and scheduler re-timing.
+//! - [`mixture`]: Gaussian-mixture targets: marginal density, score, posterior and velocity.
+//! - [`gaussian_ot`]: Gaussian-to-Gaussian optimal transport: map, Bures-Wasserstein distance, displacement
+//!   interpolation.
+//! - [`linalg`]: symmetric positive-definite helpers (validation, square roots).
+//!
+//! Sources: Lipman et al. 2023, "Flow Matching for Generative Modeling"; Lipman et al. 2024, "Flow Matching
+//! Guide and Code"; Tong et al. 2023, "Improving and generalizing flow-based generative models with minibatch
+//! optimal transport".
+
+// Links the system OpenBLAS that ndarray-linalg's LAPACK calls need.
+use openblas_src as _;
+
+mod check;
+pub mod convert;
+pub mod error;
+pub mod gaussian_ot;
+pub mod linalg;
+pub mod mixture;
+pub mod path;
+pub mod scheduler;
+
+pub use convert::{Conversion, Prediction, Retiming, ScheduleTransform, convert};
+pub use error::{PathsError, TimeEnd};
+pub use gaussian_ot::{Gaussian, GaussianOtMap, bures_wasserstein_squared};
+pub use linalg::{SymmetricEigen, spd_sqrt};
+pub use mixture::{GaussianMixture, MixtureMarginal};
+pub use path::{
+    AffinePath, ConditionalPath, ExtraNoise, GaussianCoefficients, OneSidedGaussianPath, PathCoefficients,
+    PathSample, SchrodingerBridgePath, VariancePreservingPath,
+};
+pub use scheduler::{
+    CondOtScheduler, CosineScheduler, LinearVpScheduler, PolynomialScheduler, Scheduler, SchedulerKind,
+    SchedulerOutput, VpScheduler,
+};
