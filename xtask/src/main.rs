@@ -1,2 +1,193 @@
-//! xtask
-fn main(){}
+//! Project tasks for ferroflow, run as `cargo xtask <task>`.
+//!
+//! xtask stays light: it never links tch. Real work (training, evaluation, benchmarks) runs through
+//! `cargo run -p ferroflow --release`, after [`setup`] has made sure libtorch and the system packages are
+//! there. Every task prints what it does in one line and fails with one clear line saying what to do.
+
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  setup [--cuda]             install libtorch 2.13.0 (CPU, or the full CUDA set) and the Debian packages
+  train [--config FILE] [-- ARGS]   set up, then train (default config: configs/default.toml)
+  eval [--run DIR] [-- ARGS]  set up, then evaluate a run (default: the newest folder under runs/)
+  test                       set up, then fmt --check, clippy -D warnings, and the whole test suite
+  bench ot|train|likelihood|guidance [-- ARGS]   benchmarks in release mode
+  data fashion-mnist         install and prepare Fashion-MNIST under data/";
+
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = match args.split_first() {
+        Some((task, rest)) => (task.as_str(), rest),
+        None => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+    };
+    let root = project_root();
+    std::env::set_current_dir(&root).with_context(|| format!("cannot enter {}", root.display()))?;
+    match task {
+        "setup" => {
+            let mode = parse_setup_flags(rest)?;
+            setup::setup(&root, mode)
+        }
+        "train" => {
+            let (config, extra) = take_flag(rest, "--config")?;
+            let config = config.unwrap_or_else(|| "configs/default.toml".to_owned());
+            setup::ensure(&root)?;
+            let mut args = vec!["train".to_owned(), "--config".to_owned(), config];
+            args.extend(extra);
+            ferroflow(&args)
+        }
+        "eval" => {
+            let (run_dir, extra) = take_flag(rest, "--run")?;
+            let run_dir = match run_dir {
+                Some(dir) => PathBuf::from(dir),
+                None => newest_run(&root.join("runs"))?,
+            };
+            setup::ensure(&root)?;
+            let mut args = vec![
+                "eval".to_owned(),
+                "--run".to_owned(),
+                run_dir.display().to_string(),
+            ];
+            args.extend(extra);
+            ferroflow(&args)
+        }
+        "test" => {
+            setup::ensure(&root)?;
+            cargo(&["fmt", "--all", "--check"]).context("formatting differs: run `cargo fmt --all`")?;
+            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+            cargo(&["test", "--workspace"])
+        }
+        "bench" => bench(&root, rest),
+        "data" => match rest.first().map(String::as_str) {
+            Some("fashion-mnist") => setup::fashion_mnist(&root).map(|_| ()),
+            other => bail!("unknown data set {other:?}; known: fashion-mnist"),
+        },
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`\n{USAGE}"),
+    }
+}
+
+fn parse_setup_flags(rest: &[String]) -> Result<setup::Mode> {
+    match rest {
+        [] => Ok(setup::Mode::Cpu),
+        [flag] if flag == "--cuda" => Ok(setup::Mode::Cuda),
+        other => bail!("setup takes only `--cuda`, got {other:?}"),
+    }
+}
+
+fn bench(root: &Path, rest: &[String]) -> Result<()> {
+    let Some((which, extra)) = rest.split_first() else {
+        bail!("bench needs one of: ot, train, likelihood, guidance");
+    };
+    let extra: Vec<String> = extra.iter().filter(|a| *a != "--").cloned().collect();
+    match which.as_str() {
+        // The OT benchmark needs no libtorch: it runs the coupling crate's example directly.
+        "ot" => {
+            let mut args = vec![
+                "run",
+                "--release",
+                "-p",
+                "ferroflow-coupling",
+                "--example",
+                "bench_ot",
+                "--",
+            ];
+            args.extend(extra.iter().map(String::as_str));
+            cargo(&args)
+        }
+        "train" | "likelihood" | "guidance" => {
+            setup::ensure(root)?;
+            let mut args = vec!["bench".to_owned(), which.clone()];
+            args.extend(extra);
+            ferroflow(&args)
+        }
+        other => bail!("unknown benchmark `{other}`; known: ot, train, likelihood, guidance"),
+    }
+}
+
+/// Splits `--flag VALUE` out of `args`; what follows a bare `--` is passed through untouched.
+fn take_flag(args: &[String], flag: &str) -> Result<(Option<String>, Vec<String>)> {
+    let mut value = None;
+    let mut rest = Vec::new();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        if arg == flag {
+            let v = iter.next().with_context(|| format!("`{flag}` needs a value"))?;
+            value = Some(v.clone());
+        } else if arg == "--" {
+            rest.extend(iter.by_ref().cloned());
+        } else {
+            rest.push(arg.clone());
+        }
+    }
+    Ok((value, rest))
+}
+
+fn newest_run(runs: &Path) -> Result<PathBuf> {
+    let entries = std::fs::read_dir(runs)
+        .with_context(|| format!("no runs found: {} is missing; train first", runs.display()))?;
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in entries {
+        let entry = entry?;
+        if !entry.path().join("model.safetensors").exists() {
+            continue;
+        }
+        let modified = entry.metadata()?.modified()?;
+        if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+            newest = Some((modified, entry.path()));
+        }
+    }
+    newest.map(|(_, p)| p).with_context(|| {
+        format!(
+            "no finished run (with model.safetensors) under {}",
+            runs.display()
+        )
+    })
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one folder below the workspace root")
+        .to_path_buf()
+}
+
+/// Runs the `ferroflow` program in release mode with `args`.
+fn ferroflow(args: &[String]) -> Result<()> {
+    let mut full = vec!["run", "--quiet", "--release", "-p", "ferroflow", "--"];
+    full.extend(args.iter().map(String::as_str));
+    cargo(&full)
+}
+
+/// Runs cargo (the one that runs xtask) with `args`, failing with the command line when it fails.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot start {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}

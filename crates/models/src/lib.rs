@@ -1,1 +1,75 @@
-//! libtorch-backed velocity networks, autograd helpers and checkpoints.
+//! libtorch-backed velocity networks for flow matching, their parameters, optimizers and checkpoints.
+//!
+//! Models keep all parameters in one flat tensor ([`params::ParamStore`]) and compute their forward pass as
+//! plain functions of parameter views, so the optimizer ([`optim`]) and the EMA of the weights update every
+//! parameter with a handful of tensor operations. Checkpoints are safetensors files with PyTorch module names.
+
+pub mod checkpoint;
+pub mod mlp;
+pub mod optim;
+pub mod params;
+
+use std::path::PathBuf;
+
+use tch::Tensor;
+
+pub use mlp::{Activation, Mlp, MlpConfig, TimeEmbedding};
+pub use params::{Init, ParamBuilder, ParamId, ParamStore};
+
+/// Errors of the models crate.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A configuration value is out of range.
+    #[error("invalid model setting `{key}`: {detail}")]
+    InvalidConfig {
+        /// The offending key.
+        key: &'static str,
+        /// What was wrong and what is allowed.
+        detail: String,
+    },
+    /// An input tensor has the wrong shape.
+    #[error("input `{name}` has shape {actual:?}, expected {expected}")]
+    Shape {
+        /// Which input.
+        name: &'static str,
+        /// Its shape.
+        actual: Vec<i64>,
+        /// What was expected, in words.
+        expected: String,
+    },
+    /// A checkpoint does not fit this model.
+    #[error("checkpoint {path} does not fit this model: {detail}")]
+    CheckpointMismatch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The mismatching parameter.
+        detail: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {detail}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// A velocity network v_theta(x, t): maps a batch of states `x` (shape `[batch, ...]`) and times `t`
+/// (shape `[batch]`) to velocities of the same shape as `x`.
+pub trait VelocityNet {
+    /// The network's parameters.
+    fn params(&self) -> &ParamStore;
+
+    /// The forward pass with explicit parameter views (from [`ParamStore::views_of`]), so the same network
+    /// runs with its trained weights or with an EMA copy.
+    fn forward_with(&self, params: &[Tensor], x: &Tensor, t: &Tensor) -> Tensor;
+
+    /// The forward pass with the trainable parameters.
+    fn forward(&self, x: &Tensor, t: &Tensor) -> Tensor {
+        self.forward_with(&self.params().views(), x, t)
+    }
+
+    /// The shape of one sample (without the batch dimension).
+    fn sample_shape(&self) -> Vec<i64>;
+}

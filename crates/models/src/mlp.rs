@@ -1,0 +1,222 @@
+//! A multilayer-perceptron velocity network for low-dimensional data.
+//!
+//! The layout matches torchcfm's `MLP` (`torch.nn.Sequential` under the attribute `net`): with time fed by
+//! concatenation the parameters are `net.0.weight`, `net.0.bias`, `net.2.weight`, ... (activations sit at the
+//! odd indices), so a checkpoint loads into `torchcfm.models.MLP(dim, w=width, time_varying=True)` when the
+//! activation and depth match. With a Fourier time embedding the input of `net.0` is
+//! `[x, sin(2 pi f_k t), cos(2 pi f_k t)]` for fixed frequencies f_k = 2^k, k = 0..n_freq.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::params::{Init, ParamBuilder, ParamId, ParamStore};
+use crate::{ModelError, VelocityNet};
+
+/// A pointwise nonlinearity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Scaled exponential linear unit (the 2D benchmark's choice).
+    #[default]
+    Selu,
+    /// Rectified linear unit.
+    Relu,
+    /// x sigmoid(x).
+    Silu,
+    /// Gaussian error linear unit.
+    Gelu,
+    /// Hyperbolic tangent.
+    Tanh,
+    /// Exponential linear unit.
+    Elu,
+}
+
+impl Activation {
+    /// Applies the nonlinearity.
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Selu => x.selu(),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+            Activation::Gelu => x.gelu("none"),
+            Activation::Tanh => x.tanh(),
+            Activation::Elu => x.elu(),
+        }
+    }
+}
+
+/// How time enters the network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum TimeEmbedding {
+    /// t appended to the input as one more coordinate (torchcfm's `time_varying=True`).
+    #[default]
+    Concat,
+    /// sin and cos of 2 pi 2^k t for k in 0..n_freq, appended to the input.
+    Fourier {
+        /// Number of frequencies.
+        n_freq: usize,
+    },
+}
+
+impl TimeEmbedding {
+    fn width(self) -> i64 {
+        match self {
+            TimeEmbedding::Concat => 1,
+            TimeEmbedding::Fourier { n_freq } => 2 * n_freq as i64,
+        }
+    }
+
+    /// Embeds times of shape `[batch]` into `[batch, width]`.
+    pub fn embed(self, t: &Tensor) -> Tensor {
+        let t = t.reshape([-1, 1]);
+        match self {
+            TimeEmbedding::Concat => t,
+            TimeEmbedding::Fourier { n_freq } => {
+                let freqs: Vec<f32> = (0..n_freq)
+                    .map(|k| 2.0 * std::f32::consts::PI * 2f32.powi(k as i32))
+                    .collect();
+                let angles = &t * Tensor::from_slice(&freqs).to_device(t.device()).reshape([1, -1]);
+                Tensor::cat(&[angles.sin(), angles.cos()], 1)
+            }
+        }
+    }
+}
+
+/// Settings of an [`Mlp`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConfig {
+    /// Dimension of the data.
+    pub dim: usize,
+    /// Width of each hidden layer.
+    #[serde(default = "default_width")]
+    pub width: usize,
+    /// Number of hidden layers.
+    #[serde(default = "default_depth")]
+    pub depth: usize,
+    /// Nonlinearity after each hidden layer.
+    #[serde(default)]
+    pub activation: Activation,
+    /// How time is fed in.
+    #[serde(default)]
+    pub time_embedding: TimeEmbedding,
+}
+
+fn default_width() -> usize {
+    64
+}
+
+fn default_depth() -> usize {
+    3
+}
+
+impl MlpConfig {
+    /// The torchcfm 2D benchmark network: 3 hidden layers of 64, SELU, time concatenated.
+    pub fn benchmark(dim: usize) -> Self {
+        Self {
+            dim,
+            width: default_width(),
+            depth: default_depth(),
+            activation: Activation::Selu,
+            time_embedding: TimeEmbedding::Concat,
+        }
+    }
+
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |key, detail: String| Err(ModelError::InvalidConfig { key, detail });
+        if self.dim == 0 {
+            return bad("dim", "must be at least 1".into());
+        }
+        if !(1..=65_536).contains(&self.width) {
+            return bad("width", format!("{} is outside 1..=65536", self.width));
+        }
+        if !(1..=64).contains(&self.depth) {
+            return bad("depth", format!("{} is outside 1..=64", self.depth));
+        }
+        if let TimeEmbedding::Fourier { n_freq } = self.time_embedding
+            && !(1..=32).contains(&n_freq)
+        {
+            return bad("time_embedding.n_freq", format!("{n_freq} is outside 1..=32"));
+        }
+        Ok(())
+    }
+}
+
+/// A velocity MLP: `depth` hidden layers of `width`, then a linear map back to `dim`.
+#[derive(Debug)]
+pub struct Mlp {
+    config: MlpConfig,
+    layers: Vec<(ParamId, ParamId)>,
+    params: ParamStore,
+}
+
+impl Mlp {
+    /// Builds the network with PyTorch's default `nn.Linear` initialisation.
+    pub fn new(config: MlpConfig, device: tch::Device) -> Result<Self, ModelError> {
+        config.validate()?;
+        let mut builder = ParamBuilder::default();
+        let width = config.width as i64;
+        let input = config.dim as i64 + config.time_embedding.width();
+        let mut dims = vec![input];
+        dims.extend(std::iter::repeat_n(width, config.depth));
+        dims.push(config.dim as i64);
+        let layers = dims
+            .windows(2)
+            .enumerate()
+            .map(|(layer_idx, pair)| {
+                let (fan_in, fan_out) = (pair[0], pair[1]);
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let index = 2 * layer_idx;
+                let w = builder.add(
+                    format!("net.{index}.weight"),
+                    &[fan_out, fan_in],
+                    Init::Uniform { bound },
+                );
+                let b = builder.add(format!("net.{index}.bias"), &[fan_out], Init::Uniform { bound });
+                (w, b)
+            })
+            .collect();
+        Ok(Self {
+            config,
+            layers,
+            params: builder.build(device),
+        })
+    }
+
+    /// The settings it was built with.
+    pub fn config(&self) -> &MlpConfig {
+        &self.config
+    }
+}
+
+impl VelocityNet for Mlp {
+    fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    fn forward_with(&self, params: &[Tensor], x: &Tensor, t: &Tensor) -> Tensor {
+        // One time for the whole batch is broadcast, as samplers pass a scalar t.
+        let batch = x.size()[0];
+        let t = t.to_kind(Kind::Float).reshape([-1]);
+        let t = if t.size()[0] == 1 && batch != 1 {
+            t.expand([batch], false)
+        } else {
+            t
+        };
+        let mut h = Tensor::cat(&[x.shallow_clone(), self.config.time_embedding.embed(&t)], 1);
+        let last = self.layers.len() - 1;
+        for (layer_idx, (w, b)) in self.layers.iter().enumerate() {
+            h = h.linear(&params[w.0], Some(&params[b.0]));
+            if layer_idx < last {
+                h = self.config.activation.apply(&h);
+            }
+        }
+        h
+    }
+
+    fn sample_shape(&self) -> Vec<i64> {
+        vec![self.config.dim as i64]
+    }
+}

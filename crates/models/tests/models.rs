@@ -1,0 +1,155 @@
+//! Known answers for the MLP, the flat-parameter optimizer, the EMA and checkpoints.
+
+use ferroflow_models::optim::{Ema, FlatAdam, OptimizerConfig, OptimizerKind};
+use ferroflow_models::{Mlp, MlpConfig, ModelError, TimeEmbedding, VelocityNet};
+use tch::{Device, Kind, Tensor};
+
+fn mlp(seed: i64) -> Mlp {
+    tch::manual_seed(seed);
+    Mlp::new(MlpConfig::benchmark(2), Device::Cpu).unwrap()
+}
+
+#[test]
+fn mlp_has_torchcfm_names_and_shapes() {
+    let net = mlp(0);
+    let names: Vec<(String, Vec<i64>)> = net
+        .params()
+        .specs()
+        .iter()
+        .map(|s| (s.name.clone(), s.shape.clone()))
+        .collect();
+    assert_eq!(names[0], ("net.0.weight".to_owned(), vec![64, 3]));
+    assert_eq!(names[6], ("net.6.weight".to_owned(), vec![2, 64]));
+    assert_eq!(names.len(), 8);
+    assert_eq!(
+        net.params().numel(),
+        3 * 64 + 64 + 2 * (64 * 64 + 64) + 64 * 2 + 2
+    );
+    let x = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
+    let t = Tensor::rand([5], (Kind::Float, Device::Cpu));
+    assert_eq!(net.forward(&x, &t).size(), vec![5, 2]);
+    // A scalar time is broadcast over the batch.
+    let one_t = Tensor::from_slice(&[0.3f32]);
+    let by_scalar = net.forward(&x, &one_t);
+    let by_batch = net.forward(&x, &Tensor::full([5], 0.3, (Kind::Float, Device::Cpu)));
+    assert!(by_scalar.allclose(&by_batch, 1e-6, 1e-6, false));
+}
+
+#[test]
+fn fourier_embedding_changes_the_input_width() {
+    tch::manual_seed(0);
+    let cfg = MlpConfig {
+        time_embedding: TimeEmbedding::Fourier { n_freq: 4 },
+        ..MlpConfig::benchmark(3)
+    };
+    let net = Mlp::new(cfg, Device::Cpu).unwrap();
+    assert_eq!(net.params().specs()[0].shape, vec![64, 3 + 8]);
+    let bad = MlpConfig {
+        width: 0,
+        ..MlpConfig::benchmark(2)
+    };
+    assert!(matches!(
+        Mlp::new(bad, Device::Cpu),
+        Err(ModelError::InvalidConfig { key: "width", .. })
+    ));
+}
+
+#[test]
+fn first_adam_step_moves_by_lr_times_sign() {
+    // After one step from zero moments, m_hat = g and v_hat = g^2: the update is lr g / (|g| + eps).
+    let net = mlp(1);
+    let flat = net.params().flat();
+    let before = flat.detach().copy();
+    let coef = Tensor::randn(flat.size(), (Kind::Float, Device::Cpu));
+    (flat * &coef).sum(Kind::Float).backward();
+    let cfg = OptimizerConfig {
+        lr: 0.01,
+        ..OptimizerConfig::default()
+    };
+    let mut adam = FlatAdam::new(cfg, flat).unwrap();
+    adam.step(flat);
+    let expected = &before - coef.sign() * 0.01;
+    let diff = (flat - &expected).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "max deviation {diff}");
+    // The gradient is cleared for the next step.
+    assert_eq!(flat.grad().abs().max().double_value(&[]), 0.0);
+}
+
+#[test]
+fn adamw_decays_weights_without_gradient_signal() {
+    let net = mlp(2);
+    let flat = net.params().flat();
+    let before = flat.detach().copy();
+    (flat * 0.0).sum(Kind::Float).backward();
+    let cfg = OptimizerConfig {
+        kind: OptimizerKind::AdamW,
+        lr: 0.1,
+        weight_decay: 0.5,
+        ..OptimizerConfig::default()
+    };
+    let mut adam = FlatAdam::new(cfg, flat).unwrap();
+    adam.step(flat);
+    assert!(flat.allclose(&(&before * 0.95), 1e-6, 1e-7, false));
+}
+
+#[test]
+fn gradient_clipping_bounds_the_step() {
+    // With clipping to 1e-3 the first Adam step is unchanged (Adam is scale free) but the moments shrink.
+    let net = mlp(3);
+    let flat = net.params().flat();
+    (flat * 1000.0).sum(Kind::Float).backward();
+    let cfg = OptimizerConfig {
+        grad_clip: 1e-3,
+        ..OptimizerConfig::default()
+    };
+    let mut adam = FlatAdam::new(cfg, flat).unwrap();
+    adam.step(flat);
+    let norm = (adam.exp_avg.norm().double_value(&[]) / 0.1 - 1e-3).abs();
+    assert!(norm < 1e-6, "first moment norm after clipping off by {norm}");
+}
+
+#[test]
+fn ema_follows_its_formula() {
+    let net = mlp(4);
+    let flat = net.params().flat();
+    let mut ema = Ema::new(0.9, flat).unwrap();
+    let start = flat.detach().copy();
+    tch::no_grad(|| {
+        let mut f = flat.shallow_clone();
+        let _ = f.g_add_scalar_(1.0);
+    });
+    ema.update(flat);
+    assert!(ema.weights.allclose(&(&start + 0.1), 1e-6, 1e-6, false));
+    assert!(Ema::new(1.0, flat).is_err());
+}
+
+#[test]
+fn checkpoint_round_trip_is_exact_and_mismatch_is_named() {
+    let dir = std::env::temp_dir().join(format!("ff-models-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("model.safetensors");
+    let a = mlp(5);
+    ferroflow_models::checkpoint::save_tensors(&a.params().named_of(a.params().flat()), &path).unwrap();
+    let b = mlp(6);
+    assert!(!a.params().flat().allclose(b.params().flat(), 0.0, 0.0, false));
+    b.params().load(&path).unwrap();
+    assert!(a.params().flat().equal(b.params().flat()));
+    tch::manual_seed(0);
+    let wide = Mlp::new(
+        MlpConfig {
+            width: 32,
+            ..MlpConfig::benchmark(2)
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    let err = wide.params().load(&path).unwrap_err().to_string();
+    assert!(err.contains("net.0.weight") && err.contains("[64, 3]"), "{err}");
+    // No temporary file is left beside the checkpoint.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,311 @@
+//! Idempotent set-up: the Debian packages the build needs, libtorch 2.13.0 from the PyTorch wheel, and
+//! data sets from Debian packages.
+//!
+//! libtorch cannot be downloaded as a zip here; the wheel on the Python package registry carries a complete
+//! libtorch (`torch/include`, `torch/lib`). It is installed with `pip --target` into `.libtorch.partial`,
+//! checked, marked with a `READY` file, and only then renamed to `.libtorch`, so an interrupted install never
+//! leaves a folder that a later build mistakes for a good one.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+
+/// The libtorch version tch 0.26 is built against.
+pub const TORCH_VERSION: &str = "2.13.0";
+/// Debian packages the build needs: OpenBLAS for ndarray-linalg, pkg-config to find it.
+const DEBIAN_PACKAGES: &[&str] = &["libopenblas-dev", "pkg-config"];
+const FASHION_MNIST_PACKAGE: &str = "dataset-fashion-mnist";
+const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Which libtorch to install.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// CPU only: libtorch plus the two CUDA runtime libraries its CPU library links against (~1.25 GB).
+    Cpu,
+    /// The full CUDA set (cuBLAS, cuDNN, ...), ~4.7 GB; only needed on a GPU machine.
+    Cuda,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Cpu => "cpu",
+            Mode::Cuda => "cuda",
+        }
+    }
+
+    fn pip_packages(self) -> Vec<String> {
+        let torch = format!("torch=={TORCH_VERSION}");
+        match self {
+            Mode::Cpu => vec![
+                "--no-deps".to_owned(),
+                torch,
+                "nvidia-cuda-runtime==13.0.96".to_owned(),
+                "nvidia-cuda-cupti==13.0.85".to_owned(),
+            ],
+            Mode::Cuda => vec![torch],
+        }
+    }
+}
+
+/// Runs the set-up only when something is missing; used before every task that builds tch code.
+pub fn ensure(root: &Path) -> Result<()> {
+    if missing_packages()?.is_empty() && installed_libtorch(root).is_some() {
+        return Ok(());
+    }
+    setup(root, Mode::Cpu)
+}
+
+/// Installs what is missing and says in one line what was done.
+pub fn setup(root: &Path, mode: Mode) -> Result<()> {
+    let mut done = Vec::new();
+    let missing = missing_packages()?;
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+        done.push(format!("installed {}", missing.join(", ")));
+    }
+    match installed_libtorch(root) {
+        Some(installed) if installed == mode.name() || installed == Mode::Cuda.name() => {}
+        _ => {
+            install_libtorch(root, mode)?;
+            done.push(format!(
+                "installed libtorch {TORCH_VERSION} ({}) into .libtorch",
+                mode.name()
+            ));
+        }
+    }
+    if done.is_empty() {
+        println!(
+            "setup: nothing to do (libtorch {TORCH_VERSION} in .libtorch, {} present)",
+            DEBIAN_PACKAGES.join(", ")
+        );
+    } else {
+        println!("setup: {}", done.join("; "));
+    }
+    Ok(())
+}
+
+/// The mode recorded in `.libtorch/READY`, if a checked install is there.
+fn installed_libtorch(root: &Path) -> Option<String> {
+    let marker = fs::read_to_string(root.join(".libtorch/READY")).ok()?;
+    let mut fields = marker.split_whitespace();
+    (fields.next()? == TORCH_VERSION).then(|| fields.next().unwrap_or("cpu").to_owned())
+}
+
+fn install_libtorch(root: &Path, mode: Mode) -> Result<()> {
+    let partial = root.join(".libtorch.partial");
+    let target = root.join(".libtorch");
+    if partial.exists() {
+        fs::remove_dir_all(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
+    }
+    println!(
+        "setup: installing libtorch {TORCH_VERSION} ({}) from the PyTorch wheel; this takes {} ...",
+        mode.name(),
+        if mode == Mode::Cpu {
+            "about 30 s"
+        } else {
+            "a few minutes"
+        }
+    );
+    let python = find_python()?;
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+        ])
+        .arg("--target")
+        .arg(&partial)
+        .args(mode.pip_packages())
+        .env("PIP_ROOT_USER_ACTION", "ignore")
+        .status()
+        .with_context(|| format!("cannot run `{python} -m pip`"))?;
+    if !status.success() {
+        let _ = fs::remove_dir_all(&partial);
+        bail!(
+            "pip could not install torch=={TORCH_VERSION} ({status}); check that the Python package \
+             registry is reachable, then run `cargo xtask setup` again"
+        );
+    }
+    if let Err(err) = check_libtorch(&partial.join("torch")) {
+        let _ = fs::remove_dir_all(&partial);
+        return Err(err.context("the installed wheel is not a usable libtorch; nothing was kept"));
+    }
+    fs::write(
+        partial.join("READY"),
+        format!("{TORCH_VERSION} {}\n", mode.name()),
+    )?;
+    if target.exists() {
+        fs::remove_dir_all(&target).with_context(|| format!("cannot remove {}", target.display()))?;
+    }
+    fs::rename(&partial, &target)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), target.display()))?;
+    Ok(())
+}
+
+/// Checks the files torch-sys and the linker need, and the wheel's version.
+fn check_libtorch(torch: &Path) -> Result<()> {
+    for file in [
+        "lib/libtorch_cpu.so",
+        "lib/libtorch.so",
+        "lib/libc10.so",
+        "include/torch/csrc/api/include/torch/torch.h",
+    ] {
+        ensure!(
+            torch.join(file).is_file(),
+            "{} is missing",
+            torch.join(file).display()
+        );
+    }
+    let version_file = torch.join("version.py");
+    let version = fs::read_to_string(&version_file)
+        .with_context(|| format!("cannot read {}", version_file.display()))?;
+    ensure!(
+        version.contains(&format!("__version__ = '{TORCH_VERSION}")),
+        "{} does not say version {TORCH_VERSION}",
+        version_file.display()
+    );
+    Ok(())
+}
+
+fn find_python() -> Result<String> {
+    for candidate in ["python3", "python"] {
+        if Command::new(candidate)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return Ok(candidate.to_owned());
+        }
+    }
+    bail!("no python3 found: libtorch is installed from the PyTorch wheel with pip; install python3 and pip")
+}
+
+fn missing_packages() -> Result<Vec<String>> {
+    Ok(DEBIAN_PACKAGES
+        .iter()
+        .filter(|p| !package_installed(p))
+        .map(|p| (*p).to_owned())
+        .collect())
+}
+
+fn package_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn apt_install(packages: &[String]) -> Result<()> {
+    println!("setup: installing Debian packages {} ...", packages.join(", "));
+    let apt = |args: &[&str]| -> Result<()> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot run apt-get (is this Debian?)")?;
+        ensure!(
+            status.success(),
+            "`apt-get {}` failed ({status}); run it as root, or install {} by hand",
+            args.join(" "),
+            packages.join(", ")
+        );
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(packages.iter().map(String::as_str));
+    apt(&args)
+}
+
+/// The four Fashion-MNIST files: (name, IDX magic number, item count).
+const FASHION_MNIST_FILES: [(&str, u32, u32); 4] = [
+    ("train-images-idx3-ubyte", 0x0803, 60_000),
+    ("train-labels-idx1-ubyte", 0x0801, 60_000),
+    ("t10k-images-idx3-ubyte", 0x0803, 10_000),
+    ("t10k-labels-idx1-ubyte", 0x0801, 10_000),
+];
+
+/// Installs Debian's Fashion-MNIST package when missing and un-gzips it into `data/fashion-mnist`,
+/// checking each file's magic number, item count and length before it is used.
+pub fn fashion_mnist(root: &Path) -> Result<PathBuf> {
+    let out_dir = root.join("data/fashion-mnist");
+    if FASHION_MNIST_FILES
+        .iter()
+        .all(|(name, magic, count)| check_idx(&out_dir.join(name), *magic, *count).is_ok())
+    {
+        println!("data: fashion-mnist already prepared in {}", out_dir.display());
+        return Ok(out_dir);
+    }
+    if !package_installed(FASHION_MNIST_PACKAGE) {
+        apt_install(&[FASHION_MNIST_PACKAGE.to_owned()])?;
+    }
+    fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    for (name, magic, count) in FASHION_MNIST_FILES {
+        let source = Path::new(FASHION_MNIST_DIR).join(format!("{name}.gz"));
+        ensure!(
+            source.is_file(),
+            "{} is missing although {FASHION_MNIST_PACKAGE} is installed",
+            source.display()
+        );
+        let output = Command::new("gzip")
+            .arg("-dc")
+            .arg(&source)
+            .output()
+            .with_context(|| format!("cannot run gzip on {}", source.display()))?;
+        ensure!(
+            output.status.success(),
+            "gzip could not decompress {}",
+            source.display()
+        );
+        // Write beside the final name, then rename: a half-written file never carries the real name.
+        let dest = out_dir.join(name);
+        let tmp = out_dir.join(format!("{name}.partial"));
+        fs::write(&tmp, &output.stdout).with_context(|| format!("cannot write {}", tmp.display()))?;
+        check_idx(&tmp, magic, count)
+            .with_context(|| format!("{} is not a valid IDX file", source.display()))?;
+        fs::rename(&tmp, &dest)?;
+    }
+    println!("data: fashion-mnist prepared in {}", out_dir.display());
+    Ok(out_dir)
+}
+
+/// Checks an IDX file's magic number, item count and total length.
+fn check_idx(path: &Path, magic: u32, count: u32) -> Result<()> {
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    ensure!(bytes.len() >= 8, "{} is too short", path.display());
+    let word = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    ensure!(
+        word(0) == magic,
+        "{}: magic {:#x}, expected {magic:#x}",
+        path.display(),
+        word(0)
+    );
+    ensure!(
+        word(4) == count,
+        "{}: {} items, expected {count}",
+        path.display(),
+        word(4)
+    );
+    let dims = (magic & 0xff) as usize;
+    let header = 4 + 4 * dims;
+    ensure!(
+        bytes.len() >= header,
+        "{} is too short for its header",
+        path.display()
+    );
+    let item_size: usize = (1..dims).map(|d| word(4 + 4 * d) as usize).product();
+    let expected = header + count as usize * item_size;
+    ensure!(
+        bytes.len() == expected,
+        "{}: {} bytes, expected {expected}",
+        path.display(),
+        bytes.len()
+    );
+    Ok(())
+}
