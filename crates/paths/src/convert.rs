@@ -11,7 +11,7 @@
 //! - `target_to_velocity`:  `a = d_sigma / sigma`, `b = (d_alpha sigma - d_sigma alpha) / sigma`;
 //! - `epsilon_to_velocity`: `a = d_alpha / alpha`, `b = (d_sigma alpha - d_alpha sigma) / alpha`;
 //! - `velocity_to_target`:  `a = -d_sigma / D`, `b = sigma / D` with `D = d_alpha sigma - d_sigma alpha`;
-//! - `velocity_to_epsilon`: `a = -d_alpha / D`, `b = alpha / D`;
+//! - `velocity_to_epsilon`: `a = d_alpha / D`, `b = -alpha / D`;
 //! - `target_to_epsilon`:   `a = 1 / sigma`, `b = -alpha / sigma`;
 //! - `epsilon_to_target`:   `a = 1 / alpha`, `b = -sigma / alpha`;
 //!
@@ -112,7 +112,7 @@ impl GaussianCoefficients {
             (Target, Velocity) => map(d_sigma / sigma, determinant / sigma),
             (Epsilon, Velocity) => map(d_alpha / alpha, -determinant / alpha),
             (Velocity, Target) => map(-d_sigma / determinant, sigma / determinant),
-            (Velocity, Epsilon) => map(-d_alpha / determinant, alpha / determinant),
+            (Velocity, Epsilon) => map(d_alpha / determinant, -alpha / determinant),
             (Target, Epsilon) => map(1.0 / sigma, -alpha / sigma),
             (Epsilon, Target) => map(1.0 / alpha, -sigma / alpha),
             (Score, Epsilon) => score_to_epsilon,

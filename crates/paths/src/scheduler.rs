@@ -341,18 +341,13 @@ impl Scheduler for CosineScheduler {
     }
 }
 
-fn default_beta_min() -> f64 {
-    VpScheduler::default().beta_min
-}
-
-fn default_beta_max() -> f64 {
-    VpScheduler::default().beta_max
-}
-
 /// The closed set of schedulers a configuration can name, for example in TOML
 /// `scheduler = { kind = "polynomial", exponent = 2.0 }` or `scheduler = { kind = "vp" }`.
+///
+/// Deserialisation refuses unknown keys, keys of another kind and out-of-range values (the message names the
+/// key and its allowed range), so a deserialised value always [`SchedulerKind::build`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case", try_from = "RawSchedulerKind")]
 pub enum SchedulerKind {
     /// [`CondOtScheduler`].
     CondOt,
@@ -364,16 +359,81 @@ pub enum SchedulerKind {
     /// [`VpScheduler`].
     Vp {
         /// `beta_min >= 0` (default 0.1).
-        #[serde(default = "default_beta_min")]
         beta_min: f64,
         /// `beta_max >= beta_min`, `> 0` (default 20).
-        #[serde(default = "default_beta_max")]
         beta_max: f64,
     },
     /// [`LinearVpScheduler`].
     LinearVp,
     /// [`CosineScheduler`].
     Cosine,
+}
+
+/// The flat shape of a scheduler table, so that unknown keys and keys of another kind are refused (serde's
+/// internally tagged enums silently accept extra keys on unit variants).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedulerKind {
+    kind: RawKindName,
+    exponent: Option<f64>,
+    beta_min: Option<f64>,
+    beta_max: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawKindName {
+    CondOt,
+    Polynomial,
+    Vp,
+    LinearVp,
+    Cosine,
+}
+
+impl TryFrom<RawSchedulerKind> for SchedulerKind {
+    type Error = String;
+
+    fn try_from(raw: RawSchedulerKind) -> Result<Self, String> {
+        let RawSchedulerKind {
+            kind,
+            exponent,
+            beta_min,
+            beta_max,
+        } = raw;
+        let refuse_extra = |allowed: &[&str]| -> Result<(), String> {
+            for (key, value) in [
+                ("exponent", exponent),
+                ("beta_min", beta_min),
+                ("beta_max", beta_max),
+            ] {
+                if value.is_some() && !allowed.contains(&key) {
+                    return Err(format!("key `{key}` does not apply to scheduler kind {kind:?}"));
+                }
+            }
+            Ok(())
+        };
+        let scheduler = match kind {
+            RawKindName::CondOt => refuse_extra(&[]).map(|()| Self::CondOt)?,
+            RawKindName::LinearVp => refuse_extra(&[]).map(|()| Self::LinearVp)?,
+            RawKindName::Cosine => refuse_extra(&[]).map(|()| Self::Cosine)?,
+            RawKindName::Polynomial => {
+                refuse_extra(&["exponent"])?;
+                let exponent =
+                    exponent.ok_or("scheduler kind `polynomial` needs the key `exponent` in (0, inf)")?;
+                Self::Polynomial { exponent }
+            }
+            RawKindName::Vp => {
+                refuse_extra(&["beta_min", "beta_max"])?;
+                let default = VpScheduler::default();
+                Self::Vp {
+                    beta_min: beta_min.unwrap_or(default.beta_min),
+                    beta_max: beta_max.unwrap_or(default.beta_max),
+                }
+            }
+        };
+        scheduler.build().map_err(|err| err.to_string())?;
+        Ok(scheduler)
+    }
 }
 
 impl SchedulerKind {
