@@ -534,16 +534,18 @@ fn run_adaptive<S: State, F: Field<S> + ?Sized>(
     let mut err = y.clone_state();
     let (mut steps, mut rejected_steps) = (0usize, 0usize);
     let mut rejected_last = false;
+    let mut rejected_non_finite = false;
     while direction * (t1 - t) > 0.0 {
         if steps + rejected_steps >= options.max_steps {
             return Err(SolverError::MaxStepsExceeded { max_steps: options.max_steps, t, t_end: t1 });
         }
-        if h_abs < options.min_step {
-            return Err(SolverError::StepSizeUnderflow { t, step: h_abs, min_step: options.min_step });
-        }
         let is_last = h_abs >= (t1 - t).abs();
         let t_new = if is_last { t1 } else { t + direction * h_abs };
-        if t_new == t {
+        if h_abs < options.min_step || t_new == t {
+            // Shrinking because the stages kept turning non-finite is a non-finite state, not a stiff problem.
+            if rejected_non_finite {
+                return Err(SolverError::NonFiniteState { t_reached: t, t_attempted: t_new });
+            }
             return Err(SolverError::StepSizeUnderflow { t, step: h_abs, min_step: options.min_step });
         }
         let h = t_new - t;
@@ -558,9 +560,11 @@ fn run_adaptive<S: State, F: Field<S> + ?Sized>(
             }
             rejected_steps += 1;
             rejected_last = true;
+            rejected_non_finite = true;
             h_abs *= options.min_factor;
             continue;
         }
+        rejected_non_finite = false;
         if norm <= 1.0 {
             if !y_new.all_finite() {
                 return Err(SolverError::NonFiniteState { t_reached: t, t_attempted: t_new });
