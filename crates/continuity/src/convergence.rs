@@ -10,7 +10,9 @@
 //!
 //! (Roache, *Verification and Validation in Computational Science*, 1998, ch. 5): close to 2 for an exact
 //! solution once the grids resolve it, close to 0 when the pair is not a solution (the residual then tends to the
-//! nonzero defect). A zero norm gives an infinite or NaN order, as the formula says.
+//! nonzero defect). A zero norm gives an infinite or NaN order, as the formula says. The time and space errors
+//! can cancel at leading order for special pairs (a pure translation with `|v| dt = h / 2` does so), which shows
+//! up as an order above 2; change [`ConvergenceConfig::time_step_per_spacing`] to see the generic order.
 
 use crate::error::{ContinuityError, Result, check_positive};
 use crate::flux::Diffusion;

@@ -15,6 +15,18 @@
 //! convergence (2 for an exact solution, 0 otherwise). Grids ([`grid`]) have 1 to 3 dimensions; closures take
 //! points as `&[f64]` of length `dims` and write vectors into `&mut [f64]`. Every failure is a
 //! [`ContinuityError`]; nothing panics on user input.
+//!
+//! ```
+//! use ferroflow_continuity::{Domain, continuity_convergence};
+//!
+//! // A unit Gaussian translated by the constant field v = 1: rho(x, t) = N(x; t, 1).
+//! let density = |x: &[f64], t: f64| (-0.5 * (x[0] - t).powi(2)).exp() / (2.0 * std::f64::consts::PI).sqrt();
+//! let velocity = |_x: &[f64], _t: f64, out: &mut [f64]| out[0] = 1.0;
+//! let domain = Domain::new(vec![-5.0], vec![5.0])?;
+//! let report = continuity_convergence(&domain, &[40, 80, 160], 1.0, density, velocity)?;
+//! assert!((report.final_order() - 2.0).abs() < 0.1);
+//! # Ok::<(), ferroflow_continuity::ContinuityError>(())
+//! ```
 
 pub mod convergence;
 pub mod difference;

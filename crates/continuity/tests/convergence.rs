@@ -70,19 +70,19 @@ impl AffineGaussianFlow {
 
     fn density(&self, x: &[f64], t: f64) -> f64 {
         let mut value = 1.0;
-        for axis in 0..x.len() {
+        for (axis, &coordinate) in x.iter().enumerate() {
             let growth = (self.rate[axis] * t).exp();
             let mean = growth * self.mean0[axis] + self.shift[axis] * (growth - 1.0) / self.rate[axis];
             let std = growth * self.std0[axis];
-            let z = (x[axis] - mean) / std;
+            let z = (coordinate - mean) / std;
             value *= (-0.5 * z * z).exp() / (std * (2.0 * std::f64::consts::PI).sqrt());
         }
         value
     }
 
     fn velocity(&self, x: &[f64], _t: f64, out: &mut [f64]) {
-        for axis in 0..x.len() {
-            out[axis] = self.rate[axis] * x[axis] + self.shift[axis];
+        for (axis, (out, &coordinate)) in out.iter_mut().zip(x).enumerate() {
+            *out = self.rate[axis] * coordinate + self.shift[axis];
         }
     }
 }
