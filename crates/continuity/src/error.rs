@@ -53,7 +53,7 @@ pub enum ContinuityError {
         what: &'static str,
         /// Where it was evaluated.
         position: Vec<f64>,
-        /// When it was evaluated.
+        /// When it was evaluated; NaN for closures without a time argument (e.g. [`crate::Grid::sample_cells`]).
         time: f64,
         /// The offending value.
         value: f64,
