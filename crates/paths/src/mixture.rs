@@ -299,11 +299,11 @@ impl<P: ConditionalPath> MixtureMarginal<P> {
     pub fn velocity_at(&self, x: &[f64], t: f64, velocity: &mut [f64]) -> Result<(), PathsError> {
         let c = self.coefficients_at(x, t)?;
         check::slice_len("velocity", velocity, self.dim())?;
-        if c.sigma == 0.0 {
+        if c.sigma == 0.0 || !c.d_alpha.is_finite() || !c.d_sigma.is_finite() {
             return Err(PathsError::SingularTime {
                 t,
                 end: TimeEnd::nearest(t),
-                quantity: "the marginal velocity (sigma_t = 0)".to_string(),
+                quantity: format!("the marginal velocity of path `{}`", self.path.name()),
             });
         }
         let gain = c.d_sigma / c.sigma;

@@ -55,6 +55,10 @@ pub struct PathCoefficients {
 ///
 /// For a path with source `N(0, s0^2 I)` this folds `s0` and any extra noise into `sigma`:
 /// `sigma = sqrt(a^2 s0^2 + c^2)` and `d_sigma = (a a' s0^2 + c c') / sigma`.
+///
+/// `alpha` and `sigma` are always finite; `d_alpha` and `d_sigma` are not finite at a singular end of the
+/// path (for example `t = 1` of the VP scheduler), which every user of them reports as
+/// [`PathsError::SingularTime`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GaussianCoefficients {
     /// The time they were evaluated at.
@@ -92,24 +96,21 @@ impl GaussianCoefficients {
     }
 }
 
+/// Refuses non-finite `alpha` or `sigma`. The derivatives may be infinite (or NaN as `0 * inf`) at a singular
+/// end; the density, score and posterior do not need them, and whatever does (velocities, conversions to or
+/// from a velocity) checks them and reports [`PathsError::SingularTime`].
 fn finite_or_singular(
     coefficients: GaussianCoefficients,
     name: &str,
 ) -> Result<GaussianCoefficients, PathsError> {
-    let GaussianCoefficients {
-        t,
-        alpha,
-        sigma,
-        d_alpha,
-        d_sigma,
-    } = coefficients;
-    if [alpha, sigma, d_alpha, d_sigma].iter().all(|c| c.is_finite()) {
+    let GaussianCoefficients { t, alpha, sigma, .. } = coefficients;
+    if alpha.is_finite() && sigma.is_finite() {
         Ok(coefficients)
     } else {
         Err(PathsError::SingularTime {
             t,
             end: TimeEnd::nearest(t),
-            quantity: format!("the time derivative of path `{name}`"),
+            quantity: format!("path `{name}`"),
         })
     }
 }
