@@ -8,11 +8,24 @@
 //! Code map:
 //! - [`scheduler`]: `(alpha_t, sigma_t)` schedules ([`Scheduler`], [`SchedulerKind`] for configs).
 //! - [`path`]: conditional paths `(x0, x1, t) -> (x_t, u_t)` ([`ConditionalPath`]).
-//! - [`convert`]: velocity / target / epsilon / score conversions and scheduler re-timing.
+//! - [`mod@convert`]: velocity / target / epsilon / score conversions and scheduler re-timing.
 //! - [`mixture`]: Gaussian-mixture targets: marginal density, score, posterior and velocity.
 //! - [`gaussian_ot`]: Gaussian-to-Gaussian optimal transport: map, Bures-Wasserstein distance, displacement
 //!   interpolation.
 //! - [`linalg`]: symmetric positive-definite helpers (validation, square roots).
+//!
+//! ```
+//! use ferroflow_paths::{AffinePath, CondOtScheduler, GaussianMixture, MixtureMarginal};
+//! use ndarray::array;
+//!
+//! // Two isotropic blobs, reached from N(0, I) along the CondOT path x_t = t x1 + (1 - t) x0.
+//! let mixture = GaussianMixture::isotropic(array![0.5, 0.5], array![[-2.0, 0.0], [2.0, 0.0]], array![0.1, 0.1])?;
+//! let marginal = MixtureMarginal::new(mixture, AffinePath::without_noise(CondOtScheduler), 1.0)?;
+//! let mut velocity = [0.0; 2];
+//! marginal.velocity_at(&[0.5, 0.0], 0.5, &mut velocity)?;
+//! assert!(velocity[0] > 0.0); // pulled towards the nearer blob
+//! # Ok::<(), ferroflow_paths::PathsError>(())
+//! ```
 //!
 //! Sources: Lipman et al. 2023, "Flow Matching for Generative Modeling"; Lipman et al. 2024, "Flow Matching
 //! Guide and Code"; Tong et al. 2023, "Improving and generalizing flow-based generative models with minibatch
