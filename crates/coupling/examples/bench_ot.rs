@@ -1,0 +1,94 @@
+//! Times the assignment solvers (and Sinkhorn) on squared-Euclidean costs between N(0, I) samples and
+//! 8gaussians (D = 2) or a mixture of 10 random Gaussian blobs (D = 784), printing markdown tables.
+//!
+//! `cargo run --release -p ferroflow-coupling --example bench_ot [-- --quick]`
+
+use std::time::Instant;
+
+use ferroflow_coupling::{AssignmentSolver, Hungarian, Jv, squared_euclidean};
+use ndarray::Array2;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+fn normal(n: usize, dim: usize, rng: &mut ChaCha8Rng) -> Array2<f64> {
+    Array2::from_shape_simple_fn((n, dim), || StandardNormal.sample(rng))
+}
+
+/// 8gaussians: centre 5 (cos(k pi/4), sin(k pi/4)), k uniform in 0..8, plus N(0, 0.1^(1/2) I) noise.
+fn eight_gaussians(n: usize, rng: &mut ChaCha8Rng) -> Array2<f64> {
+    let std = 0.1f64.powf(0.25);
+    let mut out = Array2::zeros((n, 2));
+    for mut row in out.rows_mut() {
+        let k = rng.random_range(0..8) as f64 * std::f64::consts::FRAC_PI_4;
+        let (e0, e1): (f64, f64) = (StandardNormal.sample(rng), StandardNormal.sample(rng));
+        row[0] = 5.0 * k.cos() + std * e0;
+        row[1] = 5.0 * k.sin() + std * e1;
+    }
+    out
+}
+
+/// A mixture of 10 Gaussian blobs in `dim` dimensions: centres N(0, 4 I), unit noise.
+fn blobs(n: usize, dim: usize, rng: &mut ChaCha8Rng) -> Array2<f64> {
+    let centres = normal(10, dim, rng) * 2.0;
+    let mut out = normal(n, dim, rng);
+    for mut row in out.rows_mut() {
+        let k = rng.random_range(0..10);
+        row += &centres.row(k);
+    }
+    out
+}
+
+struct Timing {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn time_ms(reps: usize, mut f: impl FnMut()) -> Timing {
+    f(); // warm-up
+    let mut samples: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    Timing { median: samples[reps / 2], min: samples[0], max: samples[reps - 1] }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes: &[usize] = if quick { &[256, 1024] } else { &[64, 128, 256, 512, 1024, 2048] };
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let jv = Jv::default();
+    for &dim in &[2usize, 784] {
+        println!("\n### squared-Euclidean assignment, D = {dim} (median ms [min-max])\n");
+        println!("| n | jv | hungarian (pathfinding) | jv cost = hungarian cost |");
+        println!("|---|---|---|---|");
+        for &n in sizes {
+            let x0 = normal(n, dim, &mut rng);
+            let x1 = if dim == 2 { eight_gaussians(n, &mut rng) } else { blobs(n, dim, &mut rng) };
+            let cost = squared_euclidean(x0.view(), x1.view()).expect("finite samples");
+            let reps = if quick { 3 } else { (4096 / n).clamp(5, 51) };
+            let t = time_ms(reps, || {
+                std::hint::black_box(jv.solve(cost.view()).expect("valid cost"));
+            });
+            let jv_cost = jv.solve(cost.view()).expect("valid cost").total_cost;
+            let hung = if n <= 512 && !(quick && n > 256) {
+                let h = time_ms(if n >= 256 { 3 } else { reps }, || {
+                    std::hint::black_box(Hungarian.solve(cost.view()).expect("valid cost"));
+                });
+                let hc = Hungarian.solve(cost.view()).expect("valid cost").total_cost;
+                (
+                    format!("{:.3} [{:.3}-{:.3}]", h.median, h.min, h.max),
+                    format!("{}", ((hc - jv_cost) / jv_cost.abs()).abs() < 1e-9),
+                )
+            } else {
+                ("-".into(), "-".into())
+            };
+            println!("| {n} | {:.3} [{:.3}-{:.3}] | {} | {} |", t.median, t.min, t.max, hung.0, hung.1);
+        }
+    }
+}
