@@ -66,10 +66,17 @@ pub enum SolverError {
 impl SolverError {
     /// Wraps a field's own error, recording the time at which it was called.
     pub fn field(t: f64, source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
-        SolverError::Field { t, source: source.into() }
+        SolverError::Field {
+            t,
+            source: source.into(),
+        }
     }
 
     pub(crate) fn option(key: &'static str, value: impl std::fmt::Display, allowed: &'static str) -> Self {
-        SolverError::InvalidOption { key, value: value.to_string(), allowed }
+        SolverError::InvalidOption {
+            key,
+            value: value.to_string(),
+            allowed,
+        }
     }
 }

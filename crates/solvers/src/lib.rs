@@ -21,7 +21,11 @@ pub mod tensor;
 pub use error::SolverError;
 pub use field::{DivergenceField, Field, FnField};
 pub use likelihood::{DataScaling, LogLikelihood, bits_per_dim, log_likelihood, standard_normal_log_density};
-pub use ode::{AdaptiveOptions, OdeOptions, Solution, SolverStats, StepControl, solve, solve_with_trajectory};
-pub use sde::{DiagonalNoise, NoiseSource, Record, ScalarNoise, Sde, SdeOptions, euler_maruyama, sample_flow_sde};
+pub use ode::{
+    AdaptiveOptions, OdeOptions, Solution, SolverStats, StepControl, solve, solve_with_trajectory,
+};
+pub use sde::{
+    DiagonalNoise, NoiseSource, Record, ScalarNoise, Sde, SdeOptions, euler_maruyama, sample_flow_sde,
+};
 pub use state::{Augmented, SampleBatch, State};
 pub use tableau::{ButcherTableau, Method};

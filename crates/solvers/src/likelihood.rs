@@ -34,14 +34,19 @@ pub fn standard_normal_log_density<S: SampleBatch>(x: &S) -> S::PerSample {
 /// Turns a [`DivergenceField`] into a [`Field`] on the augmented state `(x, l)` with `dl/dt = div v`.
 struct AugmentedField<'a, F: ?Sized>(&'a mut F);
 
-impl<S: SampleBatch, F: DivergenceField<S> + ?Sized> Field<Augmented<S, S::PerSample>> for AugmentedField<'_, F> {
+impl<S: SampleBatch, F: DivergenceField<S> + ?Sized> Field<Augmented<S, S::PerSample>>
+    for AugmentedField<'_, F>
+{
     fn eval(
         &mut self,
         t: f64,
         state: &Augmented<S, S::PerSample>,
     ) -> Result<Augmented<S, S::PerSample>, SolverError> {
         let (velocity, divergence) = self.0.eval_with_divergence(t, &state.x)?;
-        Ok(Augmented { x: velocity, integral: divergence })
+        Ok(Augmented {
+            x: velocity,
+            integral: divergence,
+        })
     }
 }
 
@@ -62,7 +67,10 @@ where
     F: DivergenceField<S> + ?Sized,
     L: FnMut(&S) -> S::PerSample,
 {
-    let start = Augmented { x: x1.clone_state(), integral: x1.zeros_per_sample() };
+    let start = Augmented {
+        x: x1.clone_state(),
+        integral: x1.zeros_per_sample(),
+    };
     let solution = solve(&mut AugmentedField(field), start, 1.0, 0.0, options)?;
     let Augmented { x: x0, integral } = solution.state;
     // integral = int_1^0 div v dt = -int_0^1 div v dt, so log p1 = log p0 + integral.
@@ -71,7 +79,13 @@ where
     log_density.add_scaled(1.0, &integral);
     let mut divergence_integral = integral;
     divergence_integral.scale(-1.0);
-    Ok(LogLikelihood { log_density, source_log_density: source, divergence_integral, x0, stats: solution.stats })
+    Ok(LogLikelihood {
+        log_density,
+        source_log_density: source,
+        divergence_integral,
+        x0,
+        stats: solution.stats,
+    })
 }
 
 /// How 8-bit data were dequantised and scaled before the model saw them; fixes the log-determinant that

@@ -58,7 +58,11 @@ impl Default for AdaptiveOptions {
 impl AdaptiveOptions {
     /// Default options with the given tolerances.
     pub fn with_tolerances(atol: f64, rtol: f64) -> Self {
-        AdaptiveOptions { atol, rtol, ..Default::default() }
+        AdaptiveOptions {
+            atol,
+            rtol,
+            ..Default::default()
+        }
     }
 
     /// Checks every option against its allowed range.
@@ -74,16 +78,32 @@ impl AdaptiveOptions {
             return Err(SolverError::option("safety", self.safety, "a value in (0, 1]"));
         }
         if !(positive(self.min_factor) && self.min_factor < 1.0) {
-            return Err(SolverError::option("min_factor", self.min_factor, "a value in (0, 1)"));
+            return Err(SolverError::option(
+                "min_factor",
+                self.min_factor,
+                "a value in (0, 1)",
+            ));
         }
         if !(self.max_factor.is_finite() && self.max_factor > 1.0) {
-            return Err(SolverError::option("max_factor", self.max_factor, "a finite value > 1"));
+            return Err(SolverError::option(
+                "max_factor",
+                self.max_factor,
+                "a finite value > 1",
+            ));
         }
         if !(self.min_step.is_finite() && self.min_step >= 0.0) {
-            return Err(SolverError::option("min_step", self.min_step, "a finite value >= 0"));
+            return Err(SolverError::option(
+                "min_step",
+                self.min_step,
+                "a finite value >= 0",
+            ));
         }
         if !(self.max_step > 0.0 && self.max_step >= self.min_step) {
-            return Err(SolverError::option("max_step", self.max_step, "a value > 0 and >= min_step"));
+            return Err(SolverError::option(
+                "max_step",
+                self.max_step,
+                "a value > 0 and >= min_step",
+            ));
         }
         if self.max_steps == 0 {
             return Err(SolverError::option("max_steps", self.max_steps, "at least 1"));
@@ -91,7 +111,11 @@ impl AdaptiveOptions {
         if let Some(initial_step) = self.initial_step
             && !positive(initial_step)
         {
-            return Err(SolverError::option("initial_step", initial_step, "a finite value > 0"));
+            return Err(SolverError::option(
+                "initial_step",
+                initial_step,
+                "a finite value > 0",
+            ));
         }
         Ok(())
     }
@@ -124,12 +148,18 @@ pub struct OdeOptions {
 impl OdeOptions {
     /// `n_steps` fixed steps of `method`.
     pub fn fixed(method: Method, n_steps: usize) -> Self {
-        OdeOptions { method, control: StepControl::Fixed { n_steps } }
+        OdeOptions {
+            method,
+            control: StepControl::Fixed { n_steps },
+        }
     }
 
     /// Adaptive `method` with tolerances `atol`, `rtol` and otherwise default options.
     pub fn adaptive(method: Method, atol: f64, rtol: f64) -> Self {
-        OdeOptions { method, control: StepControl::Adaptive(AdaptiveOptions::with_tolerances(atol, rtol)) }
+        OdeOptions {
+            method,
+            control: StepControl::Adaptive(AdaptiveOptions::with_tolerances(atol, rtol)),
+        }
     }
 }
 
@@ -198,11 +228,16 @@ pub fn solve_tableau_with_trajectory<S: State, F: Field<S> + ?Sized>(
 pub(crate) fn check_times(times: &[f64]) -> Result<(), SolverError> {
     if times.len() < 2 {
         return Err(SolverError::InvalidTimeGrid {
-            reason: format!("need at least a start and an end time, got {} time(s)", times.len()),
+            reason: format!(
+                "need at least a start and an end time, got {} time(s)",
+                times.len()
+            ),
         });
     }
     if let Some(idx) = times.iter().position(|t| !t.is_finite()) {
-        return Err(SolverError::InvalidTimeGrid { reason: format!("times[{idx}] = {} is not finite", times[idx]) });
+        return Err(SolverError::InvalidTimeGrid {
+            reason: format!("times[{idx}] = {} is not finite", times[idx]),
+        });
     }
     let direction = (times[1] - times[0]).signum();
     for idx in 1..times.len() {
@@ -222,7 +257,11 @@ pub(crate) fn check_times(times: &[f64]) -> Result<(), SolverError> {
 
 /// The `step_idx`-th of `n_steps + 1` equally spaced times from `t0` to `t1`; exact at both ends.
 pub(crate) fn grid_time(t0: f64, t1: f64, step_idx: usize, n_steps: usize) -> f64 {
-    if step_idx == n_steps { t1 } else { t0 + (t1 - t0) * (step_idx as f64 / n_steps as f64) }
+    if step_idx == n_steps {
+        t1
+    } else {
+        t0 + (t1 - t0) * (step_idx as f64 / n_steps as f64)
+    }
 }
 
 /// Work buffers and the one step routine shared by fixed and adaptive stepping.
@@ -302,11 +341,13 @@ impl<'a, S: State> Stepper<'a, S> {
     /// The embedded error estimate `h sum_i (b_i - b_hat_i) k_i` of the last attempt.
     fn error_estimate(&self, h: f64, into: &mut S) {
         let tableau = self.tableau;
-        let embedded = tableau.b_embedded.expect("adaptive stepping needs an embedded pair");
+        let embedded = tableau
+            .b_embedded
+            .expect("adaptive stepping needs an embedded pair");
         into.copy_from(&self.k[0]);
         into.scale(h * (tableau.b[0] - embedded[0]));
-        for stage_idx in 1..tableau.n_stages() {
-            let weight = tableau.b[stage_idx] - embedded[stage_idx];
+        for (stage_idx, (b, b_embedded)) in tableau.b.iter().zip(embedded).enumerate().skip(1) {
+            let weight = b - b_embedded;
             if weight != 0.0 {
                 into.add_scaled(h * weight, &self.k[stage_idx]);
             }
@@ -398,7 +439,8 @@ impl<S: State> Outputs<'_, S> {
         field: &mut F,
         step: (f64, &S, f64, &S),
     ) -> Result<(), SolverError> {
-        while self.next_idx < self.times.len() && self.direction * (self.times[self.next_idx] - step.2) <= 0.0 {
+        while self.next_idx < self.times.len() && self.direction * (self.times[self.next_idx] - step.2) <= 0.0
+        {
             let state = stepper.interpolate(field, step, self.times[self.next_idx])?;
             self.states.push(state);
             self.next_idx += 1;
@@ -417,7 +459,12 @@ fn integrate<S: State, F: Field<S> + ?Sized>(
     control: &StepControl,
 ) -> Result<Solution<S>, SolverError> {
     let direction = (t1 - t0).signum();
-    let mut outputs = Outputs { times: output_times, next_idx: 0, direction, states: Vec::new() };
+    let mut outputs = Outputs {
+        times: output_times,
+        next_idx: 0,
+        direction,
+        states: Vec::new(),
+    };
     if output_times.first() == Some(&t0) {
         outputs.states.push(x0.clone_state());
         outputs.next_idx = 1;
@@ -448,7 +495,11 @@ fn integrate<S: State, F: Field<S> + ?Sized>(
         state,
         times: output_times.to_vec(),
         trajectory: outputs.states,
-        stats: SolverStats { steps, rejected_steps, field_evals: stepper.evals },
+        stats: SolverStats {
+            steps,
+            rejected_steps,
+            field_evals: stepper.evals,
+        },
     })
 }
 
@@ -469,7 +520,10 @@ fn run_fixed<S: State, F: Field<S> + ?Sized>(
         stepper.ensure_k0(field, t, &y)?;
         let y_new = stepper.attempt(field, t, &y, h, t_new)?;
         if !y_new.all_finite() {
-            return Err(SolverError::NonFiniteState { t_reached: t, t_attempted: t_new });
+            return Err(SolverError::NonFiniteState {
+                t_reached: t,
+                t_attempted: t_new,
+            });
         }
         outputs.emit(stepper, field, (t, &y, t_new, &y_new))?;
         stepper.advance();
@@ -494,7 +548,11 @@ fn initial_step<S: State, F: Field<S> + ?Sized>(
     let f0 = &stepper.k[0];
     let d0 = S::error_norm(y0, y0, y0, atol, rtol);
     let d1 = S::error_norm(f0, y0, y0, atol, rtol);
-    let h0 = if d0 < 1e-5 || d1 < 1e-5 { 1e-6 } else { 0.01 * d0 / d1 };
+    let h0 = if d0 < 1e-5 || d1 < 1e-5 {
+        1e-6
+    } else {
+        0.01 * d0 / d1
+    };
     let h0 = h0.min(options.max_step).min(span);
     let mut probe = y0.clone_state();
     probe.add_scaled(direction * h0, f0);
@@ -503,7 +561,11 @@ fn initial_step<S: State, F: Field<S> + ?Sized>(
     let d2 = S::error_norm(&f1, y0, y0, atol, rtol) / h0;
     let largest = d1.max(d2);
     let order = stepper.tableau.order as f64;
-    let h1 = if largest <= 1e-15 { (h0 * 1e-3).max(1e-6) } else { (0.01 / largest).powf(1.0 / (order + 1.0)) };
+    let h1 = if largest <= 1e-15 {
+        (h0 * 1e-3).max(1e-6)
+    } else {
+        (0.01 / largest).powf(1.0 / (order + 1.0))
+    };
     let h = (100.0 * h0).min(h1).min(options.max_step).min(span);
     Ok(if h.is_finite() && h > 0.0 { h } else { h0 })
 }
@@ -525,7 +587,10 @@ fn run_adaptive<S: State, F: Field<S> + ?Sized>(
     let mut t = t0;
     stepper.ensure_k0(field, t, &y)?;
     if !stepper.k[0].all_finite() {
-        return Err(SolverError::NonFiniteState { t_reached: t, t_attempted: t });
+        return Err(SolverError::NonFiniteState {
+            t_reached: t,
+            t_attempted: t,
+        });
     }
     let mut h_abs = match options.initial_step {
         Some(initial_step) => initial_step.min(options.max_step).min(span),
@@ -537,16 +602,27 @@ fn run_adaptive<S: State, F: Field<S> + ?Sized>(
     let mut rejected_non_finite = false;
     while direction * (t1 - t) > 0.0 {
         if steps + rejected_steps >= options.max_steps {
-            return Err(SolverError::MaxStepsExceeded { max_steps: options.max_steps, t, t_end: t1 });
+            return Err(SolverError::MaxStepsExceeded {
+                max_steps: options.max_steps,
+                t,
+                t_end: t1,
+            });
         }
         let is_last = h_abs >= (t1 - t).abs();
         let t_new = if is_last { t1 } else { t + direction * h_abs };
         if h_abs < options.min_step || t_new == t {
             // Shrinking because the stages kept turning non-finite is a non-finite state, not a stiff problem.
             if rejected_non_finite {
-                return Err(SolverError::NonFiniteState { t_reached: t, t_attempted: t_new });
+                return Err(SolverError::NonFiniteState {
+                    t_reached: t,
+                    t_attempted: t_new,
+                });
             }
-            return Err(SolverError::StepSizeUnderflow { t, step: h_abs, min_step: options.min_step });
+            return Err(SolverError::StepSizeUnderflow {
+                t,
+                step: h_abs,
+                min_step: options.min_step,
+            });
         }
         let h = t_new - t;
         stepper.ensure_k0(field, t, &y)?;
@@ -556,7 +632,10 @@ fn run_adaptive<S: State, F: Field<S> + ?Sized>(
         if !norm.is_finite() {
             // A non-finite slope at the accepted state cannot be cured by a smaller step; anything else might be.
             if !stepper.k[0].all_finite() {
-                return Err(SolverError::NonFiniteState { t_reached: t, t_attempted: t_new });
+                return Err(SolverError::NonFiniteState {
+                    t_reached: t,
+                    t_attempted: t_new,
+                });
             }
             rejected_steps += 1;
             rejected_last = true;
@@ -567,7 +646,10 @@ fn run_adaptive<S: State, F: Field<S> + ?Sized>(
         rejected_non_finite = false;
         if norm <= 1.0 {
             if !y_new.all_finite() {
-                return Err(SolverError::NonFiniteState { t_reached: t, t_attempted: t_new });
+                return Err(SolverError::NonFiniteState {
+                    t_reached: t,
+                    t_attempted: t_new,
+                });
             }
             outputs.emit(stepper, field, (t, &y, t_new, &y_new))?;
             stepper.advance();
@@ -575,7 +657,11 @@ fn run_adaptive<S: State, F: Field<S> + ?Sized>(
             t = t_new;
             steps += 1;
             let max_factor = if rejected_last { 1.0 } else { options.max_factor };
-            let factor = if norm == 0.0 { max_factor } else { options.safety * norm.powf(-exponent) };
+            let factor = if norm == 0.0 {
+                max_factor
+            } else {
+                options.safety * norm.powf(-exponent)
+            };
             h_abs = (h.abs() * factor.clamp(options.min_factor, max_factor)).min(options.max_step);
             rejected_last = false;
         } else {

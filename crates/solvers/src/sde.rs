@@ -112,7 +112,12 @@ pub struct SdeOptions {
 impl SdeOptions {
     /// `n_steps` steps from 0 to 1, final state only: the flow sampler's usual grid.
     pub fn unit_interval(n_steps: usize) -> Self {
-        SdeOptions { t0: 0.0, t1: 1.0, n_steps, record: Record::Final }
+        SdeOptions {
+            t0: 0.0,
+            t1: 1.0,
+            n_steps,
+            record: Record::Final,
+        }
     }
 
     fn validate(&self) -> Result<(), SolverError> {
@@ -150,7 +155,10 @@ where
         x.add_scaled(h, &drift);
         x.add_scaled(h.abs().sqrt(), &increment);
         if !x.all_finite() {
-            return Err(SolverError::NonFiniteState { t_reached: t, t_attempted: t_new });
+            return Err(SolverError::NonFiniteState {
+                t_reached: t,
+                t_attempted: t_new,
+            });
         }
         recorder.push(t_new, &x);
     }
@@ -184,7 +192,11 @@ where
     options.validate()?;
     for (key, value) in [("t0", options.t0), ("t1", options.t1)] {
         if !(0.0..=1.0).contains(&value) {
-            return Err(SolverError::option(key, value, "a time in [0, 1] for a flow sampler"));
+            return Err(SolverError::option(
+                key,
+                value,
+                "a time in [0, 1] for a flow sampler",
+            ));
         }
     }
     let mut recorder = Recorder::new(options, &x0);
@@ -196,7 +208,11 @@ where
         let h = t_new - t;
         let g = diffusion(t);
         if !g.is_finite() {
-            return Err(SolverError::option("diffusion", format!("g({t}) = {g}"), "a finite diffusion coefficient"));
+            return Err(SolverError::option(
+                "diffusion",
+                format!("g({t}) = {g}"),
+                "a finite diffusion coefficient",
+            ));
         }
         let mut drift = velocity.eval(t, &x)?;
         evals += 1;
@@ -211,7 +227,10 @@ where
             x.add_scaled(g * h.abs().sqrt(), &increment);
         }
         if !x.all_finite() {
-            return Err(SolverError::NonFiniteState { t_reached: t, t_attempted: t_new });
+            return Err(SolverError::NonFiniteState {
+                t_reached: t,
+                t_attempted: t_new,
+            });
         }
         recorder.push(t_new, &x);
     }
@@ -227,7 +246,11 @@ struct Recorder<S> {
 
 impl<S: State> Recorder<S> {
     fn new(options: &SdeOptions, x0: &S) -> Self {
-        let mut recorder = Recorder { record: options.record, times: Vec::new(), states: Vec::new() };
+        let mut recorder = Recorder {
+            record: options.record,
+            times: Vec::new(),
+            states: Vec::new(),
+        };
         recorder.push(options.t0, x0);
         recorder
     }
@@ -244,7 +267,11 @@ impl<S: State> Recorder<S> {
             state,
             times: self.times,
             trajectory: self.states,
-            stats: SolverStats { steps, rejected_steps: 0, field_evals },
+            stats: SolverStats {
+                steps,
+                rejected_steps: 0,
+                field_evals,
+            },
         }
     }
 }

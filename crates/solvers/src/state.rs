@@ -130,7 +130,10 @@ pub struct Augmented<S, D> {
 
 impl<S: State, D: State> State for Augmented<S, D> {
     fn clone_state(&self) -> Self {
-        Augmented { x: self.x.clone_state(), integral: self.integral.clone_state() }
+        Augmented {
+            x: self.x.clone_state(),
+            integral: self.integral.clone_state(),
+        }
     }
 
     fn copy_from(&mut self, other: &Self) {
@@ -177,7 +180,7 @@ mod tests {
         let err = array![1e-3, -2e-3];
         let y0 = array![1.0, -3.0];
         let y1 = array![2.0, 1.0];
-        let (atol, rtol) = (1e-4, 1e-2);
+        let (atol, rtol): (f64, f64) = (1e-4, 1e-2);
         let first = 1e-3 / (atol + rtol * 2.0);
         let second = 2e-3 / (atol + rtol * 3.0);
         let expected = ((first * first + second * second) / 2.0).sqrt();
@@ -187,8 +190,14 @@ mod tests {
 
     #[test]
     fn augmented_norm_is_one_rms_over_both_parts() {
-        let state = Augmented { x: array![[1.0, 0.0]], integral: array![0.0] };
-        let err = Augmented { x: array![[0.0, 0.0]], integral: array![3.0] };
+        let state = Augmented {
+            x: array![[1.0, 0.0]],
+            integral: array![0.0],
+        };
+        let err = Augmented {
+            x: array![[0.0, 0.0]],
+            integral: array![3.0],
+        };
         // One nonzero component out of three, scale atol = 1.
         let got = Augmented::error_norm(&err, &state, &state, 1.0, 0.0);
         assert!((got - (9.0f64 / 3.0).sqrt()).abs() < 1e-14);

@@ -129,11 +129,37 @@ pub const DORMAND_PRINCE: ButcherTableau = ButcherTableau {
         &[0.2],
         &[3.0 / 40.0, 9.0 / 40.0],
         &[44.0 / 45.0, -56.0 / 15.0, 32.0 / 9.0],
-        &[19372.0 / 6561.0, -25360.0 / 2187.0, 64448.0 / 6561.0, -212.0 / 729.0],
-        &[9017.0 / 3168.0, -355.0 / 33.0, 46732.0 / 5247.0, 49.0 / 176.0, -5103.0 / 18656.0],
-        &[35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0],
+        &[
+            19372.0 / 6561.0,
+            -25360.0 / 2187.0,
+            64448.0 / 6561.0,
+            -212.0 / 729.0,
+        ],
+        &[
+            9017.0 / 3168.0,
+            -355.0 / 33.0,
+            46732.0 / 5247.0,
+            49.0 / 176.0,
+            -5103.0 / 18656.0,
+        ],
+        &[
+            35.0 / 384.0,
+            0.0,
+            500.0 / 1113.0,
+            125.0 / 192.0,
+            -2187.0 / 6784.0,
+            11.0 / 84.0,
+        ],
     ],
-    b: &[35.0 / 384.0, 0.0, 500.0 / 1113.0, 125.0 / 192.0, -2187.0 / 6784.0, 11.0 / 84.0, 0.0],
+    b: &[
+        35.0 / 384.0,
+        0.0,
+        500.0 / 1113.0,
+        125.0 / 192.0,
+        -2187.0 / 6784.0,
+        11.0 / 84.0,
+        0.0,
+    ],
     b_embedded: Some(&[
         5179.0 / 57600.0,
         0.0,
@@ -147,13 +173,43 @@ pub const DORMAND_PRINCE: ButcherTableau = ButcherTableau {
     embedded_order: 4,
     fsal: true,
     dense: Some(&[
-        &[1.0, -8048581381.0 / 2820520608.0, 8663915743.0 / 2820520608.0, -12715105075.0 / 11282082432.0],
+        &[
+            1.0,
+            -8048581381.0 / 2820520608.0,
+            8663915743.0 / 2820520608.0,
+            -12715105075.0 / 11282082432.0,
+        ],
         &[0.0, 0.0, 0.0, 0.0],
-        &[0.0, 131558114200.0 / 32700410799.0, -68118460800.0 / 10900136933.0, 87487479700.0 / 32700410799.0],
-        &[0.0, -1754552775.0 / 470086768.0, 14199869525.0 / 1410260304.0, -10690763975.0 / 1880347072.0],
-        &[0.0, 127303824393.0 / 49829197408.0, -318862633887.0 / 49829197408.0, 701980252875.0 / 199316789632.0],
-        &[0.0, -282668133.0 / 205662961.0, 2019193451.0 / 616988883.0, -1453857185.0 / 822651844.0],
-        &[0.0, 40617522.0 / 29380423.0, -110615467.0 / 29380423.0, 69997945.0 / 29380423.0],
+        &[
+            0.0,
+            131558114200.0 / 32700410799.0,
+            -68118460800.0 / 10900136933.0,
+            87487479700.0 / 32700410799.0,
+        ],
+        &[
+            0.0,
+            -1754552775.0 / 470086768.0,
+            14199869525.0 / 1410260304.0,
+            -10690763975.0 / 1880347072.0,
+        ],
+        &[
+            0.0,
+            127303824393.0 / 49829197408.0,
+            -318862633887.0 / 49829197408.0,
+            701980252875.0 / 199316789632.0,
+        ],
+        &[
+            0.0,
+            -282668133.0 / 205662961.0,
+            2019193451.0 / 616988883.0,
+            -1453857185.0 / 822651844.0,
+        ],
+        &[
+            0.0,
+            40617522.0 / 29380423.0,
+            -110615467.0 / 29380423.0,
+            69997945.0 / 29380423.0,
+        ],
     ]),
 };
 
@@ -177,8 +233,14 @@ pub enum Method {
 
 impl Method {
     /// Every built-in method.
-    pub const ALL: [Method; 6] =
-        [Method::Euler, Method::Midpoint, Method::Heun, Method::Rk4, Method::Bosh3, Method::Dopri5];
+    pub const ALL: [Method; 6] = [
+        Method::Euler,
+        Method::Midpoint,
+        Method::Heun,
+        Method::Rk4,
+        Method::Bosh3,
+        Method::Dopri5,
+    ];
 
     /// The method's tableau.
     pub fn tableau(self) -> &'static ButcherTableau {
@@ -230,7 +292,11 @@ mod tests {
             for (stage_idx, row) in tableau.a.iter().enumerate() {
                 assert_eq!(row.len(), stage_idx, "{} row {stage_idx}", tableau.name);
                 let row_sum: f64 = row.iter().sum();
-                assert!((row_sum - tableau.c[stage_idx]).abs() < 1e-14, "{} row sum {stage_idx}", tableau.name);
+                assert!(
+                    (row_sum - tableau.c[stage_idx]).abs() < 1e-14,
+                    "{} row sum {stage_idx}",
+                    tableau.name
+                );
             }
             let defects = order_defects(tableau, tableau.b);
             for (idx, defect) in defects.iter().take(conditions_for(tableau.order)).enumerate() {
@@ -238,8 +304,16 @@ mod tests {
             }
             if let Some(embedded) = tableau.b_embedded {
                 let defects = order_defects(tableau, embedded);
-                for (idx, defect) in defects.iter().take(conditions_for(tableau.embedded_order)).enumerate() {
-                    assert!(defect.abs() < 1e-14, "{} embedded condition {idx}: {defect}", tableau.name);
+                for (idx, defect) in defects
+                    .iter()
+                    .take(conditions_for(tableau.embedded_order))
+                    .enumerate()
+                {
+                    assert!(
+                        defect.abs() < 1e-14,
+                        "{} embedded condition {idx}: {defect}",
+                        tableau.name
+                    );
                 }
                 assert!(tableau.embedded_order > 0);
             }
@@ -252,7 +326,11 @@ mod tests {
                 // At theta = 1 the continuous extension must reproduce the step.
                 for (stage_idx, row) in dense.iter().enumerate() {
                     let at_one: f64 = row.iter().sum();
-                    assert!((at_one - tableau.b[stage_idx]).abs() < 1e-12, "{} dense {stage_idx}", tableau.name);
+                    assert!(
+                        (at_one - tableau.b[stage_idx]).abs() < 1e-12,
+                        "{} dense {stage_idx}",
+                        tableau.name
+                    );
                 }
             }
         }

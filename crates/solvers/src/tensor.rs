@@ -65,8 +65,7 @@ impl SampleBatch for Tensor {
     }
 
     fn sample_dim(&self) -> usize {
-        let n_samples = self.n_samples();
-        if n_samples == 0 { 0 } else { self.numel() / n_samples }
+        self.numel().checked_div(self.n_samples()).unwrap_or(0)
     }
 
     fn zeros_per_sample(&self) -> Tensor {
@@ -88,7 +87,10 @@ impl SampleBatch for Tensor {
 impl<R: Rng + ?Sized> NoiseSource<Tensor> for R {
     fn standard_normal_like(&mut self, like: &Tensor) -> Tensor {
         let draws: Vec<f64> = (0..like.numel()).map(|_| self.sample(StandardNormal)).collect();
-        Tensor::from_slice(&draws).reshape(like.size()).to_kind(like.kind()).to_device(like.device())
+        Tensor::from_slice(&draws)
+            .reshape(like.size())
+            .to_kind(like.kind())
+            .to_device(like.device())
     }
 }
 

@@ -68,5 +68,9 @@ pub fn failing(t: f64, _x: &Array1<f64>) -> Result<Array1<f64>, SolverError> {
 
 /// Formats errors for the test log.
 pub fn scientific(values: &[f64]) -> String {
-    values.iter().map(|value| format!("{value:.3e}")).collect::<Vec<_>>().join(", ")
+    values
+        .iter()
+        .map(|value| format!("{value:.3e}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
