@@ -7,6 +7,23 @@
 //! - [`ode`]: the one generic Runge-Kutta driver: fixed or adaptive steps, dense output, statistics.
 //! - [`sde`]: Euler-Maruyama and the stochastic flow sampler.
 //! - [`likelihood`]: log-likelihood by the instantaneous change of variables, bits per dimension.
+//! - `tensor` (feature `tch`): the traits for `tch::Tensor`, and `TorchNoise`.
+//!
+//! Architecture invariant: without the `tch` feature this crate neither links nor needs libtorch
+//! (checked by `tests/tidy.rs`).
+//!
+//! ```
+//! use ferroflow_solvers::{FnField, Method, OdeOptions, solve_with_trajectory};
+//! use ndarray::{Array2, array};
+//!
+//! // dx/dt = -x on a batch of two 1-D samples, adaptive Dormand-Prince, states at t = 0, 0.5, 1.
+//! let mut field = FnField(|_t: f64, x: &Array2<f64>| -x);
+//! let options = OdeOptions::adaptive(Method::Dopri5, 1e-9, 1e-9);
+//! let solution = solve_with_trajectory(&mut field, array![[1.0], [2.0]], &[0.0, 0.5, 1.0], &options)?;
+//! assert!((solution.trajectory[1][[1, 0]] - 2.0 * (-0.5f64).exp()).abs() < 1e-7);
+//! assert!((solution.state[[0, 0]] - (-1.0f64).exp()).abs() < 1e-7);
+//! # Ok::<(), ferroflow_solvers::SolverError>(())
+//! ```
 
 pub mod error;
 pub mod field;

@@ -5,6 +5,23 @@
 //! adaptive error norm is computed on the tensor's device and comes back as one `f64` (one synchronisation per
 //! step attempt); [`State::all_finite`] is another, checked once per accepted step. `SampleBatch` treats
 //! dimension 0 as the batch and flattens the rest into the sample.
+//!
+//! ```no_run
+//! use ferroflow_solvers::{Method, OdeOptions, SolverError, solve, solve_with_trajectory};
+//! use tch::{Device, Kind, Tensor};
+//!
+//! // Any closure (or type implementing `Field<Tensor>`) is a velocity field; a network goes in its body.
+//! let mut field = |t: f64, x: &Tensor| -> Result<Tensor, SolverError> { Ok(x * (-t)) };
+//! let x0 = Tensor::randn([128, 2], (Kind::Float, Device::Cpu));
+//! // 100 Euler steps from noise (t = 0) to data (t = 1).
+//! let samples = solve(&mut field, x0.copy(), 0.0, 1.0, &OdeOptions::fixed(Method::Euler, 100))?.state;
+//! // Adaptive dopri5 with the states at 11 times (trajectory[0] is x0).
+//! let times: Vec<f64> = (0..=10).map(|step| step as f64 / 10.0).collect();
+//! let options = OdeOptions::adaptive(Method::Dopri5, 1e-5, 1e-5);
+//! let solution = solve_with_trajectory(&mut field, x0, &times, &options)?;
+//! println!("{} states, {:?}", solution.trajectory.len(), solution.stats);
+//! # Ok::<(), SolverError>(())
+//! ```
 
 use rand::Rng;
 use rand_distr::StandardNormal;
