@@ -169,6 +169,10 @@ where
 /// `dX = [v(t, X) + g(t)^2 / 2 * score(t, X)] dt + g(t) dW` between `options.t0` and `options.t1`, both in
 /// `[0, 1]`.
 ///
+/// With `t1 < t0` (data towards noise) it integrates the time-reversed equation
+/// `dX = [v - g^2 / 2 * score] dt + g dW` (with `dt < 0`), which keeps the same marginals `p_t`: in both
+/// directions the step is `x + h v + |h| g^2 / 2 * score + g sqrt(|h|) z`.
+///
 /// `score(t, x)` is `grad_x log p_t(x)`, supplied by the caller (for Gaussian paths, from the velocity by
 /// `ferroflow_paths`' velocity-to-score conversion). Where `g(t) = 0` the score is not evaluated and no noise is
 /// drawn, so with `g = 0` this is the Euler ODE sampler, bit for bit. Both fields are evaluated at the left end
@@ -219,7 +223,8 @@ where
         if g != 0.0 {
             let score_value = score.eval(t, &x)?;
             evals += 1;
-            drift.add_scaled(0.5 * g * g, &score_value);
+            // Backwards in time (h < 0) the score term keeps pulling towards high density: it enters with |h|.
+            drift.add_scaled(0.5 * g * g * h.signum(), &score_value);
         }
         x.add_scaled(h, &drift);
         if g != 0.0 {

@@ -227,7 +227,7 @@ fn flow_sampler_without_diffusion_is_the_euler_ode_sampler_exactly() {
 }
 
 #[test]
-fn flow_sampler_keeps_the_gaussian_path_marginals() {
+fn flow_sampler_keeps_the_gaussian_path_marginals_in_both_directions() {
     // CondOT path from N(0, 1) to N(mu, s1^2): x_t = t mu + s(t) z with s(t) = 1 - t + s1 t.
     let (mu, s1) = (2.0, 0.5);
     let std = move |t: f64| 1.0 - t + s1 * t;
@@ -236,27 +236,41 @@ fn flow_sampler_keeps_the_gaussian_path_marginals() {
     let mut score = FnField(move |t: f64, x: &Array2<f64>| x.mapv(|v| -(v - t * mu) / (std(t) * std(t))));
     let n_paths = 20_000;
     let mut rng = ChaCha8Rng::seed_from_u64(13);
-    let x0 = Array2::from_shape_fn((n_paths, 1), |_| {
+    let z = Array2::from_shape_fn((n_paths, 1), |_| {
         rand::Rng::sample(&mut rng, rand_distr::StandardNormal)
     });
-    let options = SdeOptions::unit_interval(400);
-    let state = sample_flow_sde(&mut velocity, &mut score, |_t| 0.8, x0, &options, &mut rng)
-        .unwrap()
-        .state;
-    let column = state.column(0);
-    let (mean, variance) = (column.mean().unwrap(), column.var(1.0));
-    eprintln!(
-        "flow SDE marginal at t = 1: mean {mean:.4} (exact {mu}), variance {variance:.4} (exact {})",
-        s1 * s1
-    );
-    assert!(
-        (mean - mu).abs() < 4.0 * s1 / (n_paths as f64).sqrt() + 0.01,
-        "mean {mean}"
-    );
-    assert!(
-        (variance - s1 * s1).abs() < 4.0 * s1 * s1 * (2.0 / n_paths as f64).sqrt() + 0.01,
-        "variance {variance}"
-    );
+    // Forwards from the source, and backwards from data drawn from the target.
+    let cases = [
+        (0.0, 1.0, z.clone(), mu, s1),
+        (1.0, 0.0, z.mapv(|v| mu + s1 * v), 0.0, 1.0),
+    ];
+    for (t0, t1, start, mean_exact, std_exact) in cases {
+        let options = SdeOptions {
+            t0,
+            t1,
+            n_steps: 400,
+            record: Record::Final,
+        };
+        let state = sample_flow_sde(&mut velocity, &mut score, |_t| 0.8, start, &options, &mut rng)
+            .unwrap()
+            .state;
+        let column = state.column(0);
+        let (mean, variance) = (column.mean().unwrap(), column.var(1.0));
+        let variance_exact = std_exact * std_exact;
+        eprintln!(
+            "flow SDE {t0} -> {t1}: mean {mean:.4} (exact {mean_exact}), variance {variance:.4} (exact {variance_exact})"
+        );
+        let mean_tolerance = 4.0 * std_exact / (n_paths as f64).sqrt() + 0.01;
+        let variance_tolerance = 4.0 * variance_exact * (2.0 / n_paths as f64).sqrt() + 0.01;
+        assert!(
+            (mean - mean_exact).abs() < mean_tolerance,
+            "{t0} -> {t1}: mean {mean}"
+        );
+        assert!(
+            (variance - variance_exact).abs() < variance_tolerance,
+            "{t0} -> {t1}: variance {variance}"
+        );
+    }
 }
 
 #[test]
