@@ -1,0 +1,593 @@
+//! The run configuration, read from TOML with unknown keys refused and every value checked once.
+//!
+//! A run folder keeps the resolved config as `config.toml` (every default written out), so a run can be
+//! reproduced or resumed from its folder alone.
+
+use std::path::Path;
+
+use ferroflow_models::optim::OptimizerConfig;
+use ferroflow_models::{Activation, TimeEmbedding};
+use ferroflow_paths::{
+    AffinePath, ConditionalPath, OneSidedGaussianPath, SchedulerKind, SchrodingerBridgePath,
+    VariancePreservingPath,
+};
+use ferroflow_solvers::{Method, OdeOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+use crate::error::{ConfigError, ensure_finite};
+
+/// Everything a run needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Name, output folder, seed, device.
+    pub run: RunSection,
+    /// Source and target distributions.
+    pub data: DataSection,
+    /// The velocity network.
+    #[serde(default)]
+    pub model: ModelSection,
+    /// Path, coupling, prediction target and time sampling.
+    #[serde(default)]
+    pub flow: FlowSection,
+    /// Optimisation.
+    #[serde(default)]
+    pub train: TrainSection,
+    /// Sampling after training and in `eval`.
+    #[serde(default)]
+    pub sample: SampleSection,
+}
+
+/// `[run]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Folder name under `out_dir`.
+    pub name: String,
+    /// Where run folders go (default `runs`).
+    #[serde(default = "default_out_dir")]
+    pub out_dir: String,
+    /// Seed of every random draw (model initialisation, batches, sampling).
+    #[serde(default)]
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// libtorch intra-op threads (0 = libtorch's choice). One thread is fastest for small MLPs.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+fn default_out_dir() -> String {
+    "runs".into()
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_threads() -> usize {
+    1
+}
+
+/// `[data]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Where flows start (t = 0); default N(0, I) in the target's dimension.
+    #[serde(default)]
+    pub source: Dataset,
+    /// Where flows end (t = 1).
+    pub target: Dataset,
+}
+
+/// `[model]`: an MLP for vector data.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// Hidden width.
+    #[serde(default = "default_width")]
+    pub width: usize,
+    /// Number of hidden layers.
+    #[serde(default = "default_depth")]
+    pub depth: usize,
+    /// Nonlinearity.
+    #[serde(default)]
+    pub activation: Activation,
+    /// How time enters.
+    #[serde(default)]
+    pub time_embedding: TimeEmbedding,
+}
+
+fn default_width() -> usize {
+    64
+}
+fn default_depth() -> usize {
+    3
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            width: default_width(),
+            depth: default_depth(),
+            activation: Activation::Selu,
+            time_embedding: TimeEmbedding::Concat,
+        }
+    }
+}
+
+/// Which conditional probability path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PathKind {
+    /// x_t = alpha_t x1 + sigma_t x0 (+ `sigma` eps): CFM / I-CFM / OT-CFM with the CondOT scheduler.
+    #[default]
+    Affine,
+    /// Lipman et al.'s one-sided Gaussian path with sigma_min = `sigma` (FM; Gaussian source only).
+    OneSided,
+    /// The Brownian-bridge path sigma_t = `sigma` sqrt(t (1 - t)) (SB-CFM).
+    SchrodingerBridge,
+    /// x_t = cos(pi t/2) x0 + sin(pi t/2) x1 (+ `sigma` eps) (VP-CFM).
+    VariancePreserving,
+}
+
+/// How source and target samples are paired in a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CouplingKind {
+    /// Independent pairs (I-CFM).
+    #[default]
+    Independent,
+    /// Exact minibatch OT as a permutation (OT-CFM without duplicated or dropped points).
+    ExactOt,
+    /// Pairs drawn with replacement from the exact OT plan (torchcfm's OT-CFM behaviour).
+    OtPlan,
+    /// Pairs drawn from the entropic (Sinkhorn) plan with regularisation `flow.sinkhorn_reg`.
+    Sinkhorn,
+    /// Pairs drawn from the Sinkhorn plan with reg = 2 sigma^2 (SB-CFM).
+    SchrodingerBridge,
+}
+
+/// What the network predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Prediction {
+    /// The conditional velocity u_t.
+    #[default]
+    Velocity,
+    /// The data point x1.
+    X1,
+    /// The source point x0 (the noise, for a Gaussian source).
+    Epsilon,
+}
+
+/// How training times are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum TimeSampling {
+    /// t ~ U(0, 1).
+    #[default]
+    Uniform,
+    /// t = sigmoid(m + s z), z ~ N(0, 1) (Esser et al. 2024).
+    LogitNormal {
+        /// m.
+        mean: f64,
+        /// s > 0.
+        std: f64,
+    },
+}
+
+/// `[flow]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSection {
+    /// The conditional path.
+    #[serde(default)]
+    pub path: PathKind,
+    /// Scheduler of the affine path.
+    #[serde(default = "default_scheduler")]
+    pub scheduler: SchedulerKind,
+    /// Noise level: extra noise std (affine, VP), sigma_min (one-sided) or the bridge's sigma.
+    #[serde(default)]
+    pub sigma: f64,
+    /// The coupling.
+    #[serde(default)]
+    pub coupling: CouplingKind,
+    /// Entropic regularisation of the `sinkhorn` coupling, relative to the mean cost.
+    #[serde(default = "default_sinkhorn_reg")]
+    pub sinkhorn_reg: f64,
+    /// What the network predicts.
+    #[serde(default)]
+    pub prediction: Prediction,
+    /// How training times are drawn.
+    #[serde(default)]
+    pub time_sampling: TimeSampling,
+}
+
+fn default_scheduler() -> SchedulerKind {
+    SchedulerKind::CondOt
+}
+fn default_sinkhorn_reg() -> f64 {
+    0.05
+}
+
+impl Default for FlowSection {
+    fn default() -> Self {
+        Self {
+            path: PathKind::Affine,
+            scheduler: default_scheduler(),
+            sigma: 0.0,
+            coupling: CouplingKind::Independent,
+            sinkhorn_reg: default_sinkhorn_reg(),
+            prediction: Prediction::Velocity,
+            time_sampling: TimeSampling::Uniform,
+        }
+    }
+}
+
+impl FlowSection {
+    /// Builds the conditional path this section describes.
+    pub fn build_path(&self) -> Result<Box<dyn ConditionalPath + Send + Sync>, ConfigError> {
+        let err = |e: ferroflow_paths::PathsError| ConfigError::value("flow.sigma", e.to_string());
+        Ok(match self.path {
+            PathKind::Affine => {
+                let scheduler = self
+                    .scheduler
+                    .build()
+                    .map_err(|e| ConfigError::value("flow.scheduler", e.to_string()))?;
+                Box::new(AffinePath::new(scheduler, self.sigma).map_err(err)?)
+            }
+            PathKind::OneSided => Box::new(OneSidedGaussianPath::new(self.sigma).map_err(err)?),
+            PathKind::SchrodingerBridge => Box::new(SchrodingerBridgePath::new(self.sigma).map_err(err)?),
+            PathKind::VariancePreserving => Box::new(VariancePreservingPath::new(self.sigma).map_err(err)?),
+        })
+    }
+}
+
+/// `[train]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Number of optimizer steps.
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    /// Samples per batch.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Optimizer settings.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// EMA decay of the weights (0 = no EMA; sampling then uses the raw weights).
+    #[serde(default)]
+    pub ema_decay: f64,
+    /// Write a checkpoint every this many steps (0 = only at the end).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// Record the mean loss every this many steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+}
+
+fn default_steps() -> usize {
+    5_000
+}
+fn default_batch() -> usize {
+    256
+}
+fn default_checkpoint_every() -> usize {
+    1_000
+}
+fn default_log_every() -> usize {
+    100
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        Self {
+            steps: default_steps(),
+            batch_size: default_batch(),
+            optimizer: OptimizerConfig::default(),
+            ema_decay: 0.0,
+            checkpoint_every: default_checkpoint_every(),
+            log_every: default_log_every(),
+        }
+    }
+}
+
+/// `[sample]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleSection {
+    /// Samples written after training and compared in `eval`.
+    #[serde(default = "default_n_samples")]
+    pub n_samples: usize,
+    /// ODE method: euler, midpoint, heun, rk4 (fixed steps), bosh3, dopri5 (adaptive).
+    #[serde(default = "default_method")]
+    pub solver: Method,
+    /// Steps of a fixed-step method.
+    #[serde(default = "default_sample_steps")]
+    pub steps: usize,
+    /// Absolute tolerance of an adaptive method.
+    #[serde(default = "default_tol")]
+    pub atol: f64,
+    /// Relative tolerance of an adaptive method.
+    #[serde(default = "default_tol")]
+    pub rtol: f64,
+    /// Samples used for the exact 2-Wasserstein distance in `eval`.
+    #[serde(default = "default_w2_samples")]
+    pub w2_samples: usize,
+}
+
+fn default_method() -> Method {
+    Method::Euler
+}
+fn default_n_samples() -> usize {
+    10_000
+}
+fn default_sample_steps() -> usize {
+    100
+}
+fn default_tol() -> f64 {
+    1e-5
+}
+fn default_w2_samples() -> usize {
+    10_000
+}
+
+impl Default for SampleSection {
+    fn default() -> Self {
+        Self {
+            n_samples: default_n_samples(),
+            solver: Method::Euler,
+            steps: default_sample_steps(),
+            atol: default_tol(),
+            rtol: default_tol(),
+            w2_samples: default_w2_samples(),
+        }
+    }
+}
+
+impl SampleSection {
+    /// The solver options: fixed steps for explicit methods, error control for embedded pairs.
+    pub fn ode_options(&self) -> OdeOptions {
+        if self.solver.tableau().is_adaptive() {
+            OdeOptions::adaptive(self.solver, self.atol, self.rtol)
+        } else {
+            OdeOptions::fixed(self.solver, self.steps)
+        }
+    }
+}
+
+impl RunConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `origin` names it in messages.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
+        let config: RunConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            detail: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The resolved config as TOML, defaults included.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a validated config serialises")
+    }
+
+    /// Checks every value once; the message names the key and the allowed range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let run = &self.run;
+        if run.name.is_empty()
+            || run.name.contains(['/', '\\'])
+            || run.name.starts_with('.')
+            || run.name.chars().any(char::is_control)
+        {
+            return Err(ConfigError::value(
+                "run.name",
+                format!("{:?} must be a plain folder name", run.name),
+            ));
+        }
+        if !(run.device == "cpu" || run.device == "cuda" || run.device.starts_with("cuda:")) {
+            return Err(ConfigError::value(
+                "run.device",
+                format!("{:?}: allowed are cpu, cuda, cuda:N", run.device),
+            ));
+        }
+        if run.threads > 1024 {
+            return Err(ConfigError::value(
+                "run.threads",
+                format!("{} is outside 0..=1024", run.threads),
+            ));
+        }
+        self.data.source.validate("data.source")?;
+        self.data.target.validate("data.target")?;
+        if self.data.source.dim() != self.data.target.dim() {
+            return Err(ConfigError::value(
+                "data.source",
+                format!(
+                    "has dimension {} but data.target has {}",
+                    self.data.source.dim(),
+                    self.data.target.dim()
+                ),
+            ));
+        }
+        let model = &self.model;
+        if !(1..=65_536).contains(&model.width) {
+            return Err(ConfigError::value(
+                "model.width",
+                format!("{} is outside 1..=65536", model.width),
+            ));
+        }
+        if !(1..=64).contains(&model.depth) {
+            return Err(ConfigError::value(
+                "model.depth",
+                format!("{} is outside 1..=64", model.depth),
+            ));
+        }
+        let flow = &self.flow;
+        ensure_finite("flow.sigma", flow.sigma)?;
+        self.flow.build_path()?;
+        if flow.path == PathKind::OneSided
+            && !matches!(self.data.source, Dataset::Gaussian { std, .. } if std == 1.0)
+        {
+            return Err(ConfigError::value(
+                "flow.path",
+                "one_sided needs the standard Gaussian source (data.source = { kind = \"gaussian\" })",
+            ));
+        }
+        let noisy = match flow.path {
+            PathKind::Affine | PathKind::VariancePreserving => flow.sigma > 0.0,
+            PathKind::SchrodingerBridge => true,
+            PathKind::OneSided => false,
+        };
+        if flow.prediction != Prediction::Velocity && noisy {
+            return Err(ConfigError::value(
+                "flow.prediction",
+                "x1 and epsilon predictions need a path without extra noise (sigma = 0, not schrodinger_bridge)",
+            ));
+        }
+        if flow.coupling == CouplingKind::SchrodingerBridge && flow.sigma <= 0.0 {
+            return Err(ConfigError::value(
+                "flow.sigma",
+                "the schrodinger_bridge coupling needs sigma > 0",
+            ));
+        }
+        if !(flow.sinkhorn_reg.is_finite() && flow.sinkhorn_reg > 0.0) {
+            return Err(ConfigError::value(
+                "flow.sinkhorn_reg",
+                format!("{} must be > 0", flow.sinkhorn_reg),
+            ));
+        }
+        if let TimeSampling::LogitNormal { mean, std } = flow.time_sampling {
+            ensure_finite("flow.time_sampling.mean", mean)?;
+            if !(std.is_finite() && std > 0.0) {
+                return Err(ConfigError::value(
+                    "flow.time_sampling.std",
+                    format!("{std} must be > 0"),
+                ));
+            }
+        }
+        let train = &self.train;
+        if train.steps == 0 {
+            return Err(ConfigError::value("train.steps", "must be at least 1"));
+        }
+        if !(1..=1 << 20).contains(&train.batch_size) {
+            return Err(ConfigError::value(
+                "train.batch_size",
+                format!("{} is outside 1..=1048576", train.batch_size),
+            ));
+        }
+        train.optimizer.validate().map_err(|e| match e {
+            ferroflow_models::ModelError::InvalidConfig { key, detail } => {
+                ConfigError::value(format!("train.{key}"), detail)
+            }
+            other => ConfigError::value("train.optimizer", other.to_string()),
+        })?;
+        if !(0.0..1.0).contains(&train.ema_decay) {
+            return Err(ConfigError::value(
+                "train.ema_decay",
+                format!("{} is outside [0, 1)", train.ema_decay),
+            ));
+        }
+        if train.log_every == 0 {
+            return Err(ConfigError::value("train.log_every", "must be at least 1"));
+        }
+        let sample = &self.sample;
+        if sample.n_samples == 0 {
+            return Err(ConfigError::value("sample.n_samples", "must be at least 1"));
+        }
+        if !(1..=100_000).contains(&sample.steps) {
+            return Err(ConfigError::value(
+                "sample.steps",
+                format!("{} is outside 1..=100000", sample.steps),
+            ));
+        }
+        for (key, tol) in [("sample.atol", sample.atol), ("sample.rtol", sample.rtol)] {
+            if !(tol.is_finite() && tol > 0.0) {
+                return Err(ConfigError::value(key, format!("{tol} must be > 0")));
+            }
+        }
+        if sample.w2_samples < 2 {
+            return Err(ConfigError::value("sample.w2_samples", "must be at least 2"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[run]\nname = \"t\"\n[data]\ntarget = { kind = \"moons\" }\n";
+
+    #[test]
+    fn minimal_config_fills_defaults_and_round_trips() {
+        let cfg = RunConfig::parse(MINIMAL, Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.data.source, Dataset::Gaussian { dim: 2, std: 1.0 });
+        assert_eq!(cfg.train.batch_size, 256);
+        let again = RunConfig::parse(&cfg.to_toml(), Path::new("resolved.toml")).unwrap();
+        assert_eq!(cfg, again);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = RunConfig::parse(&format!("{MINIMAL}[train]\nstepz = 3\n"), Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("c.toml") && err.contains("stepz"), "{err}");
+        let err = RunConfig::parse(
+            &format!("{MINIMAL}[train]\nsteps = \"many\"\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("steps"), "{err}");
+        let err = RunConfig::parse(
+            &format!("{MINIMAL}[train]\nema_decay = 1.5\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("train.ema_decay"), "{err}");
+        let err = RunConfig::parse(
+            &format!("{MINIMAL}[train.optimizer]\nlr = -1.0\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("train.optimizer.lr"), "{err}");
+        let err = RunConfig::parse(
+            &format!("{MINIMAL}[flow]\nscheduler = {{ kind = \"cosine\", exponent = 2.0 }}\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("exponent"), "{err}");
+        let err = RunConfig::parse(
+            &MINIMAL.replace("name = \"t\"", "name = \"../x\""),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("run.name"), "{err}");
+    }
+
+    #[test]
+    fn one_sided_path_needs_a_gaussian_source() {
+        let text = MINIMAL.replace("[data]\n", "[data]\nsource = { kind = \"8gaussians\" }\n")
+            + "[flow]\npath = \"one_sided\"\nsigma = 0.1\n";
+        let err = RunConfig::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flow.path"), "{err}");
+    }
+}

@@ -1,0 +1,129 @@
+//! Sampling a trained flow: the network's output turned into a velocity, integrated from t = 0 to 1 with
+//! any method of the solvers crate on tensors.
+//!
+//! For an x1- or epsilon-predicting network on a path `x_t = a_t x0 + b_t x1` the velocity is
+//! `v = a'_t x0_hat + b'_t x1_hat` with the missing endpoint solved from `x_t` (Lipman et al. 2024, section
+//! 4.8.1). Those conversions are singular where `a_t` or `b_t` vanishes (t = 1 or t = 0), so they are
+//! evaluated at t clamped to [1e-4, 1 - 1e-4].
+
+use std::path::{Path, PathBuf};
+
+use ferroflow_models::{Mlp, VelocityNet};
+use ferroflow_paths::ConditionalPath;
+use ferroflow_solvers::{OdeOptions, Solution, SolverError, solve, solve_with_trajectory};
+use rand::Rng;
+use tch::{Device, Kind, Tensor};
+
+use crate::batch::{rng_for, stream};
+use crate::config::{Prediction, RunConfig};
+use crate::error::TrainError;
+use crate::train::{MODEL_FILE, apply_threads, build_model};
+
+/// A trained run, loaded for sampling.
+pub struct TrainedFlow {
+    /// The resolved config of the run.
+    pub config: RunConfig,
+    /// The network with the sampling weights loaded.
+    pub net: Mlp,
+    path: Box<dyn ConditionalPath + Send + Sync>,
+    /// The run folder.
+    pub run_dir: PathBuf,
+}
+
+impl TrainedFlow {
+    /// Loads `run_dir/config.toml` and `run_dir/model.safetensors`.
+    pub fn load(run_dir: &Path) -> Result<Self, anyhow::Error> {
+        let config_path = run_dir.join("config.toml");
+        let config = RunConfig::load(&config_path)?;
+        Self::from_config(config, run_dir)
+    }
+
+    /// Builds the flow of `config` with the weights in `run_dir/model.safetensors`.
+    pub fn from_config(config: RunConfig, run_dir: &Path) -> Result<Self, anyhow::Error> {
+        apply_threads(&config);
+        let net = build_model(&config)?;
+        net.params()
+            .load(&run_dir.join(MODEL_FILE))
+            .map_err(TrainError::from)?;
+        let path = config.flow.build_path()?;
+        Ok(Self {
+            config,
+            net,
+            path,
+            run_dir: run_dir.to_path_buf(),
+        })
+    }
+
+    /// Dimension of a sample.
+    pub fn dim(&self) -> usize {
+        self.config.data.target.dim()
+    }
+
+    /// The device of the weights.
+    pub fn device(&self) -> Device {
+        self.net.params().device()
+    }
+
+    /// The learned velocity field at time `t` for a batch `x` (no gradient is recorded).
+    pub fn velocity(&self, x: &Tensor, t: f64) -> Tensor {
+        tch::no_grad(|| self.velocity_with_grad(x, t))
+    }
+
+    /// The learned velocity, recording the autograd graph (for divergences and guidance).
+    pub fn velocity_with_grad(&self, x: &Tensor, t: f64) -> Tensor {
+        let times = Tensor::from_slice(&[t as f32]).to_device(x.device());
+        let out = self.net.forward(x, &times);
+        match self.config.flow.prediction {
+            Prediction::Velocity => out,
+            prediction => {
+                let c = self.path.coefficients(t.clamp(1e-4, 1.0 - 1e-4));
+                let (x0_hat, x1_hat) = match prediction {
+                    Prediction::X1 => ((x - &out * c.target) / c.source, out),
+                    _ => (out.shallow_clone(), (x - &out * c.source) / c.target),
+                };
+                x0_hat * c.d_source + x1_hat * c.d_target
+            }
+        }
+    }
+
+    /// Draws `n_samples` source points with the run's sampling stream (`offset` selects a sub-stream).
+    pub fn source_points(&self, n_samples: usize, offset: u64) -> Tensor {
+        let mut rng = rng_for(self.config.run.seed, stream::SAMPLING + offset);
+        let _: u32 = rng.random();
+        let points = self.config.data.source.sample(n_samples, &mut rng);
+        Tensor::from_slice(&points)
+            .view([n_samples as i64, self.dim() as i64])
+            .to_device(self.device())
+    }
+
+    /// Integrates the learned ODE from t = 0 to 1 starting at `x0`; with `times`, also returns the states at
+    /// those times.
+    pub fn integrate(
+        &self,
+        x0: Tensor,
+        options: &OdeOptions,
+        times: Option<&[f64]>,
+    ) -> Result<Solution<Tensor>, SolverError> {
+        let mut field = |t: f64, x: &Tensor| -> Result<Tensor, SolverError> { Ok(self.velocity(x, t)) };
+        match times {
+            Some(times) => solve_with_trajectory(&mut field, x0, times, options),
+            None => solve(&mut field, x0, 0.0, 1.0, options),
+        }
+    }
+}
+
+/// Copies a `[n, d]` tensor into a row-major `f32` array.
+pub fn to_array(tensor: &Tensor) -> ndarray::Array2<f32> {
+    let size = tensor.size();
+    let flat = tensor
+        .to(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous()
+        .view([-1]);
+    let data = Vec::<f32>::try_from(&flat).expect("a float tensor converts to Vec<f32>");
+    ndarray::Array2::from_shape_vec(
+        (size[0] as usize, size[1..].iter().product::<i64>() as usize),
+        data,
+    )
+    .expect("shape matches the data")
+}
