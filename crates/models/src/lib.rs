@@ -55,19 +55,25 @@ pub enum ModelError {
     },
 }
 
-/// A velocity network v_theta(x, t): maps a batch of states `x` (shape `[batch, ...]`) and times `t`
-/// (shape `[batch]`) to velocities of the same shape as `x`.
+/// A velocity network v_theta(x, t [, label]): maps a batch of states `x` (shape `[batch, ...]`), times `t`
+/// (shape `[batch]`, or one time for the whole batch) and, for class-conditional networks, labels (`[batch]`,
+/// int64; the value `num_classes` is the null label of classifier-free guidance) to outputs shaped like `x`.
 pub trait VelocityNet {
     /// The network's parameters.
     fn params(&self) -> &ParamStore;
 
     /// The forward pass with explicit parameter views (from [`ParamStore::views_of`]), so the same network
-    /// runs with its trained weights or with an EMA copy.
-    fn forward_with(&self, params: &[Tensor], x: &Tensor, t: &Tensor) -> Tensor;
+    /// runs with its trained weights or with an EMA copy. `labels` is ignored by unconditional networks.
+    fn forward_with(&self, params: &[Tensor], x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Tensor;
 
-    /// The forward pass with the trainable parameters.
+    /// The forward pass with the trainable parameters, unconditional (or with the null label).
     fn forward(&self, x: &Tensor, t: &Tensor) -> Tensor {
-        self.forward_with(&self.params().views(), x, t)
+        self.forward_with(&self.params().views(), x, t, None)
+    }
+
+    /// The number of classes of a class-conditional network (`None` when unconditional).
+    fn num_classes(&self) -> Option<usize> {
+        None
     }
 
     /// The shape of one sample (without the batch dimension).

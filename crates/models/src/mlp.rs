@@ -196,7 +196,7 @@ impl VelocityNet for Mlp {
         &self.params
     }
 
-    fn forward_with(&self, params: &[Tensor], x: &Tensor, t: &Tensor) -> Tensor {
+    fn forward_with(&self, params: &[Tensor], x: &Tensor, t: &Tensor, _labels: Option<&Tensor>) -> Tensor {
         // One time for the whole batch is broadcast, as samplers pass a scalar t.
         let batch = x.size()[0];
         let t = t.to_kind(Kind::Float).reshape([-1]);
