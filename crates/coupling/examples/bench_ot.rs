@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use ferroflow_coupling::{AssignmentSolver, Hungarian, Jv, squared_euclidean};
+use ferroflow_coupling::{AssignmentSolver, Hungarian, Jv, SinkhornConfig, sinkhorn, squared_euclidean};
 use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -58,10 +58,41 @@ fn time_ms(reps: usize, mut f: impl FnMut()) -> Timing {
     Timing { median: samples[reps / 2], min: samples[0], max: samples[reps - 1] }
 }
 
+fn sinkhorn_table(quick: bool, rng: &mut ChaCha8Rng) {
+    println!("\n### Sinkhorn (log-domain stabilised), N(0, I) -> 8gaussians, cost / max(cost) (median ms)\n");
+    println!("| n | reg | cost matrix ms | sinkhorn ms [min-max] | iterations | marginal error |");
+    println!("|---|---|---|---|---|---|");
+    for &n in &[1024usize, 4096] {
+        let x0 = normal(n, 2, rng);
+        let x1 = eight_gaussians(n, rng);
+        let tc = time_ms(if quick { 1 } else { 3 }, || {
+            std::hint::black_box(squared_euclidean(x0.view(), x1.view()).expect("finite"));
+        });
+        let mut cost = squared_euclidean(x0.view(), x1.view()).expect("finite");
+        let max = cost.fold(0.0f64, |m, &c| m.max(c));
+        cost /= max;
+        for &reg in &[0.05, 0.01, 1e-3] {
+            let config = SinkhornConfig { reg, max_iterations: 2000, tolerance: 1e-6 };
+            let t = time_ms(if quick { 1 } else { 3 }, || {
+                std::hint::black_box(sinkhorn(cost.view(), &config).expect("valid"));
+            });
+            let sol = sinkhorn(cost.view(), &config).expect("valid");
+            println!(
+                "| {n} | {reg} | {:.1} | {:.1} [{:.1}-{:.1}] | {} | {:.1e} |",
+                tc.median, t.median, t.min, t.max, sol.iterations, sol.marginal_error
+            );
+        }
+    }
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let sizes: &[usize] = if quick { &[256, 1024] } else { &[64, 128, 256, 512, 1024, 2048] };
     let mut rng = ChaCha8Rng::seed_from_u64(7);
+    if std::env::args().any(|a| a == "--sinkhorn-only") {
+        sinkhorn_table(quick, &mut rng);
+        return;
+    }
     let jv = Jv::default();
     for &dim in &[2usize, 784] {
         println!("\n### squared-Euclidean assignment, D = {dim} (median ms [min-max])\n");

@@ -8,8 +8,17 @@
 
 pub mod assignment;
 pub mod cost;
+pub mod coupling;
 pub mod error;
+mod fastexp;
+pub mod metrics;
+pub mod plan;
+pub mod sinkhorn;
 
 pub use assignment::{Assignment, AssignmentSolver, Hungarian, Jv, JvConfig, JvInit, JvWorkspace, SolverKind};
 pub use cost::{GroundCost, cost_matrix, cost_matrix_into, squared_euclidean};
+pub use coupling::{Coupling, CouplingConfig, CostScaling, IndependentOrder, Pairing};
+pub use metrics::{MmdConfig, MmdEstimator, W2Config, W2Estimate, W2Method, mmd_rbf, sinkhorn_divergence, w1, w2, w2_general};
+pub use plan::{exact_plan, sample_plan};
 pub use error::{CouplingError, Result};
+pub use sinkhorn::{SinkhornConfig, SinkhornSolution, sinkhorn, sinkhorn_weighted};
