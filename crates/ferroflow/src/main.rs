@@ -120,7 +120,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let mut progress = if quiet { Progress::Silent } else { Progress::auto() };
             let run_dir = if let Some(dir) = resume {
-                ferroflow::run::resume(&dir, &mut progress)?
+                ferroflow::run::resume(&dir, steps, &mut progress)?
             } else {
                 let path = config.expect("clap requires --config without --resume");
                 let mut config = RunConfig::load(&path)?;

@@ -25,9 +25,16 @@ pub fn train_new(config: &RunConfig, progress: &mut Progress) -> Result<PathBuf>
     Ok(run_dir)
 }
 
-/// Continues the run in `run_dir` from its last checkpoint to `config.train.steps`.
-pub fn resume(run_dir: &Path, progress: &mut Progress) -> Result<PathBuf> {
-    let config = RunConfig::load(&run_dir.join("config.toml"))?;
+/// Continues the run in `run_dir` from its last checkpoint to `config.train.steps`, or to `steps` when
+/// given (the run's `config.toml` is then updated to say so).
+pub fn resume(run_dir: &Path, steps: Option<usize>, progress: &mut Progress) -> Result<PathBuf> {
+    let config_path = run_dir.join("config.toml");
+    let mut config = RunConfig::load(&config_path)?;
+    if let Some(steps) = steps {
+        config.train.steps = steps;
+        config.validate().context("--steps")?;
+        write_atomic(&config_path, config.to_toml().as_bytes())?;
+    }
     let summary = train(&config, run_dir, true, progress)
         .with_context(|| format!("cannot resume {}", run_dir.display()))?;
     finish(&config, run_dir, &summary)?;

@@ -112,6 +112,12 @@ pub fn train(
     }
     let start_step = adam.step;
     let total = config.train.steps;
+    if start_step > total {
+        return Err(TrainError::Io {
+            path: checkpoint_path,
+            detail: format!("the checkpoint is at step {start_step}, beyond train.steps = {total}"),
+        });
+    }
     let mut maker = BatchMaker::new(config).map_err(|e| TrainError::Io {
         path: run_dir.to_path_buf(),
         detail: e.to_string(),
