@@ -94,9 +94,10 @@ pub fn validate_batch(batch: ArrayView2<f64>, what: &'static str) -> Result<()> 
 
 /// Returns the first non-finite entry of a matrix as an error.
 pub(crate) fn check_finite(matrix: ArrayView2<f64>, what: &'static str) -> Result<()> {
-    // A fold over all entries is branch-free and vectorises; the location is searched only on failure.
+    // `v * 0` is NaN exactly for NaN and infinite `v`; the branch-free fold is cheap, and the location is
+    // searched only on failure.
     let all_finite = match matrix.as_slice() {
-        Some(flat) => flat.iter().fold(0.0, |acc, &v| acc + (v - v)) == 0.0,
+        Some(flat) => flat.iter().fold(0.0, |acc, &v| acc + v * 0.0) == 0.0,
         None => matrix.iter().all(|v| v.is_finite()),
     };
     if all_finite {
@@ -104,7 +105,12 @@ pub(crate) fn check_finite(matrix: ArrayView2<f64>, what: &'static str) -> Resul
     }
     for ((row, col), &value) in matrix.indexed_iter() {
         if !value.is_finite() {
-            return Err(CouplingError::NonFinite { what, row, col, value });
+            return Err(CouplingError::NonFinite {
+                what,
+                row,
+                col,
+                value,
+            });
         }
     }
     Ok(())
@@ -114,7 +120,10 @@ fn validate_pair(x0: ArrayView2<f64>, x1: ArrayView2<f64>) -> Result<()> {
     validate_batch(x0, "source batch")?;
     validate_batch(x1, "target batch")?;
     if x0.ncols() != x1.ncols() {
-        return Err(CouplingError::DimensionMismatch { source_dim: x0.ncols(), target_dim: x1.ncols() });
+        return Err(CouplingError::DimensionMismatch {
+            source_dim: x0.ncols(),
+            target_dim: x1.ncols(),
+        });
     }
     Ok(())
 }
@@ -144,10 +153,18 @@ pub fn cost_matrix_into(
     validate_pair(x0, x1)?;
     cost.validate()?;
     if out.nrows() != x0.nrows() {
-        return Err(CouplingError::SizeMismatch { what: "output rows", expected: x0.nrows(), found: out.nrows() });
+        return Err(CouplingError::SizeMismatch {
+            what: "output rows",
+            expected: x0.nrows(),
+            found: out.nrows(),
+        });
     }
     if out.ncols() != x1.nrows() {
-        return Err(CouplingError::SizeMismatch { what: "output columns", expected: x1.nrows(), found: out.ncols() });
+        return Err(CouplingError::SizeMismatch {
+            what: "output columns",
+            expected: x1.nrows(),
+            found: out.ncols(),
+        });
     }
     let dim = x0.ncols();
     let parallel = x0.nrows() * x1.nrows() * dim >= PARALLEL_WORK_THRESHOLD;
@@ -157,7 +174,9 @@ pub fn cost_matrix_into(
         // Coordinates of x1 as rows of a (d, n1) standard-layout array, so that the inner loop runs over targets.
         let x1_t = x1.t().as_standard_layout().into_owned();
         let fill = |x_row: ndarray::ArrayView1<f64>, mut out_row: ndarray::ArrayViewMut1<f64>| {
-            let out_row = out_row.as_slice_mut().expect("rows of a standard-layout chunk are contiguous");
+            let out_row = out_row
+                .as_slice_mut()
+                .expect("rows of a standard-layout chunk are contiguous");
             direct_row(x_row, x1_t.view(), cost, out_row);
         };
         if out.is_standard_layout() {
@@ -219,9 +238,13 @@ fn direct_row(x: ndarray::ArrayView1<f64>, x1_t: ArrayView2<f64>, cost: GroundCo
                     if p == 1.0 {
                         out.iter_mut().zip(y_k).for_each(|(o, &y)| *o += (xk - y).abs());
                     } else if p == 2.0 {
-                        out.iter_mut().zip(y_k).for_each(|(o, &y)| *o += (xk - y) * (xk - y));
+                        out.iter_mut()
+                            .zip(y_k)
+                            .for_each(|(o, &y)| *o += (xk - y) * (xk - y));
                     } else {
-                        out.iter_mut().zip(y_k).for_each(|(o, &y)| *o += (xk - y).abs().powf(p));
+                        out.iter_mut()
+                            .zip(y_k)
+                            .for_each(|(o, &y)| *o += (xk - y).abs().powf(p));
                     }
                 }
             };
@@ -244,7 +267,9 @@ fn squared_by_product(x0: ArrayView2<f64>, x1: ArrayView2<f64>, mut out: ArrayVi
         general_mat_mul(-2.0, &x_chunk, &x1.t(), 0.0, &mut out_chunk);
         for (x_row, mut out_row) in x_chunk.rows().into_iter().zip(out_chunk.rows_mut()) {
             let norm0 = x_row.dot(&x_row);
-            Zip::from(&mut out_row).and(&norms1[..]).for_each(|o, &n1| *o = (*o + norm0 + n1).max(0.0));
+            Zip::from(&mut out_row)
+                .and(&norms1[..])
+                .for_each(|o, &n1| *o = (*o + norm0 + n1).max(0.0));
         }
     };
     if parallel {

@@ -50,7 +50,10 @@ impl Pairing {
 
     /// The paired batches `(x0[source_idx], x1[target_idx])`.
     pub fn apply(&self, x0: ArrayView2<f64>, x1: ArrayView2<f64>) -> (Array2<f64>, Array2<f64>) {
-        (x0.select(Axis(0), &self.source_idx), x1.select(Axis(0), &self.target_idx))
+        (
+            x0.select(Axis(0), &self.source_idx),
+            x1.select(Axis(0), &self.target_idx),
+        )
     }
 }
 
@@ -139,7 +142,9 @@ fn default_max_replicated() -> usize {
 
 impl Default for CouplingConfig {
     fn default() -> Self {
-        CouplingConfig::ExactOt { solver: SolverKind::Jv }
+        CouplingConfig::ExactOt {
+            solver: SolverKind::Jv,
+        }
     }
 }
 
@@ -148,19 +153,39 @@ impl CouplingConfig {
     pub fn build(&self) -> Result<Box<dyn Coupling>> {
         Ok(match *self {
             CouplingConfig::Independent { order } => Box::new(Independent { order }),
-            CouplingConfig::ExactOt { solver } => Box::new(ExactOt { solver: solver.build() }),
+            CouplingConfig::ExactOt { solver } => Box::new(ExactOt {
+                solver: solver.build(),
+            }),
             CouplingConfig::OtPlanSampling { max_replicated } => Box::new(OtPlanSampling { max_replicated }),
             CouplingConfig::Sinkhorn { sinkhorn, scaling } => {
                 sinkhorn.validate()?;
-                Box::new(SinkhornCoupling { config: sinkhorn, scaling })
+                Box::new(SinkhornCoupling {
+                    config: sinkhorn,
+                    scaling,
+                })
             }
-            CouplingConfig::SchrodingerBridge { sigma, max_iterations, tolerance } => {
+            CouplingConfig::SchrodingerBridge {
+                sigma,
+                max_iterations,
+                tolerance,
+            } => {
                 if !(sigma > 0.0 && sigma.is_finite()) {
-                    return Err(CouplingError::InvalidParameter { name: "sigma", value: sigma, allowed: "finite and > 0" });
+                    return Err(CouplingError::InvalidParameter {
+                        name: "sigma",
+                        value: sigma,
+                        allowed: "finite and > 0",
+                    });
                 }
-                let config = SinkhornConfig { reg: 2.0 * sigma * sigma, max_iterations, tolerance };
+                let config = SinkhornConfig {
+                    reg: 2.0 * sigma * sigma,
+                    max_iterations,
+                    tolerance,
+                };
                 config.validate()?;
-                Box::new(SinkhornCoupling { config, scaling: CostScaling::Raw })
+                Box::new(SinkhornCoupling {
+                    config,
+                    scaling: CostScaling::Raw,
+                })
             }
         })
     }
@@ -183,7 +208,10 @@ impl Coupling for Independent {
             target_idx.shuffle(rng);
         }
         target_idx.truncate(n);
-        Ok(Pairing { source_idx, target_idx })
+        Ok(Pairing {
+            source_idx,
+            target_idx,
+        })
     }
 }
 
@@ -199,10 +227,16 @@ impl Coupling for ExactOt {
         let cost = cost_matrix(x0, x1, GroundCost::SquaredEuclidean)?;
         if x0.nrows() <= x1.nrows() {
             let a = self.solver.solve(cost.view())?;
-            Ok(Pairing { source_idx: (0..x0.nrows()).collect(), target_idx: a.row_to_col })
+            Ok(Pairing {
+                source_idx: (0..x0.nrows()).collect(),
+                target_idx: a.row_to_col,
+            })
         } else {
             let a = self.solver.solve(cost.t())?;
-            Ok(Pairing { source_idx: a.row_to_col, target_idx: (0..x1.nrows()).collect() })
+            Ok(Pairing {
+                source_idx: a.row_to_col,
+                target_idx: (0..x1.nrows()).collect(),
+            })
         }
     }
 }
@@ -249,7 +283,10 @@ fn validate_batches(x0: ArrayView2<f64>, x1: ArrayView2<f64>) -> Result<()> {
     crate::cost::validate_batch(x0, "source batch")?;
     crate::cost::validate_batch(x1, "target batch")?;
     if x0.ncols() != x1.ncols() {
-        return Err(CouplingError::DimensionMismatch { source_dim: x0.ncols(), target_dim: x1.ncols() });
+        return Err(CouplingError::DimensionMismatch {
+            source_dim: x0.ncols(),
+            target_dim: x1.ncols(),
+        });
     }
     Ok(())
 }

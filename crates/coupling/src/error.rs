@@ -19,7 +19,9 @@ pub enum CouplingError {
         cols: usize,
     },
     /// The two batches hold points of different dimensions.
-    #[error("dimension mismatch: source points have {source_dim} coordinates, target points have {target_dim}")]
+    #[error(
+        "dimension mismatch: source points have {source_dim} coordinates, target points have {target_dim}"
+    )]
     DimensionMismatch {
         /// Coordinates per source point.
         source_dim: usize,

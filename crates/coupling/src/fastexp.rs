@@ -7,8 +7,9 @@
 //! is below the smallest normal number), inputs above `709` are clamped to `exp(709)`.
 
 const LOG2_E: f64 = std::f64::consts::LOG2_E;
-const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+// ln 2 split so that `k * LN2_HI` is exact for |k| < 2^11 (fdlibm's constants).
+const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 const SHIFT: f64 = 6_755_399_441_055_744.0;
 
 /// `exp(x)` to about 1 ulp for `x` in `[-708, 709]`; 0 below.

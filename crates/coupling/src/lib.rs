@@ -15,10 +15,14 @@ pub mod metrics;
 pub mod plan;
 pub mod sinkhorn;
 
-pub use assignment::{Assignment, AssignmentSolver, Hungarian, Jv, JvConfig, JvInit, JvWorkspace, SolverKind};
+pub use assignment::{
+    Assignment, AssignmentSolver, Hungarian, Jv, JvConfig, JvInit, JvWorkspace, SolverKind,
+};
 pub use cost::{GroundCost, cost_matrix, cost_matrix_into, squared_euclidean};
-pub use coupling::{Coupling, CouplingConfig, CostScaling, IndependentOrder, Pairing};
-pub use metrics::{MmdConfig, MmdEstimator, W2Config, W2Estimate, W2Method, mmd_rbf, sinkhorn_divergence, w1, w2, w2_general};
-pub use plan::{exact_plan, sample_plan};
+pub use coupling::{CostScaling, Coupling, CouplingConfig, IndependentOrder, Pairing};
 pub use error::{CouplingError, Result};
+pub use metrics::{
+    MmdConfig, MmdEstimator, W2Config, W2Estimate, W2Method, mmd_rbf, sinkhorn_divergence, w1, w2, w2_general,
+};
+pub use plan::{exact_plan, sample_plan};
 pub use sinkhorn::{SinkhornConfig, SinkhornSolution, sinkhorn, sinkhorn_weighted};

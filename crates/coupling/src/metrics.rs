@@ -27,7 +27,11 @@ use crate::sinkhorn::{SinkhornConfig, sinkhorn, uniform};
 
 fn equal_sizes(x: ArrayView2<f64>, y: ArrayView2<f64>) -> Result<()> {
     if x.nrows() != y.nrows() {
-        return Err(CouplingError::SizeMismatch { what: "sample sizes", expected: x.nrows(), found: y.nrows() });
+        return Err(CouplingError::SizeMismatch {
+            what: "sample sizes",
+            expected: x.nrows(),
+            found: y.nrows(),
+        });
     }
     Ok(())
 }
@@ -43,7 +47,9 @@ pub fn w1(x: ArrayView2<f64>, y: ArrayView2<f64>) -> Result<f64> {
 pub fn w2(x: ArrayView2<f64>, y: ArrayView2<f64>) -> Result<f64> {
     equal_sizes(x, y)?;
     let cost = squared_euclidean(x, y)?;
-    Ok((Jv::default().solve(cost.view())?.total_cost / x.nrows() as f64).max(0.0).sqrt())
+    Ok((Jv::default().solve(cost.view())?.total_cost / x.nrows() as f64)
+        .max(0.0)
+        .sqrt())
 }
 
 /// How [`w2_general`] computed its value.
@@ -82,7 +88,10 @@ pub struct W2Config {
 
 impl Default for W2Config {
     fn default() -> Self {
-        W2Config { max_replicated: 4096, relative_reg: 1e-3 }
+        W2Config {
+            max_replicated: 4096,
+            relative_reg: 1e-3,
+        }
     }
 }
 
@@ -91,13 +100,28 @@ pub fn w2_general(x: ArrayView2<f64>, y: ArrayView2<f64>, config: &W2Config) -> 
     let cost = squared_euclidean(x, y)?;
     if let Some(replicated) = crate::plan::lcm(x.nrows(), y.nrows()).filter(|&l| l <= config.max_replicated) {
         let plan = exact_plan(cost.view(), config.max_replicated)?;
-        let value = ndarray::Zip::from(&plan).and(&cost).fold(0.0, |acc, &p, &c| acc + p * c);
-        return Ok(W2Estimate { value: value.max(0.0).sqrt(), method: W2Method::Exact { replicated } });
+        let value = ndarray::Zip::from(&plan)
+            .and(&cost)
+            .fold(0.0, |acc, &p, &c| acc + p * c);
+        return Ok(W2Estimate {
+            value: value.max(0.0).sqrt(),
+            method: W2Method::Exact { replicated },
+        });
     }
     let max = cost.fold(0.0f64, |m, &c| m.max(c));
     let reg = (config.relative_reg * max).max(f64::MIN_POSITIVE);
-    let solution = sinkhorn(cost.view(), &SinkhornConfig { reg, max_iterations: 5000, tolerance: 1e-6 })?;
-    Ok(W2Estimate { value: solution.transport_cost(cost.view()).max(0.0).sqrt(), method: W2Method::Entropic { reg } })
+    let solution = sinkhorn(
+        cost.view(),
+        &SinkhornConfig {
+            reg,
+            max_iterations: 5000,
+            tolerance: 1e-6,
+        },
+    )?;
+    Ok(W2Estimate {
+        value: solution.transport_cost(cost.view()).max(0.0).sqrt(),
+        method: W2Method::Entropic { reg },
+    })
 }
 
 /// MMD estimator.
@@ -124,17 +148,28 @@ pub struct MmdConfig {
 impl Default for MmdConfig {
     /// A multi-scale sum, as commonly used for 2D benchmarks.
     fn default() -> Self {
-        MmdConfig { bandwidths: vec![0.1, 0.5, 1.0, 2.0, 5.0], estimator: MmdEstimator::Biased }
+        MmdConfig {
+            bandwidths: vec![0.1, 0.5, 1.0, 2.0, 5.0],
+            estimator: MmdEstimator::Biased,
+        }
     }
 }
 
 /// Squared MMD between two samples with a sum of RBF kernels.
 pub fn mmd_rbf(x: ArrayView2<f64>, y: ArrayView2<f64>, config: &MmdConfig) -> Result<f64> {
     if config.bandwidths.is_empty() {
-        return Err(CouplingError::InvalidParameter { name: "bandwidths", value: 0.0, allowed: "at least one bandwidth" });
+        return Err(CouplingError::InvalidParameter {
+            name: "bandwidths",
+            value: 0.0,
+            allowed: "at least one bandwidth",
+        });
     }
     if let Some(&s) = config.bandwidths.iter().find(|&&s| !(s > 0.0 && s.is_finite())) {
-        return Err(CouplingError::InvalidParameter { name: "bandwidths", value: s, allowed: "each finite and > 0" });
+        return Err(CouplingError::InvalidParameter {
+            name: "bandwidths",
+            value: s,
+            allowed: "each finite and > 0",
+        });
     }
     let (n, m) = (x.nrows(), y.nrows());
     if config.estimator == MmdEstimator::Unbiased && (n < 2 || m < 2) {
@@ -150,7 +185,11 @@ pub fn mmd_rbf(x: ArrayView2<f64>, y: ArrayView2<f64>, config: &MmdConfig) -> Re
             if skip_diagonal && i == j {
                 continue;
             }
-            total += config.bandwidths.iter().map(|s| (-d / (2.0 * s * s)).exp()).sum::<f64>();
+            total += config
+                .bandwidths
+                .iter()
+                .map(|s| (-d / (2.0 * s * s)).exp())
+                .sum::<f64>();
         }
         total
     };
@@ -160,7 +199,9 @@ pub fn mmd_rbf(x: ArrayView2<f64>, y: ArrayView2<f64>, config: &MmdConfig) -> Re
     let (n, m) = (n as f64, m as f64);
     let cross = kernel_sum(&dxy, false) / (n * m);
     Ok(match config.estimator {
-        MmdEstimator::Biased => kernel_sum(&dxx, false) / (n * n) + kernel_sum(&dyy, false) / (m * m) - 2.0 * cross,
+        MmdEstimator::Biased => {
+            kernel_sum(&dxx, false) / (n * n) + kernel_sum(&dyy, false) / (m * m) - 2.0 * cross
+        }
         MmdEstimator::Unbiased => {
             kernel_sum(&dxx, true) / (n * (n - 1.0)) + kernel_sum(&dyy, true) / (m * (m - 1.0)) - 2.0 * cross
         }

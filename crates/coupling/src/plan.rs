@@ -35,13 +35,19 @@ pub fn lcm(n0: usize, n1: usize) -> Option<usize> {
 pub fn exact_plan(cost: ArrayView2<f64>, max_replicated: usize) -> Result<Array2<f64>> {
     let (rows, cols) = cost.dim();
     if rows == 0 || cols == 0 {
-        return Err(CouplingError::Empty { what: "cost matrix", rows, cols });
+        return Err(CouplingError::Empty {
+            what: "cost matrix",
+            rows,
+            cols,
+        });
     }
-    let size = lcm(rows, cols).filter(|&l| l <= max_replicated).ok_or(CouplingError::InvalidParameter {
-        name: "max_replicated",
-        value: max_replicated as f64,
-        allowed: "at least lcm(n0, n1) for an exact plan between unequal sizes",
-    })?;
+    let size = lcm(rows, cols)
+        .filter(|&l| l <= max_replicated)
+        .ok_or(CouplingError::InvalidParameter {
+            name: "max_replicated",
+            value: max_replicated as f64,
+            allowed: "at least lcm(n0, n1) for an exact plan between unequal sizes",
+        })?;
     let (rep_rows, rep_cols) = (size / rows, size / cols);
     let replicated = if size == rows && size == cols {
         cost.to_owned()
@@ -64,7 +70,10 @@ pub fn exact_plan(cost: ArrayView2<f64>, max_replicated: usize) -> Result<Array2
 pub fn sample_plan(plan: ArrayView2<f64>, n_pairs: usize, rng: &mut dyn RngCore) -> Result<Pairing> {
     let total: f64 = plan.sum();
     if !(total > 0.0 && total.is_finite()) || plan.iter().any(|&p| p < 0.0) {
-        return Err(CouplingError::InvalidWeights { what: "plan", sum: total });
+        return Err(CouplingError::InvalidWeights {
+            what: "plan",
+            sum: total,
+        });
     }
     let mut draws: Vec<f64> = (0..n_pairs).map(|_| rng.random::<f64>() * total).collect();
     draws.sort_by(f64::total_cmp);

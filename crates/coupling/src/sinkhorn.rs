@@ -13,7 +13,7 @@
 //! `[1e-50, 1e50]` or a sum underflows, they are absorbed into `alpha`, `beta` and `K` is rebuilt by an exact
 //! log-domain half-step (`alpha_i = eps ln a_i - eps LSE_j((beta_j - C_ij)/eps)`), so no entry overflows
 //! and no row of `K` is all zero, even for `eps = 1e-3` on costs of order 1. Epsilon scaling
-//! (`eps_k = max(reg, range(C) / 4^k)`) warm-starts each regularisation from the previous one's potentials.
+//! (geometric from `range(C)` to `reg`, ratios of at least 4) warm-starts each regularisation from the previous one's potentials.
 //! Convergence is measured by the L1 error of the row marginal (the column marginal is exact after each
 //! iteration); every loop is bounded by `max_iterations`.
 
@@ -50,7 +50,11 @@ pub struct SinkhornConfig {
 impl Default for SinkhornConfig {
     /// `reg = 0.05` (torchcfm's default), 1000 iterations, tolerance `1e-6`.
     fn default() -> Self {
-        SinkhornConfig { reg: 0.05, max_iterations: 1000, tolerance: 1e-6 }
+        SinkhornConfig {
+            reg: 0.05,
+            max_iterations: 1000,
+            tolerance: 1e-6,
+        }
     }
 }
 
@@ -58,7 +62,11 @@ impl SinkhornConfig {
     /// Checks the ranges.
     pub fn validate(&self) -> Result<()> {
         if !(self.reg > 0.0 && self.reg.is_finite()) {
-            return Err(CouplingError::InvalidParameter { name: "reg", value: self.reg, allowed: "finite and > 0" });
+            return Err(CouplingError::InvalidParameter {
+                name: "reg",
+                value: self.reg,
+                allowed: "finite and > 0",
+            });
         }
         if !(self.tolerance > 0.0 && self.tolerance.is_finite()) {
             return Err(CouplingError::InvalidParameter {
@@ -68,7 +76,11 @@ impl SinkhornConfig {
             });
         }
         if self.max_iterations == 0 {
-            return Err(CouplingError::InvalidParameter { name: "max_iterations", value: 0.0, allowed: ">= 1" });
+            return Err(CouplingError::InvalidParameter {
+                name: "max_iterations",
+                value: 0.0,
+                allowed: ">= 1",
+            });
         }
         Ok(())
     }
@@ -99,7 +111,9 @@ impl SinkhornSolution {
 
     /// The transport cost `<P, C>` of the plan (no entropy term).
     pub fn transport_cost(&self, cost: ArrayView2<f64>) -> f64 {
-        ndarray::Zip::from(&self.plan).and(cost).fold(0.0, |acc, &p, &c| acc + p * c)
+        ndarray::Zip::from(&self.plan)
+            .and(cost)
+            .fold(0.0, |acc, &p, &c| acc + p * c)
     }
 }
 
@@ -134,32 +148,69 @@ pub fn sinkhorn_weighted(
     config.validate()?;
     let (rows, cols) = cost.dim();
     if rows == 0 || cols == 0 {
-        return Err(CouplingError::Empty { what: "cost matrix", rows, cols });
+        return Err(CouplingError::Empty {
+            what: "cost matrix",
+            rows,
+            cols,
+        });
     }
     check_finite(cost, "cost matrix")?;
     if a.len() != rows {
-        return Err(CouplingError::SizeMismatch { what: "source weights", expected: rows, found: a.len() });
+        return Err(CouplingError::SizeMismatch {
+            what: "source weights",
+            expected: rows,
+            found: a.len(),
+        });
     }
     if b.len() != cols {
-        return Err(CouplingError::SizeMismatch { what: "target weights", expected: cols, found: b.len() });
+        return Err(CouplingError::SizeMismatch {
+            what: "target weights",
+            expected: cols,
+            found: b.len(),
+        });
     }
     validate_weights(a, "source")?;
     validate_weights(b, "target")?;
     let cost = cost.as_standard_layout();
     let c = cost.as_slice().expect("standard layout");
     let (lo, hi) = min_max(cost.view());
-    let mut state = State::new(c, rows, cols, a.as_slice().map_or_else(|| a.to_vec(), <[f64]>::to_vec), b.to_vec());
+    let mut state = State::new(
+        c,
+        rows,
+        cols,
+        a.as_slice().map_or_else(|| a.to_vec(), <[f64]>::to_vec),
+        b.to_vec(),
+    );
 
-    // Epsilon scaling from the cost range down to `reg`.
-    let mut eps = (hi - lo).max(config.reg);
-    let mut first = true;
-    loop {
-        let last = eps <= config.reg;
-        let eps_now = if last { config.reg } else { eps };
-        state.set_eps(eps_now, first);
-        first = false;
-        let budget = if last { config.max_iterations } else { STAGE_ITERATIONS };
-        let tol = if last { config.tolerance } else { config.tolerance.max(1e-2) };
+    // Epsilon scaling from the cost range down to `reg` in `k = floor(log_4(range / reg))` equal ratios
+    // (at least 4 each), so that no stage is a rebuild for a tiny change of `eps`.
+    let range = (hi - lo).max(config.reg);
+    let stages = ((range / config.reg).ln() / EPS_RATIO.recip().ln())
+        .floor()
+        .max(0.0) as usize;
+    let ratio = if stages > 0 {
+        (config.reg / range).powf(1.0 / stages as f64)
+    } else {
+        1.0
+    };
+    for stage in 0..=stages {
+        let last = stage == stages;
+        let eps_now = if last {
+            config.reg
+        } else {
+            range * ratio.powi(stage as i32)
+        };
+        state.set_eps(eps_now, stage == 0);
+        let budget = if last {
+            config.max_iterations
+        } else {
+            STAGE_ITERATIONS
+        };
+        let tol = if last {
+            config.tolerance
+        } else {
+            config.tolerance.max(1e-2)
+        };
         let (iterations, error) = state.iterate(budget, tol);
         if last {
             let (plan, f, g) = state.finish();
@@ -172,9 +223,12 @@ pub fn sinkhorn_weighted(
                 converged: error <= config.tolerance,
             });
         }
-        eps = (eps * EPS_RATIO).max(config.reg);
     }
+    unreachable!("the last stage returns")
 }
+
+/// One row of the kernel rebuild: (kernel row, cost row), (alpha_i, (u_i, a_i)).
+type RowItem<'a> = ((&'a mut [f32], &'a [f64]), (&'a mut f64, (&'a mut f64, &'a f64)));
 
 /// Iteration state: `P = diag(u) K diag(v)`, `K_ij = exp((alpha_i + beta_j - C_ij)/eps)`.
 struct State<'c> {
@@ -261,7 +315,7 @@ impl<'c> State<'c> {
         let (eps, cols, parallel) = (self.eps, self.cols, self.parallel());
         let inv_eps = 1.0 / eps;
         let (beta, c, a) = (&self.beta, self.c, &self.a);
-        let row_update = |((krow, crow), (alpha, (u, &a_i))): ((&mut [f32], &[f64]), (&mut f64, (&mut f64, &f64)))| {
+        let row_update = |((krow, crow), (alpha, (u, &a_i))): RowItem<'_>| {
             let m = max_difference(beta, crow);
             let s = exp_row(beta, crow, m, inv_eps, krow);
             *alpha = -m;
@@ -271,11 +325,17 @@ impl<'c> State<'c> {
             self.kernel
                 .par_chunks_mut(cols)
                 .zip(c.par_chunks(cols))
-                .zip(self.alpha.par_iter_mut().zip(self.u.par_iter_mut().zip(a.par_iter())))
+                .zip(
+                    self.alpha
+                        .par_iter_mut()
+                        .zip(self.u.par_iter_mut().zip(a.par_iter())),
+                )
                 .for_each(row_update);
         } else {
             let kernel = self.kernel.chunks_mut(cols).zip(c.chunks(cols));
-            kernel.zip(self.alpha.iter_mut().zip(self.u.iter_mut().zip(a.iter()))).for_each(row_update);
+            kernel
+                .zip(self.alpha.iter_mut().zip(self.u.iter_mut().zip(a.iter())))
+                .for_each(row_update);
         }
         self.v.fill(1.0);
     }
@@ -299,8 +359,10 @@ impl<'c> State<'c> {
             }
             stable &= self.u.iter().all(|&u| u > 1.0 / ABSORB && u < ABSORB);
             if !stable {
+                // The measured error belongs to the state before absorption; measure again next pass.
                 self.absorb();
                 self.rebuild();
+                continue;
             }
             if error <= tolerance {
                 return (iteration, error);
@@ -319,7 +381,9 @@ impl<'c> State<'c> {
             *u = a_i / s;
             let ui = *u;
             if ui.is_finite() {
-                acc.iter_mut().zip(krow).for_each(|(c, &k)| *c += f64::from(k) * ui);
+                acc.iter_mut()
+                    .zip(krow)
+                    .for_each(|(c, &k)| *c += f64::from(k) * ui);
             }
         };
         if self.parallel() {
@@ -360,12 +424,33 @@ impl<'c> State<'c> {
     fn finish(self) -> (Array2<f64>, Array1<f64>, Array1<f64>) {
         let (u, v, cols) = (&self.u, &self.v, self.cols);
         let mut plan = Array2::zeros((self.rows, cols));
-        for ((mut prow, krow), &ui) in plan.rows_mut().into_iter().zip(self.kernel.chunks(cols)).zip(u) {
-            prow.iter_mut().zip(krow).zip(v).for_each(|((p, &k), &vj)| *p = f64::from(k) * ui * vj);
+        let fill = |((mut prow, krow), &ui): ((ndarray::ArrayViewMut1<f64>, &[f32]), &f64)| {
+            prow.iter_mut()
+                .zip(krow)
+                .zip(v)
+                .for_each(|((p, &k), &vj)| *p = f64::from(k) * ui * vj);
+        };
+        if self.parallel() {
+            // Parallel also spreads the first-touch page faults of the new buffer.
+            plan.axis_iter_mut(ndarray::Axis(0))
+                .into_par_iter()
+                .zip(self.kernel.par_chunks(cols))
+                .zip(u.par_iter())
+                .for_each(fill);
+        } else {
+            plan.rows_mut()
+                .into_iter()
+                .zip(self.kernel.chunks(cols))
+                .zip(u)
+                .for_each(fill);
         }
         let eps = self.eps;
-        let f = (0..self.rows).map(|i| self.alpha[i] + eps * self.u[i].ln() - eps * self.ln_a[i]).collect();
-        let g = (0..self.cols).map(|j| self.beta[j] + eps * self.v[j].ln() - eps * self.ln_b[j]).collect();
+        let f = (0..self.rows)
+            .map(|i| self.alpha[i] + eps * self.u[i].ln() - eps * self.ln_a[i])
+            .collect();
+        let g = (0..self.cols)
+            .map(|j| self.beta[j] + eps * self.v[j].ln() - eps * self.ln_b[j])
+            .collect();
         (plan, f, g)
     }
 }

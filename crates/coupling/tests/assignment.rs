@@ -10,7 +10,11 @@ use rand::{SeedableRng, seq::SliceRandom};
 use rand_chacha::ChaCha8Rng;
 
 fn solvers() -> Vec<(&'static str, Box<dyn AssignmentSolver>)> {
-    let classic = Jv::new(JvConfig { init: JvInit::Classic, ..JvConfig::default() }).unwrap();
+    let classic = Jv::new(JvConfig {
+        init: JvInit::Classic,
+        ..JvConfig::default()
+    })
+    .unwrap();
     vec![
         ("jv-auction", Box::new(Jv::default())),
         ("jv-classic", Box::new(classic)),
@@ -39,23 +43,37 @@ fn brute_force(cost: &Array2<f64>) -> f64 {
 }
 
 fn tolerance(cost: &Array2<f64>) -> f64 {
-    let (lo, hi) = cost.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let (lo, hi) = cost
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+            (a.min(x), b.max(x))
+        });
     let n = cost.nrows() as f64;
     // Hungarian's proven rounding gap plus float summation error.
     Hungarian::gap_bound(cost.nrows(), cost.ncols(), hi - lo) + 1e-9 * n * (hi.abs() + lo.abs() + 1.0)
 }
 
 fn check_all_agree(cost: &Array2<f64>, seed: u64) -> Result<(), TestCaseError> {
-    let results: Vec<(&str, Assignment)> =
-        solvers().into_iter().map(|(name, s)| (name, s.solve(cost.view()).unwrap())).collect();
+    let results: Vec<(&str, Assignment)> = solvers()
+        .into_iter()
+        .map(|(name, s)| (name, s.solve(cost.view()).unwrap()))
+        .collect();
     let tol = tolerance(cost);
     let reference = results[0].1.total_cost;
     for (name, a) in &results {
-        prop_assert!(a.is_injective(cost.ncols()), "{name} returned a non-injective assignment {:?}", a.row_to_col);
+        prop_assert!(
+            a.is_injective(cost.ncols()),
+            "{name} returned a non-injective assignment {:?}",
+            a.row_to_col
+        );
         prop_assert_eq!(a.row_to_col.len(), cost.nrows());
         let summed: f64 = a.row_to_col.iter().enumerate().map(|(i, &j)| cost[[i, j]]).sum();
         prop_assert!((summed - a.total_cost).abs() <= tol);
-        prop_assert!((a.total_cost - reference).abs() <= tol, "{name}: {} vs {reference}", a.total_cost);
+        prop_assert!(
+            (a.total_cost - reference).abs() <= tol,
+            "{name}: {} vs {reference}",
+            a.total_cost
+        );
     }
     // No random injection beats the optimum.
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -127,7 +145,9 @@ fn recovers_a_hidden_permutation() {
     // x1 is a permutation of distinct points x0: the unique zero-cost assignment undoes it.
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let n = 300;
-    let x0 = Array2::from_shape_fn((n, 3), |(i, k)| (i * 7 + k * 13) as f64 * 0.37 % 11.0 + i as f64 * 1e-3);
+    let x0 = Array2::from_shape_fn((n, 3), |(i, k)| {
+        (i * 7 + k * 13) as f64 * 0.37 % 11.0 + i as f64 * 1e-3
+    });
     let mut perm: Vec<usize> = (0..n).collect();
     perm.shuffle(&mut rng);
     let x1 = Array2::from_shape_fn((n, 3), |(j, k)| x0[[perm[j], k]]);
@@ -150,21 +170,40 @@ fn refuses_bad_input() {
     let huge = array![[1e200, 0.0], [0.0, 1.0]];
     for (name, s) in solvers() {
         assert!(
-            matches!(s.solve(nan.view()), Err(CouplingError::NonFinite { row: 0, col: 1, .. })),
+            matches!(
+                s.solve(nan.view()),
+                Err(CouplingError::NonFinite { row: 0, col: 1, .. })
+            ),
             "{name}"
         );
         assert!(
-            matches!(s.solve(inf.view()), Err(CouplingError::NonFinite { row: 1, col: 0, .. })),
+            matches!(
+                s.solve(inf.view()),
+                Err(CouplingError::NonFinite { row: 1, col: 0, .. })
+            ),
             "{name}"
         );
         assert!(
-            matches!(s.solve(tall.view()), Err(CouplingError::MoreRowsThanColumns { rows: 3, cols: 2 })),
+            matches!(
+                s.solve(tall.view()),
+                Err(CouplingError::MoreRowsThanColumns { rows: 3, cols: 2 })
+            ),
             "{name}"
         );
-        assert!(matches!(s.solve(empty.view()), Err(CouplingError::Empty { .. })), "{name}");
-        assert!(matches!(s.solve(huge.view()), Err(CouplingError::CostTooLarge { .. })), "{name}");
+        assert!(
+            matches!(s.solve(empty.view()), Err(CouplingError::Empty { .. })),
+            "{name}"
+        );
+        assert!(
+            matches!(s.solve(huge.view()), Err(CouplingError::CostTooLarge { .. })),
+            "{name}"
+        );
     }
-    let err = Jv::new(JvConfig { eps_ratio: 1.0, ..JvConfig::default() }).unwrap_err();
+    let err = Jv::new(JvConfig {
+        eps_ratio: 1.0,
+        ..JvConfig::default()
+    })
+    .unwrap_err();
     assert!(err.to_string().contains("eps_ratio"), "{err}");
 }
 
@@ -175,4 +214,23 @@ fn works_on_non_contiguous_views() {
     let a = Jv::default().solve(t).unwrap();
     let b = Hungarian.solve(t).unwrap();
     assert!((a.total_cost - b.total_cost).abs() < 1e-6);
+}
+
+#[test]
+fn agree_on_the_benchmark_distribution() {
+    // N(0, I) -> 8gaussians, the geometry where the auction initialisation matters most.
+    use rand::Rng;
+    use rand_distr::{Distribution, StandardNormal};
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let n = 160;
+    let x0 = Array2::from_shape_simple_fn((n, 2), || StandardNormal.sample(&mut rng));
+    let mut x1 = Array2::<f64>::zeros((n, 2));
+    for mut row in x1.rows_mut() {
+        let angle = rng.random_range(0..8) as f64 * std::f64::consts::FRAC_PI_4;
+        let noise: [f64; 2] = [StandardNormal.sample(&mut rng), StandardNormal.sample(&mut rng)];
+        row[0] = 5.0 * angle.cos() + 0.1f64.powf(0.25) * noise[0];
+        row[1] = 5.0 * angle.sin() + 0.1f64.powf(0.25) * noise[1];
+    }
+    let cost = squared_euclidean(x0.view(), x1.view()).unwrap();
+    check_all_agree(&cost, 5).unwrap();
 }

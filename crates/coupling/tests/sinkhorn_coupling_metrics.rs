@@ -2,7 +2,7 @@
 
 use approx::assert_abs_diff_eq;
 use ferroflow_coupling::{
-    AssignmentSolver, CouplingConfig, CouplingError, CostScaling, IndependentOrder, Jv, MmdConfig,
+    AssignmentSolver, CostScaling, CouplingConfig, CouplingError, IndependentOrder, Jv, MmdConfig,
     MmdEstimator, SinkhornConfig, W2Config, W2Method, exact_plan, mmd_rbf, sample_plan, sinkhorn,
     sinkhorn_divergence, sinkhorn_weighted, squared_euclidean, w1, w2, w2_general,
 };
@@ -35,7 +35,9 @@ fn reference_sinkhorn(cost: &Array2<f64>, reg: f64, iterations: usize) -> Array2
             g[j] = -reg * lse(&mut (0..n).map(|i| (f[i] - cost[[i, j]]) / reg + la));
         }
     }
-    Array2::from_shape_fn((n, m), |(i, j)| ((f[i] + g[j] - cost[[i, j]]) / reg + la + lb).exp())
+    Array2::from_shape_fn((n, m), |(i, j)| {
+        ((f[i] + g[j] - cost[[i, j]]) / reg + la + lb).exp()
+    })
 }
 
 #[test]
@@ -43,7 +45,11 @@ fn sinkhorn_matches_reference_and_marginals() {
     let x = normal(30, 2, 1);
     let y = normal(40, 2, 2) + 1.0;
     let cost = squared_euclidean(x.view(), y.view()).unwrap();
-    let config = SinkhornConfig { reg: 0.5, max_iterations: 5000, tolerance: 1e-10 };
+    let config = SinkhornConfig {
+        reg: 0.5,
+        max_iterations: 5000,
+        tolerance: 1e-10,
+    };
     let sol = sinkhorn(cost.view(), &config).unwrap();
     assert!(sol.converged, "error {}", sol.marginal_error);
     let reference = reference_sinkhorn(&cost, 0.5, 3000);
@@ -58,7 +64,11 @@ fn sinkhorn_matches_reference_and_marginals() {
     // Potentials reproduce the plan: P_ij = a_i b_j exp((f_i + g_j - C_ij)/eps).
     for (i, j) in [(0, 0), (5, 17), (29, 39)] {
         let p = (1.0 / 1200.0) * ((sol.f[i] + sol.g[j] - cost[[i, j]]) / 0.5).exp();
-        assert!((p - sol.plan[[i, j]]).abs() < 1e-6 * p.max(1e-12), "{p} vs {}", sol.plan[[i, j]]);
+        assert!(
+            (p - sol.plan[[i, j]]).abs() < 1e-6 * p.max(1e-12),
+            "{p} vs {}",
+            sol.plan[[i, j]]
+        );
     }
 }
 
@@ -70,13 +80,24 @@ fn sinkhorn_is_stable_for_small_reg_and_approaches_exact_ot() {
     let max = cost.fold(0.0f64, |m, &c| m.max(c));
     cost /= max;
     let exact = Jv::default().solve(cost.view()).unwrap().total_cost / 200.0;
-    let sol = sinkhorn(cost.view(), &SinkhornConfig { reg: 1e-3, max_iterations: 3000, tolerance: 1e-6 }).unwrap();
+    let sol = sinkhorn(
+        cost.view(),
+        &SinkhornConfig {
+            reg: 1e-3,
+            max_iterations: 3000,
+            tolerance: 1e-6,
+        },
+    )
+    .unwrap();
     assert!(sol.plan.iter().all(|p| p.is_finite() && *p >= 0.0));
     assert!(sol.converged, "marginal error {}", sol.marginal_error);
     let entropic = sol.transport_cost(cost.view());
     // Bound: exact <= <P, C> <= exact + eps ln(n0 n1).
     assert!(entropic >= exact - 1e-6, "{entropic} < {exact}");
-    assert!(entropic <= exact + 1e-3 * (200.0f64 * 200.0).ln(), "{entropic} vs {exact}");
+    assert!(
+        entropic <= exact + 1e-3 * (200.0f64 * 200.0).ln(),
+        "{entropic} vs {exact}"
+    );
 }
 
 #[test]
@@ -87,7 +108,10 @@ fn sinkhorn_refuses_bad_input() {
         Err(CouplingError::NonFinite { row: 1, col: 1, .. })
     ));
     let ok = array![[0.0, 1.0], [1.0, 0.0]];
-    let bad = SinkhornConfig { reg: 0.0, ..SinkhornConfig::default() };
+    let bad = SinkhornConfig {
+        reg: 0.0,
+        ..SinkhornConfig::default()
+    };
     assert!(sinkhorn(ok.view(), &bad).unwrap_err().to_string().contains("reg"));
     let a = array![0.7, 0.7];
     let b = array![0.5, 0.5];
@@ -99,7 +123,10 @@ fn sinkhorn_refuses_bad_input() {
 
 fn is_permutation(idx: &[usize], n: usize) -> bool {
     let mut seen = vec![false; n];
-    idx.len() == n && idx.iter().all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
+    idx.len() == n
+        && idx
+            .iter()
+            .all(|&i| i < n && !std::mem::replace(&mut seen[i], true))
 }
 
 #[test]
@@ -107,7 +134,11 @@ fn exact_ot_pairing_is_a_permutation_and_optimal() {
     let x0 = normal(64, 3, 5);
     let x1 = normal(64, 3, 6) + 2.0;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let pairing = CouplingConfig::default().build().unwrap().pair(x0.view(), x1.view(), &mut rng).unwrap();
+    let pairing = CouplingConfig::default()
+        .build()
+        .unwrap()
+        .pair(x0.view(), x1.view(), &mut rng)
+        .unwrap();
     assert!(is_permutation(&pairing.source_idx, 64) && is_permutation(&pairing.target_idx, 64));
     let (p0, p1) = pairing.apply(x0.view(), x1.view());
     let paired: f64 = (&p0 - &p1).mapv(|d| d * d).sum() / 64.0;
@@ -117,13 +148,21 @@ fn exact_ot_pairing_is_a_permutation_and_optimal() {
 
     // Unequal sizes: the smaller batch is paired with distinct points of the larger.
     let short = x0.slice(s![..40, ..]);
-    let p = CouplingConfig::default().build().unwrap().pair(short, x1.view(), &mut rng).unwrap();
+    let p = CouplingConfig::default()
+        .build()
+        .unwrap()
+        .pair(short, x1.view(), &mut rng)
+        .unwrap();
     assert_eq!(p.len(), 40);
     let mut t = p.target_idx.clone();
     t.sort();
     t.dedup();
     assert_eq!(t.len(), 40);
-    let p = CouplingConfig::default().build().unwrap().pair(x1.view(), short, &mut rng).unwrap();
+    let p = CouplingConfig::default()
+        .build()
+        .unwrap()
+        .pair(x1.view(), short, &mut rng)
+        .unwrap();
     assert_eq!(p.len(), 40);
     assert!(p.source_idx.iter().all(|&i| i < 64));
 }
@@ -133,37 +172,80 @@ fn independent_and_sampled_couplings() {
     let x0 = normal(50, 2, 7);
     let x1 = normal(50, 2, 8);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
-    let id = CouplingConfig::Independent { order: IndependentOrder::Identity }.build().unwrap();
+    let id = CouplingConfig::Independent {
+        order: IndependentOrder::Identity,
+    }
+    .build()
+    .unwrap();
     let p = id.pair(x0.view(), x1.view(), &mut rng).unwrap();
     assert_eq!(p.target_idx, (0..50).collect::<Vec<_>>());
-    let sh = CouplingConfig::Independent { order: IndependentOrder::Shuffle }.build().unwrap();
+    let sh = CouplingConfig::Independent {
+        order: IndependentOrder::Shuffle,
+    }
+    .build()
+    .unwrap();
     let p = sh.pair(x0.view(), x1.view(), &mut rng).unwrap();
     assert!(is_permutation(&p.target_idx, 50) && p.target_idx != (0..50).collect::<Vec<_>>());
 
     // Sampling from the exact plan only ever returns optimal pairs (with repeats).
     let cost = squared_euclidean(x0.view(), x1.view()).unwrap();
     let optimal = Jv::default().solve(cost.view()).unwrap().row_to_col;
-    let plan_sampling = CouplingConfig::OtPlanSampling { max_replicated: 4096 }.build().unwrap();
+    let plan_sampling = CouplingConfig::OtPlanSampling { max_replicated: 4096 }
+        .build()
+        .unwrap();
     let p = plan_sampling.pair(x0.view(), x1.view(), &mut rng).unwrap();
     assert_eq!(p.len(), 50);
-    assert!(p.source_idx.iter().zip(&p.target_idx).all(|(&i, &j)| optimal[i] == j));
+    assert!(
+        p.source_idx
+            .iter()
+            .zip(&p.target_idx)
+            .all(|(&i, &j)| optimal[i] == j)
+    );
 
     for config in [
-        CouplingConfig::Sinkhorn { sinkhorn: SinkhornConfig::default(), scaling: CostScaling::Max },
-        CouplingConfig::SchrodingerBridge { sigma: 0.5, max_iterations: 1000, tolerance: 1e-6 },
+        CouplingConfig::Sinkhorn {
+            sinkhorn: SinkhornConfig::default(),
+            scaling: CostScaling::Max,
+        },
+        CouplingConfig::SchrodingerBridge {
+            sigma: 0.5,
+            max_iterations: 1000,
+            tolerance: 1e-6,
+        },
     ] {
-        let p = config.build().unwrap().pair(x0.view(), x1.view(), &mut rng).unwrap();
+        let p = config
+            .build()
+            .unwrap()
+            .pair(x0.view(), x1.view(), &mut rng)
+            .unwrap();
         assert_eq!(p.len(), 50);
         assert!(p.source_idx.iter().all(|&i| i < 50) && p.target_idx.iter().all(|&j| j < 50));
     }
-    assert!(CouplingConfig::SchrodingerBridge { sigma: -1.0, max_iterations: 10, tolerance: 1e-6 }.build().is_err());
+    assert!(
+        CouplingConfig::SchrodingerBridge {
+            sigma: -1.0,
+            max_iterations: 10,
+            tolerance: 1e-6
+        }
+        .build()
+        .is_err()
+    );
     let mismatched = normal(50, 3, 9);
     assert!(matches!(
-        CouplingConfig::default().build().unwrap().pair(x0.view(), mismatched.view(), &mut rng),
-        Err(CouplingError::DimensionMismatch { source_dim: 2, target_dim: 3 })
+        CouplingConfig::default()
+            .build()
+            .unwrap()
+            .pair(x0.view(), mismatched.view(), &mut rng),
+        Err(CouplingError::DimensionMismatch {
+            source_dim: 2,
+            target_dim: 3
+        })
     ));
     let empty = Array2::<f64>::zeros((0, 2));
-    assert!(matches!(id.pair(empty.view(), x1.view(), &mut rng), Err(CouplingError::Empty { .. })));
+    assert!(matches!(
+        id.pair(empty.view(), x1.view(), &mut rng),
+        Err(CouplingError::Empty { .. })
+    ));
 }
 
 #[test]
@@ -198,11 +280,32 @@ fn exact_plan_for_unequal_sizes_is_feasible_and_optimal() {
     // Coprime sizes beyond the limit fall back to Sinkhorn, and say so.
     let a = normal(61, 2, 10);
     let b = normal(67, 2, 11);
-    let est = w2_general(a.view(), b.view(), &W2Config { max_replicated: 1000, relative_reg: 1e-3 }).unwrap();
+    let est = w2_general(
+        a.view(),
+        b.view(),
+        &W2Config {
+            max_replicated: 1000,
+            relative_reg: 1e-3,
+        },
+    )
+    .unwrap();
     assert!(matches!(est.method, W2Method::Entropic { .. }));
-    let exact = w2_general(a.view(), b.view(), &W2Config { max_replicated: 5000, relative_reg: 1e-3 }).unwrap();
+    let exact = w2_general(
+        a.view(),
+        b.view(),
+        &W2Config {
+            max_replicated: 5000,
+            relative_reg: 1e-3,
+        },
+    )
+    .unwrap();
     assert!(matches!(exact.method, W2Method::Exact { replicated: 4087 }));
-    assert!(est.value >= exact.value - 1e-6 && est.value < exact.value + 0.1, "{} vs {}", est.value, exact.value);
+    assert!(
+        est.value >= exact.value - 1e-6 && est.value < exact.value + 0.1,
+        "{} vs {}",
+        est.value,
+        exact.value
+    );
 }
 
 #[test]
@@ -221,34 +324,73 @@ fn wasserstein_closed_forms() {
     let b = array![[10.0], [2.0], [4.0]];
     let sorted = ((2.0f64 - 0.0).powi(2) + (4.0f64 - 1.0).powi(2) + (10.0f64 - 3.0).powi(2)) / 3.0;
     assert_abs_diff_eq!(w2(a.view(), b.view()).unwrap(), sorted.sqrt(), epsilon = 1e-12);
-    assert!(matches!(w2(a.view(), x.view()), Err(CouplingError::SizeMismatch { .. }) | Err(CouplingError::DimensionMismatch { .. })));
+    assert!(matches!(
+        w2(a.view(), x.view()),
+        Err(CouplingError::SizeMismatch { .. }) | Err(CouplingError::DimensionMismatch { .. })
+    ));
 }
 
 #[test]
 fn mmd_closed_forms() {
     let x = array![[0.0, 0.0], [1.0, 0.0]];
     let y = array![[0.0, 1.0]];
-    let config = MmdConfig { bandwidths: vec![1.0], estimator: MmdEstimator::Biased };
+    let config = MmdConfig {
+        bandwidths: vec![1.0],
+        estimator: MmdEstimator::Biased,
+    };
     let k = |d2: f64| (-d2 / 2.0).exp();
     let expected = (2.0 + 2.0 * k(1.0)) / 4.0 + 1.0 - 2.0 * (k(1.0) + k(2.0)) / 2.0;
-    assert_abs_diff_eq!(mmd_rbf(x.view(), y.view(), &config).unwrap(), expected, epsilon = 1e-12);
+    assert_abs_diff_eq!(
+        mmd_rbf(x.view(), y.view(), &config).unwrap(),
+        expected,
+        epsilon = 1e-12
+    );
     // Unbiased: leaves out the diagonal.
     let y2 = array![[0.0, 1.0], [2.0, 2.0]];
-    let unbiased = MmdConfig { estimator: MmdEstimator::Unbiased, ..config.clone() };
+    let unbiased = MmdConfig {
+        estimator: MmdEstimator::Unbiased,
+        ..config.clone()
+    };
     let expected = k(1.0) + k(5.0) - 2.0 * (k(1.0) + k(8.0) + k(2.0) + k(5.0)) / 4.0;
-    assert_abs_diff_eq!(mmd_rbf(x.view(), y2.view(), &unbiased).unwrap(), expected, epsilon = 1e-12);
+    assert_abs_diff_eq!(
+        mmd_rbf(x.view(), y2.view(), &unbiased).unwrap(),
+        expected,
+        epsilon = 1e-12
+    );
     // Same sample: biased MMD is 0; far apart samples: close to the max.
-    assert_abs_diff_eq!(mmd_rbf(x.view(), x.view(), &config).unwrap(), 0.0, epsilon = 1e-12);
-    assert!(mmd_rbf(x.view(), y.view(), &MmdConfig { bandwidths: vec![], ..config }).is_err());
+    assert_abs_diff_eq!(
+        mmd_rbf(x.view(), x.view(), &config).unwrap(),
+        0.0,
+        epsilon = 1e-12
+    );
+    assert!(
+        mmd_rbf(
+            x.view(),
+            y.view(),
+            &MmdConfig {
+                bandwidths: vec![],
+                ..config
+            }
+        )
+        .is_err()
+    );
 }
 
 #[test]
 fn sinkhorn_divergence_is_near_w2_squared_and_zero_on_equal_samples() {
     let x = normal(150, 2, 13);
     let y = normal(150, 2, 14) + array![2.0, 0.0];
-    let config = SinkhornConfig { reg: 0.01, max_iterations: 5000, tolerance: 1e-8 };
+    let config = SinkhornConfig {
+        reg: 0.01,
+        max_iterations: 5000,
+        tolerance: 1e-8,
+    };
     let s = sinkhorn_divergence(x.view(), y.view(), &config).unwrap();
     let w = w2(x.view(), y.view()).unwrap().powi(2);
     assert!((s - w).abs() < 0.05 * w, "divergence {s} vs W2^2 {w}");
-    assert_abs_diff_eq!(sinkhorn_divergence(x.view(), x.view(), &config).unwrap(), 0.0, epsilon = 1e-8);
+    assert_abs_diff_eq!(
+        sinkhorn_divergence(x.view(), x.view(), &config).unwrap(),
+        0.0,
+        epsilon = 1e-8
+    );
 }

@@ -57,7 +57,11 @@ pub(crate) fn best_two(row: &[f32], price: &[f32]) -> (f32, usize, f32) {
         w2 = fmin(fmin(w2, m2[lane]), fmax(w1, m1[lane]));
         w1 = fmin(w1, m1[lane]);
     }
-    let j1 = row.iter().zip(price).position(|(&r, &p)| r + p == w1).unwrap_or(0);
+    let j1 = row
+        .iter()
+        .zip(price)
+        .position(|(&r, &p)| r + p == w1)
+        .unwrap_or(0);
     (w1, j1, w2)
 }
 

@@ -59,7 +59,9 @@ impl AssignmentSolver for Hungarian {
         let range = hi - lo;
         let top = Self::integer_range(cols);
         let scale = if range > 0.0 { top as f64 / range } else { 1.0 };
-        let weights = Matrix::from_fn(rows, cols, |(i, j)| (((cost[[i, j]] - lo) * scale).round() as i64).min(top));
+        let weights = Matrix::from_fn(rows, cols, |(i, j)| {
+            (((cost[[i, j]] - lo) * scale).round() as i64).min(top)
+        });
         let (_, row_to_col) = kuhn_munkres_min(&weights);
         Ok(Assignment::from_cost(cost, row_to_col))
     }

@@ -99,7 +99,13 @@ pub struct JvConfig {
 impl Default for JvConfig {
     /// Tuned on `bench_ot` (n = 256 and 1024, D = 2 and 784).
     fn default() -> Self {
-        JvConfig { init: JvInit::Auction, eps_start: 0.1, eps_end: 0.05, eps_ratio: 4.0, bids_per_row: 64 }
+        JvConfig {
+            init: JvInit::Auction,
+            eps_start: 0.1,
+            eps_end: 0.05,
+            eps_ratio: 4.0,
+            bids_per_row: 64,
+        }
     }
 }
 
@@ -135,7 +141,10 @@ pub struct Jv {
 
 impl Clone for Jv {
     fn clone(&self) -> Self {
-        Jv { config: self.config, workspace: Mutex::default() }
+        Jv {
+            config: self.config,
+            workspace: Mutex::default(),
+        }
     }
 }
 
@@ -143,7 +152,10 @@ impl Jv {
     /// A solver with the given settings, validated.
     pub fn new(config: JvConfig) -> Result<Self> {
         config.validate()?;
-        Ok(Jv { config, workspace: Mutex::default() })
+        Ok(Jv {
+            config,
+            workspace: Mutex::default(),
+        })
     }
 
     /// The settings.
@@ -204,7 +216,9 @@ impl AssignmentSolver for Jv {
 /// column was `j`, so two sweeps settle almost all rows, and a final check frees every row that is not
 /// exactly tight. The shortest-path phase then needs the invariant only for assigned rows.
 fn init_auction(c: &[f64], n: usize, config: &JvConfig, ws: &mut JvWorkspace) {
-    let (lo, hi) = c.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let (lo, hi) = c.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+        (a.min(x), b.max(x))
+    });
     let range = hi - lo;
     if range <= 0.0 {
         // All costs equal: every permutation is optimal.
@@ -237,7 +251,10 @@ fn init_auction(c: &[f64], n: usize, config: &JvConfig, ws: &mut JvWorkspace) {
                 continue;
             }
             let row = &c[i * n..(i + 1) * n];
-            let m = row.iter().zip(&ws.v).fold(f64::INFINITY, |m, (&cij, &vj)| m.min(cij - vj));
+            let m = row
+                .iter()
+                .zip(&ws.v)
+                .fold(f64::INFINITY, |m, (&cij, &vj)| m.min(cij - vj));
             if row[j] - ws.v[j] > m {
                 ws.v[j] = row[j] - m;
             }
@@ -247,7 +264,10 @@ fn init_auction(c: &[f64], n: usize, config: &JvConfig, ws: &mut JvWorkspace) {
     for i in 0..n {
         let j = ws.row_sol[i];
         let row = &c[i * n..(i + 1) * n];
-        let m = row.iter().zip(&ws.v).fold(f64::INFINITY, |m, (&cij, &vj)| m.min(cij - vj));
+        let m = row
+            .iter()
+            .zip(&ws.v)
+            .fold(f64::INFINITY, |m, (&cij, &vj)| m.min(cij - vj));
         if j == NONE {
             ws.free.push(i);
         } else if row[j] - ws.v[j] > m {
@@ -371,15 +391,35 @@ fn init_square(c: &[f64], n: usize, ws: &mut JvWorkspace) {
     }
 }
 
+// The scans run `k` over the columns not yet reached when they start while `up` grows inside the loop:
+// that is the algorithm (columns moved to the `todo` block were already examined), so the fixed range is meant.
+#[allow(clippy::mut_range_bound)]
 /// Step 4: shortest augmenting paths for every row in `ws.free`, on a matrix with `n_cols` columns.
 fn augment_free_rows(c: &[f64], n_cols: usize, ws: &mut JvWorkspace) {
-    let JvWorkspace { v, dist, pred, collist, row_sol, col_sol, free, .. } = ws;
-    let (v, dist, pred, collist) = (&mut v[..n_cols], &mut dist[..n_cols], &mut pred[..n_cols], &mut collist[..n_cols]);
+    let JvWorkspace {
+        v,
+        dist,
+        pred,
+        collist,
+        row_sol,
+        col_sol,
+        free,
+        ..
+    } = ws;
+    let (v, dist, pred, collist) = (
+        &mut v[..n_cols],
+        &mut dist[..n_cols],
+        &mut pred[..n_cols],
+        &mut collist[..n_cols],
+    );
     let col_sol = &mut col_sol[..n_cols];
     for &start in free.iter() {
         let start_row = &c[start * n_cols..(start + 1) * n_cols];
-        for (j, ((d, p), (l, (&cij, &vj)))) in
-            dist.iter_mut().zip(pred.iter_mut()).zip(collist.iter_mut().zip(start_row.iter().zip(v.iter()))).enumerate()
+        for (j, ((d, p), (l, (&cij, &vj)))) in dist
+            .iter_mut()
+            .zip(pred.iter_mut())
+            .zip(collist.iter_mut().zip(start_row.iter().zip(v.iter())))
+            .enumerate()
         {
             *d = cij - vj;
             *p = start;
@@ -447,9 +487,7 @@ fn augment_free_rows(c: &[f64], n_cols: usize, ws: &mut JvWorkspace) {
         loop {
             let i = pred[j];
             col_sol[j] = i;
-            let previous = row_sol[i];
-            row_sol[i] = j;
-            j = previous;
+            std::mem::swap(&mut row_sol[i], &mut j);
             if i == start {
                 break;
             }

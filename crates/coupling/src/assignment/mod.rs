@@ -39,14 +39,23 @@ pub struct Assignment {
 impl Assignment {
     /// Builds an assignment and sums its cost from the matrix.
     pub fn from_cost(cost: ArrayView2<f64>, row_to_col: Vec<usize>) -> Self {
-        let total_cost = row_to_col.iter().enumerate().map(|(row, &col)| cost[[row, col]]).sum();
-        Assignment { row_to_col, total_cost }
+        let total_cost = row_to_col
+            .iter()
+            .enumerate()
+            .map(|(row, &col)| cost[[row, col]])
+            .sum();
+        Assignment {
+            row_to_col,
+            total_cost,
+        }
     }
 
     /// Whether `row_to_col` is an injection into `0..n_cols` (no column used twice).
     pub fn is_injective(&self, n_cols: usize) -> bool {
         let mut used = vec![false; n_cols];
-        self.row_to_col.iter().all(|&col| col < n_cols && !std::mem::replace(&mut used[col], true))
+        self.row_to_col
+            .iter()
+            .all(|&col| col < n_cols && !std::mem::replace(&mut used[col], true))
     }
 }
 
@@ -63,21 +72,33 @@ pub trait AssignmentSolver: Send + Sync {
 pub fn validate_cost(cost: ArrayView2<f64>) -> Result<()> {
     let (rows, cols) = cost.dim();
     if rows == 0 || cols == 0 {
-        return Err(CouplingError::Empty { what: "cost matrix", rows, cols });
+        return Err(CouplingError::Empty {
+            what: "cost matrix",
+            rows,
+            cols,
+        });
     }
     if rows > cols {
         return Err(CouplingError::MoreRowsThanColumns { rows, cols });
     }
     check_finite(cost, "cost matrix")?;
     if let Some(((row, col), &value)) = cost.indexed_iter().find(|(_, v)| v.abs() > MAX_COST_MAGNITUDE) {
-        return Err(CouplingError::CostTooLarge { row, col, value, limit: MAX_COST_MAGNITUDE });
+        return Err(CouplingError::CostTooLarge {
+            row,
+            col,
+            value,
+            limit: MAX_COST_MAGNITUDE,
+        });
     }
     Ok(())
 }
 
 /// The smallest and largest entry of a (non-empty) matrix.
 pub(crate) fn min_max(cost: ArrayView2<f64>) -> (f64, f64) {
-    cost.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+    cost.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
 }
 
 /// The closed set of solvers, for configs.
