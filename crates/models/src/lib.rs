@@ -4,6 +4,7 @@
 //! plain functions of parameter views, so the optimizer ([`optim`]) and the EMA of the weights update every
 //! parameter with a handful of tensor operations. Checkpoints are safetensors files with PyTorch module names.
 
+pub mod autograd;
 pub mod checkpoint;
 pub mod mlp;
 pub mod optim;
@@ -43,6 +44,12 @@ pub enum ModelError {
         /// The checkpoint file.
         path: PathBuf,
         /// The mismatching parameter.
+        detail: String,
+    },
+    /// A backward pass was refused (e.g. an input that does not require a gradient).
+    #[error("autograd: {detail}")]
+    Autograd {
+        /// What libtorch or the check reported.
         detail: String,
     },
     /// Reading or writing a file failed.
