@@ -91,6 +91,10 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Log-likelihood of points under a trained run (exact or Hutchinson divergence), and bits/dim.
+    Likelihood(ferroflow::likelihood::LikelihoodArgs),
+    /// Timings of the hot paths against the peers' figures (`bench likelihood`).
+    Bench(ferroflow::bench::BenchArgs),
     /// The exact 2-Wasserstein distance between two equal-size point sets.
     W2 {
         /// First set (.npy).
@@ -252,6 +256,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Likelihood(args) => ferroflow::likelihood::run_cli(&args),
+        Command::Bench(args) => ferroflow::bench::run_cli(&args),
         Command::W2 { a, b } => {
             let xa = read_npy(&a)?;
             let xb = read_npy(&b)?;

@@ -1,0 +1,295 @@
+//! `ferroflow bench ...`: timings of the program's hot paths in the settings where `shared/reference.md` has
+//! peer measurements, printed as markdown tables with ratios to those figures.
+//!
+//! `bench likelihood` trains (or loads from `bench-out/`) the 2D benchmark network (MLP 3 x 64 SELU) on
+//! N(0, I) -> 8gaussians, then times, on 10,000 target points: the log-likelihood with the exact divergence
+//! and with Hutchinson's estimator (one probe), 100 midpoint steps each (flow_matching's `compute_likelihood`
+//! setting), and sampling 10,000 points with 100 Euler steps (its `ODESolver.sample`). It also times Hutchinson
+//! at D = 784 through an MLP of width 256 and depth 3 on random weights (1,000 points, 20 midpoint steps; no
+//! peer figure). Every timing is the median of `--repeats` runs, for each libtorch thread count asked for.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use ferroflow_models::{Mlp, MlpConfig, VelocityNet};
+use ferroflow_solvers::{Method, OdeOptions};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
+
+use crate::RunConfig;
+use crate::data::Dataset;
+use crate::likelihood::{
+    Estimator, GaussianSource, LikelihoodSettings, log_likelihood_of_field, log_likelihood_with,
+};
+use crate::progress::Progress;
+use crate::sample::TrainedFlow;
+use crate::train::MODEL_FILE;
+
+/// Arguments of `ferroflow bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[command(subcommand)]
+    pub which: BenchKind,
+}
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchKind {
+    /// Log-likelihood (exact and Hutchinson) and sampling of a trained 2D flow; Hutchinson at D = 784.
+    Likelihood(LikelihoodBenchArgs),
+    /// Training steps/s of I-CFM and OT-CFM in torchcfm's 2D setting.
+    Train(crate::bench_train::TrainBenchArgs),
+}
+
+/// Arguments of `ferroflow bench likelihood`.
+#[derive(Debug, clap::Args)]
+pub struct LikelihoodBenchArgs {
+    /// Where the benchmark's run folder is kept (reused when present).
+    #[arg(long, default_value = "bench-out")]
+    pub out_dir: PathBuf,
+    /// Training steps of the 2D network.
+    #[arg(long, default_value_t = 3000)]
+    pub train_steps: usize,
+    /// Points of the 2D timings.
+    #[arg(long, default_value_t = 10_000)]
+    pub n_points: usize,
+    /// Timed runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// libtorch thread counts to measure, comma-separated.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    pub threads: Vec<usize>,
+}
+
+/// Runs `ferroflow bench`.
+pub fn run_cli(args: &BenchArgs) -> Result<()> {
+    match &args.which {
+        BenchKind::Likelihood(args) => likelihood_bench(args),
+        BenchKind::Train(args) => crate::bench_train::run(args),
+    }
+}
+
+/// flow_matching 1.0.10's figures on this kind of machine (points/s, low and high end of its runs).
+const PEER_EXACT: (f64, f64) = (2_800.0, 3_650.0);
+const PEER_HUTCHINSON: (f64, f64) = (6_900.0, 7_600.0);
+const PEER_SAMPLE: (f64, f64) = (36_700.0, 36_700.0);
+
+/// One row of the table.
+struct Row {
+    name: String,
+    threads: usize,
+    median_seconds: f64,
+    n_points: usize,
+    peer: Option<(f64, f64)>,
+}
+
+fn likelihood_bench(args: &LikelihoodBenchArgs) -> Result<()> {
+    if args.repeats == 0 || args.n_points == 0 || args.threads.contains(&0) {
+        bail!("--repeats, --n-points and every --threads value must be at least 1");
+    }
+    let flow = trained_flow(&args.out_dir, args.train_steps)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(2024);
+    let points = Dataset::EightGaussians.sample(args.n_points, &mut rng);
+    let data = Tensor::from_slice(&points).view([args.n_points as i64, 2]);
+    let x0 = flow.source_points(args.n_points, 7);
+    let midpoint = OdeOptions::fixed(Method::Midpoint, 100);
+    let euler = OdeOptions::fixed(Method::Euler, 100);
+    // flow_matching integrates all points as one batch; so do we here.
+    let settings = |estimator| LikelihoodSettings {
+        estimator,
+        chunk_size: args.n_points,
+        seed: 0,
+    };
+
+    let (big_net, big_data) = random_image_sized_mlp()?;
+    let big_options = OdeOptions::fixed(Method::Midpoint, 20);
+    let big_settings = LikelihoodSettings {
+        estimator: Estimator::Hutchinson { n_probes: 1 },
+        chunk_size: 1000,
+        seed: 0,
+    };
+
+    let mut rows = Vec::new();
+    let mut checks = Vec::new();
+    for &threads in &args.threads {
+        tch::set_num_threads(threads as i32);
+        let (seconds, exact) = median_time(args.repeats, || {
+            log_likelihood_with(&flow, &data, &settings(Estimator::Exact), &midpoint)
+        })?;
+        rows.push(Row {
+            name: "log-likelihood, exact divergence, 100 midpoint steps, D = 2".into(),
+            threads,
+            median_seconds: seconds,
+            n_points: args.n_points,
+            peer: Some(PEER_EXACT),
+        });
+        let (seconds, hutchinson) = median_time(args.repeats, || {
+            log_likelihood_with(
+                &flow,
+                &data,
+                &settings(Estimator::Hutchinson { n_probes: 1 }),
+                &midpoint,
+            )
+        })?;
+        rows.push(Row {
+            name: "log-likelihood, Hutchinson (1 probe), 100 midpoint steps, D = 2".into(),
+            threads,
+            median_seconds: seconds,
+            n_points: args.n_points,
+            peer: Some(PEER_HUTCHINSON),
+        });
+        let (seconds, _) = median_time(args.repeats, || flow.integrate(x0.copy(), &euler, None))?;
+        rows.push(Row {
+            name: "sampling, 100 Euler steps, D = 2".into(),
+            threads,
+            median_seconds: seconds,
+            n_points: args.n_points,
+            peer: Some(PEER_SAMPLE),
+        });
+        let (seconds, big) = median_time(args.repeats, || {
+            let velocity = |x: &Tensor, t: f64| big_net.forward(x, &Tensor::from_slice(&[t as f32]));
+            log_likelihood_of_field(
+                velocity,
+                &big_data,
+                GaussianSource { std: 1.0 },
+                &big_settings,
+                &big_options,
+            )
+        })?;
+        rows.push(Row {
+            name: "log-likelihood, Hutchinson (1 probe), 20 midpoint steps, D = 784, MLP 3 x 256".into(),
+            threads,
+            median_seconds: seconds,
+            n_points: big_data.size()[0] as usize,
+            peer: None,
+        });
+        checks.push((threads, exact.mean(), hutchinson.mean(), big.mean()));
+    }
+
+    println!(
+        "\n## ferroflow bench likelihood\n\nNetwork: {} (trained {} steps on N(0, I) -> 8gaussians). Median of {} \
+         runs. Peer: flow_matching 1.0.10, measured on this kind of machine (shared/reference.md); ratio = ours / \
+         peer (> 1 is faster), against the low and high end of its range.\n",
+        flow.run_dir.display(),
+        flow.config.train.steps,
+        args.repeats
+    );
+    println!("| benchmark | threads | median s | points/s | peer points/s | ratio |");
+    println!("|---|---|---|---|---|---|");
+    for row in &rows {
+        let rate = row.n_points as f64 / row.median_seconds;
+        let (peer, ratio) = match row.peer {
+            Some((low, high)) if low == high => (format!("{low:.0}"), format!("{:.2}", rate / low)),
+            Some((low, high)) => (
+                format!("{low:.0}-{high:.0}"),
+                format!("{:.2}-{:.2}", rate / high, rate / low),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {} | {:.3} | {:.0} | {} | {} |",
+            row.name, row.threads, row.median_seconds, rate, peer, ratio
+        );
+    }
+    println!("\nSanity (mean log p1 of the timed points):");
+    for (threads, exact, hutchinson, big) in checks {
+        println!(
+            "- {threads} thread(s): 2D exact {exact:.4}, 2D Hutchinson {hutchinson:.4}, 784-D Hutchinson {big:.1}"
+        );
+    }
+    if args.threads.len() > 1 {
+        for name in rows
+            .iter()
+            .map(|row| &row.name)
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let best = rows
+                .iter()
+                .filter(|row| &row.name == name)
+                .min_by(|a, b| a.median_seconds.total_cmp(&b.median_seconds))
+                .expect("one row per thread count");
+            println!("- fastest for {name}: {} thread(s)", best.threads);
+        }
+    }
+    Ok(())
+}
+
+/// The median wall time of `repeats` runs of `job`, and the last run's result.
+fn median_time<T, E>(repeats: usize, mut job: impl FnMut() -> Result<T, E>) -> Result<(f64, T)>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut seconds = Vec::with_capacity(repeats);
+    let mut last = None;
+    for _ in 0..repeats {
+        let started = Instant::now();
+        let result = job()?;
+        seconds.push(started.elapsed().as_secs_f64());
+        last = Some(result);
+    }
+    seconds.sort_by(f64::total_cmp);
+    Ok((seconds[seconds.len() / 2], last.expect("at least one repeat")))
+}
+
+/// The benchmark's trained 2D run: loaded from `out_dir` when a finished one is there, trained otherwise.
+fn trained_flow(out_dir: &Path, train_steps: usize) -> Result<TrainedFlow> {
+    let name = format!("likelihood-8gaussians-{train_steps}");
+    let run_dir = out_dir.join(&name);
+    if run_dir.join(MODEL_FILE).exists() && run_dir.join("config.toml").exists() {
+        eprintln!("bench: loading {}", run_dir.display());
+        return TrainedFlow::load(&run_dir);
+    }
+    if run_dir.exists() {
+        // An interrupted earlier training: this folder belongs to the benchmark, so start it again.
+        std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
+    }
+    let text = format!(
+        r#"
+[run]
+name = "{name}"
+out_dir = "{}"
+seed = 0
+threads = 1
+
+[data]
+source = {{ kind = "gaussian" }}
+target = {{ kind = "8gaussians" }}
+
+[model]
+width = 64
+depth = 3
+activation = "selu"
+
+[train]
+steps = {train_steps}
+batch_size = 256
+checkpoint_every = 0
+
+[sample]
+n_samples = 2000
+solver = "euler"
+steps = 100
+w2_samples = 2000
+"#,
+        out_dir.display()
+    );
+    let config = RunConfig::parse(&text, Path::new("<bench likelihood config>"))?;
+    eprintln!("bench: training {train_steps} steps into {}", run_dir.display());
+    let run_dir = crate::run::train_new(&config, &mut Progress::auto())?;
+    TrainedFlow::load(&run_dir)
+}
+
+/// An MLP velocity on 784-D points (width 256, depth 3, random weights from a fixed seed) and 1,000 points.
+fn random_image_sized_mlp() -> Result<(Mlp, Tensor)> {
+    tch::manual_seed(784);
+    let config = MlpConfig {
+        width: 256,
+        ..MlpConfig::benchmark(784)
+    };
+    let net = Mlp::new(config, Device::Cpu)?;
+    let data = Tensor::randn([1000, 784], (Kind::Float, Device::Cpu));
+    Ok((net, data))
+}
