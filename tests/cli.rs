@@ -154,7 +154,7 @@ fn resumed_run_reproduces_the_uninterrupted_one_exactly() {
 #[test]
 fn bad_configs_are_refused_with_file_and_key() {
     let dir = scratch("bad");
-    let config = small_config(&dir, "bad", 10, "[flow]\ncouplng = \"exact_ot\"\n");
+    let config = small_config(&dir, "bad", 10, "[flow]\ncouplng = { kind = \"exact_ot\" }\n");
     let out = ferroflow(&["train", "--config", config.to_str().unwrap(), "--quiet"]);
     assert!(!out.status.success());
     let msg = stderr(&out);

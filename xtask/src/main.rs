@@ -20,6 +20,7 @@ tasks:
   eval [--run DIR] [-- ARGS]  set up, then evaluate a run (default: the newest folder under runs/)
   test                       set up, then fmt --check, clippy -D warnings, and the whole test suite
   bench ot|train|likelihood|guidance [-- ARGS]   benchmarks in release mode
+  bench2d [--seeds N] [--steps S] [--only TEXT]   the 2D OT-CFM benchmark, written to docs/results-2d.md
   data fashion-mnist         install and prepare Fashion-MNIST under data/";
 
 fn main() {
@@ -49,6 +50,11 @@ fn run() -> Result<()> {
             let (config, extra) = take_flag(rest, "--config")?;
             let config = config.unwrap_or_else(|| "configs/default.toml".to_owned());
             setup::ensure(&root)?;
+            // Image configs name their data set; prepare it first (a cheap check when it is there).
+            let text = std::fs::read_to_string(&config).with_context(|| format!("cannot read {config}"))?;
+            if text.contains("fashion_mnist") {
+                setup::fashion_mnist(&root)?;
+            }
             let mut args = vec!["train".to_owned(), "--config".to_owned(), config];
             args.extend(extra);
             ferroflow(&args)
@@ -75,6 +81,12 @@ fn run() -> Result<()> {
             cargo(&["test", "--workspace"])
         }
         "bench" => bench(&root, rest),
+        "bench2d" => {
+            setup::ensure(&root)?;
+            let mut args = vec!["bench2d".to_owned()];
+            args.extend(rest.iter().filter(|a| *a != "--").cloned());
+            ferroflow(&args)
+        }
         "data" => match rest.first().map(String::as_str) {
             Some("fashion-mnist") => setup::fashion_mnist(&root).map(|_| ()),
             other => bail!("unknown data set {other:?}; known: fashion-mnist"),

@@ -9,14 +9,14 @@
 //! (`x_t = a_t x0 + b_t x1 + c_t eps`, `u_t = a'_t x0 + b'_t x1 + c'_t eps`); for small data this is far
 //! cheaper than a chain of tensor operations.
 
-use ferroflow_coupling::{AssignmentSolver, CouplingError, Jv};
+use ferroflow_coupling::{Coupling, CouplingConfig, CouplingError, IndependentOrder};
 use ferroflow_paths::ConditionalPath;
-use ndarray::ArrayView2;
+use ndarray::Array2;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-use crate::config::{CouplingKind, Prediction, RunConfig, TimeSampling};
+use crate::config::{Prediction, RunConfig, TimeSampling};
 use crate::data::Dataset;
 
 /// The stream offsets of the run's independent random sequences (batches use the step number itself).
@@ -34,6 +34,18 @@ pub fn rng_for(seed: u64, stream: u64) -> ChaCha8Rng {
     rng
 }
 
+/// `Some((num_classes, label_dropout))` when the config's network is class-conditional.
+pub fn conditional_of(config: &RunConfig) -> Option<(usize, f64)> {
+    match config.model.kind {
+        crate::config::ModelKind::Unet => config
+            .model
+            .unet
+            .num_classes
+            .map(|c| (c, config.train.label_dropout)),
+        crate::config::ModelKind::Mlp => None,
+    }
+}
+
 /// One batch, row-major, ready to hand to libtorch.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Batch {
@@ -43,6 +55,9 @@ pub struct Batch {
     pub t: Vec<f32>,
     /// What the network regresses onto, `[batch, dim]`.
     pub target: Vec<f32>,
+    /// Class labels of the target points for a class-conditional network (`[batch]`, the null label
+    /// `num_classes` where dropped); empty otherwise.
+    pub labels: Vec<i64>,
 }
 
 /// Builds batches for a config.
@@ -50,17 +65,19 @@ pub struct BatchMaker {
     source: Dataset,
     target: Dataset,
     path: Box<dyn ConditionalPath + Send + Sync>,
-    coupling: CouplingKind,
+    coupling_config: CouplingConfig,
+    coupling: Box<dyn Coupling>,
     prediction: Prediction,
     time_sampling: TimeSampling,
     batch_size: usize,
     dim: usize,
     seed: u64,
-    solver: Jv,
     // Buffers reused from batch to batch.
     x0: Vec<f32>,
     x1: Vec<f32>,
-    cost: Vec<f64>,
+    labels: Vec<i64>,
+    /// `Some((num_classes, label_dropout))` for a class-conditional network.
+    conditional: Option<(usize, f64)>,
 }
 
 impl BatchMaker {
@@ -70,16 +87,21 @@ impl BatchMaker {
             source: config.data.source.clone(),
             target: config.data.target.clone(),
             path: config.flow.build_path()?,
-            coupling: config.flow.coupling,
+            coupling_config: config.flow.coupling.clone(),
+            coupling: config
+                .flow
+                .coupling
+                .build()
+                .map_err(|e| crate::error::ConfigError::value("flow.coupling", e.to_string()))?,
             prediction: config.flow.prediction,
             time_sampling: config.flow.time_sampling,
             batch_size: config.train.batch_size,
             dim: config.data.target.dim(),
             seed: config.run.seed,
-            solver: Jv::default(),
             x0: Vec::new(),
             x1: Vec::new(),
-            cost: Vec::new(),
+            labels: Vec::new(),
+            conditional: conditional_of(config),
         })
     }
 
@@ -94,12 +116,23 @@ impl BatchMaker {
         let mut rng = rng_for(self.seed, step);
         self.x0.clear();
         self.x1.clear();
+        self.labels.clear();
         self.source.sample_into(n, &mut rng, &mut self.x0);
-        self.target.sample_into(n, &mut rng, &mut self.x1);
-        self.couple()?;
+        self.target
+            .sample_labelled_into(n, &mut rng, &mut self.x1, Some(&mut self.labels));
+        self.couple(&mut rng)?;
         batch.x_t.clear();
         batch.t.clear();
         batch.target.clear();
+        batch.labels.clear();
+        if let Some((num_classes, dropout)) = self.conditional {
+            for &label in &self.labels {
+                let dropped = dropout > 0.0 && rng.random::<f64>() < dropout;
+                batch
+                    .labels
+                    .push(if dropped { num_classes as i64 } else { label });
+            }
+        }
         for row in 0..n {
             let t = self.draw_time(&mut rng);
             let c = self.path.coefficients(t);
@@ -137,38 +170,29 @@ impl BatchMaker {
         t.clamp(1e-6, 1.0 - 1e-6)
     }
 
-    /// Reorders `x1` so that row i of `x0` is paired with row i of `x1`.
-    fn couple(&mut self) -> Result<(), CouplingError> {
-        match self.coupling {
-            CouplingKind::Independent => Ok(()),
-            CouplingKind::ExactOt => {
-                let (n, dim) = (self.batch_size, self.dim);
-                self.cost.clear();
-                self.cost.resize(n * n, 0.0);
-                for (i, a) in self.x0.chunks_exact(dim).enumerate() {
-                    for (j, b) in self.x1.chunks_exact(dim).enumerate() {
-                        self.cost[i * n + j] = a
-                            .iter()
-                            .zip(b)
-                            .map(|(p, q)| ((p - q) as f64).powi(2))
-                            .sum::<f64>();
-                    }
-                }
-                let cost = ArrayView2::from_shape((n, n), &self.cost).expect("n x n buffer");
-                let assignment = self.solver.solve(cost)?;
-                let paired: Vec<f32> = assignment
-                    .row_to_col
-                    .iter()
-                    .flat_map(|&col| self.x1[col * dim..(col + 1) * dim].iter().copied())
-                    .collect();
-                self.x1 = paired;
-                Ok(())
+    /// Reorders the batch so that row i of `x0` is paired with row i of `x1` (pairs drawn with replacement
+    /// by plan-sampling couplings may repeat rows).
+    fn couple(&mut self, rng: &mut ChaCha8Rng) -> Result<(), CouplingError> {
+        if matches!(
+            self.coupling_config,
+            CouplingConfig::Independent {
+                order: IndependentOrder::Identity
             }
-            _ => Err(CouplingError::InvalidParameter {
-                name: "flow.coupling",
-                value: f64::NAN,
-                allowed: "independent or exact_ot",
-            }),
+        ) {
+            return Ok(());
         }
+        let (n, dim) = (self.batch_size, self.dim);
+        let to_f64 = |v: &[f32]| Array2::from_shape_fn((n, dim), |(r, c)| f64::from(v[r * dim + c]));
+        let (x0, x1) = (to_f64(&self.x0), to_f64(&self.x1));
+        let pairing = self.coupling.pair(x0.view(), x1.view(), rng)?;
+        let gather = |v: &[f32], idx: &[usize]| -> Vec<f32> {
+            idx.iter()
+                .flat_map(|&row| v[row * dim..(row + 1) * dim].iter().copied())
+                .collect()
+        };
+        self.x0 = gather(&self.x0, &pairing.source_idx);
+        self.x1 = gather(&self.x1, &pairing.target_idx);
+        self.labels = pairing.target_idx.iter().map(|&row| self.labels[row]).collect();
+        Ok(())
     }
 }

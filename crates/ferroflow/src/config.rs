@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
+use ferroflow_coupling::{CouplingConfig, IndependentOrder};
 use ferroflow_models::optim::OptimizerConfig;
+use ferroflow_models::unet::UnetConfig;
 use ferroflow_models::{Activation, TimeEmbedding};
 use ferroflow_paths::{
     AffinePath, ConditionalPath, OneSidedGaussianPath, SchedulerKind, SchrodingerBridgePath,
@@ -80,10 +82,24 @@ pub struct DataSection {
     pub target: Dataset,
 }
 
-/// `[model]`: an MLP for vector data.
+/// Which network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    /// A multilayer perceptron (`width`, `depth`, `activation`, `time_embedding`), for vector data.
+    #[default]
+    Mlp,
+    /// The U-Net of `[model.unet]`, for 1 x 28 x 28 images.
+    Unet,
+}
+
+/// `[model]`: an MLP for vector data or a U-Net for images.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
+    /// Which network.
+    #[serde(default)]
+    pub kind: ModelKind,
     /// Hidden width.
     #[serde(default = "default_width")]
     pub width: usize,
@@ -96,6 +112,9 @@ pub struct ModelSection {
     /// How time enters.
     #[serde(default)]
     pub time_embedding: TimeEmbedding,
+    /// The U-Net's settings (`kind = "unet"`); `num_classes` set makes it class-conditional.
+    #[serde(default)]
+    pub unet: UnetConfig,
 }
 
 fn default_width() -> usize {
@@ -108,10 +127,12 @@ fn default_depth() -> usize {
 impl Default for ModelSection {
     fn default() -> Self {
         Self {
+            kind: ModelKind::Mlp,
             width: default_width(),
             depth: default_depth(),
             activation: Activation::Selu,
             time_embedding: TimeEmbedding::Concat,
+            unet: UnetConfig::default(),
         }
     }
 }
@@ -129,23 +150,6 @@ pub enum PathKind {
     SchrodingerBridge,
     /// x_t = cos(pi t/2) x0 + sin(pi t/2) x1 (+ `sigma` eps) (VP-CFM).
     VariancePreserving,
-}
-
-/// How source and target samples are paired in a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum CouplingKind {
-    /// Independent pairs (I-CFM).
-    #[default]
-    Independent,
-    /// Exact minibatch OT as a permutation (OT-CFM without duplicated or dropped points).
-    ExactOt,
-    /// Pairs drawn with replacement from the exact OT plan (torchcfm's OT-CFM behaviour).
-    OtPlan,
-    /// Pairs drawn from the entropic (Sinkhorn) plan with regularisation `flow.sinkhorn_reg`.
-    Sinkhorn,
-    /// Pairs drawn from the Sinkhorn plan with reg = 2 sigma^2 (SB-CFM).
-    SchrodingerBridge,
 }
 
 /// What the network predicts.
@@ -190,12 +194,11 @@ pub struct FlowSection {
     /// Noise level: extra noise std (affine, VP), sigma_min (one-sided) or the bridge's sigma.
     #[serde(default)]
     pub sigma: f64,
-    /// The coupling.
-    #[serde(default)]
-    pub coupling: CouplingKind,
-    /// Entropic regularisation of the `sinkhorn` coupling, relative to the mean cost.
-    #[serde(default = "default_sinkhorn_reg")]
-    pub sinkhorn_reg: f64,
+    /// The coupling of source and target samples in a batch: `{ kind = "independent" }` (I-CFM),
+    /// `{ kind = "exact_ot" }` (OT-CFM as a permutation), `{ kind = "ot_plan_sampling" }` (torchcfm's OT-CFM),
+    /// `{ kind = "sinkhorn", ... }`, `{ kind = "schrodinger_bridge", sigma = ... }` (SB-CFM).
+    #[serde(default = "default_coupling")]
+    pub coupling: CouplingConfig,
     /// What the network predicts.
     #[serde(default)]
     pub prediction: Prediction,
@@ -207,8 +210,10 @@ pub struct FlowSection {
 fn default_scheduler() -> SchedulerKind {
     SchedulerKind::CondOt
 }
-fn default_sinkhorn_reg() -> f64 {
-    0.05
+fn default_coupling() -> CouplingConfig {
+    CouplingConfig::Independent {
+        order: IndependentOrder::Identity,
+    }
 }
 
 impl Default for FlowSection {
@@ -217,8 +222,7 @@ impl Default for FlowSection {
             path: PathKind::Affine,
             scheduler: default_scheduler(),
             sigma: 0.0,
-            coupling: CouplingKind::Independent,
-            sinkhorn_reg: default_sinkhorn_reg(),
+            coupling: default_coupling(),
             prediction: Prediction::Velocity,
             time_sampling: TimeSampling::Uniform,
         }
@@ -266,6 +270,14 @@ pub struct TrainSection {
     /// Record the mean loss every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
+    /// Probability of replacing a label by the null label while training a class-conditional network (the
+    /// unconditional model that classifier-free guidance needs).
+    #[serde(default = "default_label_dropout")]
+    pub label_dropout: f64,
+}
+
+fn default_label_dropout() -> f64 {
+    0.1
 }
 
 fn default_steps() -> usize {
@@ -290,6 +302,7 @@ impl Default for TrainSection {
             ema_decay: 0.0,
             checkpoint_every: default_checkpoint_every(),
             log_every: default_log_every(),
+            label_dropout: default_label_dropout(),
         }
     }
 }
@@ -433,6 +446,42 @@ impl RunConfig {
                 format!("{} is outside 1..=64", model.depth),
             ));
         }
+        if model.kind == ModelKind::Unet {
+            if self.data.target.sample_shape() != [1, 28, 28] {
+                return Err(ConfigError::value(
+                    "model.kind",
+                    "unet needs 1 x 28 x 28 images (data.target = { kind = \"fashion_mnist\" })",
+                ));
+            }
+            model.unet.validate().map_err(|e| match e {
+                ferroflow_models::ModelError::InvalidConfig { key, detail } => {
+                    ConfigError::value(format!("model.unet.{key}"), detail)
+                }
+                other => ConfigError::value("model.unet", other.to_string()),
+            })?;
+            if let Some(classes) = model.unet.num_classes
+                && classes != self.data.target.num_classes()
+            {
+                return Err(ConfigError::value(
+                    "model.unet.num_classes",
+                    format!(
+                        "{classes}, but data.target has {} classes",
+                        self.data.target.num_classes()
+                    ),
+                ));
+            }
+        } else if self.data.target.dim() > 4096 {
+            return Err(ConfigError::value(
+                "model.kind",
+                "an MLP on more than 4096 dimensions; use kind = \"unet\" for images",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.train.label_dropout) {
+            return Err(ConfigError::value(
+                "train.label_dropout",
+                format!("{} is outside [0, 1]", self.train.label_dropout),
+            ));
+        }
         let flow = &self.flow;
         ensure_finite("flow.sigma", flow.sigma)?;
         self.flow.build_path()?;
@@ -455,18 +504,9 @@ impl RunConfig {
                 "x1 and epsilon predictions need a path without extra noise (sigma = 0, not schrodinger_bridge)",
             ));
         }
-        if flow.coupling == CouplingKind::SchrodingerBridge && flow.sigma <= 0.0 {
-            return Err(ConfigError::value(
-                "flow.sigma",
-                "the schrodinger_bridge coupling needs sigma > 0",
-            ));
-        }
-        if !(flow.sinkhorn_reg.is_finite() && flow.sinkhorn_reg > 0.0) {
-            return Err(ConfigError::value(
-                "flow.sinkhorn_reg",
-                format!("{} must be > 0", flow.sinkhorn_reg),
-            ));
-        }
+        flow.coupling
+            .build()
+            .map_err(|e| ConfigError::value("flow.coupling", e.to_string()))?;
         if let TimeSampling::LogitNormal { mean, std } = flow.time_sampling {
             ensure_finite("flow.time_sampling.mean", mean)?;
             if !(std.is_finite() && std > 0.0) {

@@ -38,6 +38,42 @@ pub enum Dataset {
     Ring,
     /// A Gaussian mixture with full covariances.
     Mixture(MixtureSpec),
+    /// Fashion-MNIST training images (1 x 28 x 28, scaled to [-1, 1], flattened to 784 coordinates) with
+    /// their class labels, read from `dir` (prepared by `cargo xtask data fashion-mnist`).
+    FashionMnist {
+        /// Folder of the un-gzipped IDX files.
+        #[serde(default = "default_fashion_dir")]
+        dir: String,
+    },
+}
+
+fn default_fashion_dir() -> String {
+    "data/fashion-mnist".into()
+}
+
+/// Fashion-MNIST's training set as flat row-major pixels in [-1, 1] and labels, loaded once per process.
+pub struct ImageStore {
+    /// `[n, 784]` pixels.
+    pub pixels: Vec<f32>,
+    /// `[n]` labels in 0..10.
+    pub labels: Vec<i64>,
+}
+
+static FASHION: std::sync::OnceLock<Result<std::sync::Arc<ImageStore>, String>> = std::sync::OnceLock::new();
+
+/// The Fashion-MNIST training set from `dir` (loaded and checked on first use; errors name the file).
+pub fn fashion_store(dir: &str) -> Result<std::sync::Arc<ImageStore>, String> {
+    FASHION
+        .get_or_init(|| {
+            let data = crate::images::FashionMnist::load(std::path::Path::new(dir))
+                .map_err(|e| format!("{e} (prepare the data set with `cargo xtask data fashion-mnist`)"))?;
+            let flat = data.train.images.reshape([-1]).to_kind(tch::Kind::Float);
+            let pixels = Vec::<f32>::try_from(&flat).map_err(|e| e.to_string())?;
+            let labels = Vec::<i64>::try_from(&data.train.labels.to_kind(tch::Kind::Int64))
+                .map_err(|e| e.to_string())?;
+            Ok(std::sync::Arc::new(ImageStore { pixels, labels }))
+        })
+        .clone()
 }
 
 fn two() -> usize {
@@ -71,6 +107,7 @@ impl Dataset {
         match self {
             Dataset::Gaussian { dim, .. } => *dim,
             Dataset::Mixture(spec) => spec.means.first().map_or(0, Vec::len),
+            Dataset::FashionMnist { .. } => 784,
             _ => 2,
         }
     }
@@ -85,6 +122,26 @@ impl Dataset {
             Dataset::Checkerboard => "checkerboard".into(),
             Dataset::Ring => "ring".into(),
             Dataset::Mixture(_) => "mixture".into(),
+            Dataset::FashionMnist { .. } => "fashion_mnist".into(),
+        }
+    }
+
+    /// The shape of one sample for the network (`[dim]` for vectors, `[1, 28, 28]` for images).
+    pub fn sample_shape(&self) -> Vec<i64> {
+        match self {
+            Dataset::FashionMnist { .. } => vec![1, 28, 28],
+            other => vec![other.dim() as i64],
+        }
+    }
+
+    /// Number of classes of the labels drawn with the samples (1 for unlabelled sets).
+    pub fn num_classes(&self) -> usize {
+        match self {
+            Dataset::FashionMnist { .. } => 10,
+            Dataset::EightGaussians => 8,
+            Dataset::Moons => 2,
+            Dataset::Mixture(spec) => spec.weights.len(),
+            _ => 1,
         }
     }
 
@@ -104,12 +161,16 @@ impl Dataset {
                 }
             }
             Dataset::Mixture(spec) => spec.validate(key)?,
+            Dataset::FashionMnist { dir } => {
+                fashion_store(dir).map_err(|e| ConfigError::value(format!("{key}.dir"), e))?;
+            }
             _ => {}
         }
         Ok(())
     }
 
-    /// Draws `n_samples` points into a row-major `[n_samples, dim]` buffer.
+    /// Draws `n_samples` points into a row-major `[n_samples, dim]` buffer. Image sets must have passed
+    /// [`Dataset::validate`] (which loads them) first.
     pub fn sample(&self, n_samples: usize, rng: &mut impl Rng) -> Vec<f32> {
         let mut out = Vec::with_capacity(n_samples * self.dim());
         self.sample_into(n_samples, rng, &mut out);
@@ -118,6 +179,23 @@ impl Dataset {
 
     /// Appends `n_samples` points to `out` (row-major), reusing its allocation.
     pub fn sample_into(&self, n_samples: usize, rng: &mut impl Rng, out: &mut Vec<f32>) {
+        self.sample_labelled_into(n_samples, rng, out, None);
+    }
+
+    /// Appends `n_samples` points to `out` and, when asked, their labels to `labels`: the class of an image,
+    /// the mode of 8gaussians (k), the moon (0 upper, 1 lower), the mixture component; 0 otherwise.
+    pub fn sample_labelled_into(
+        &self,
+        n_samples: usize,
+        rng: &mut impl Rng,
+        out: &mut Vec<f32>,
+        mut labels: Option<&mut Vec<i64>>,
+    ) {
+        let mut label = |value: i64| {
+            if let Some(labels) = labels.as_deref_mut() {
+                labels.push(value);
+            }
+        };
         let mut normal = || -> f64 { rng.sample(StandardNormal) };
         match self {
             Dataset::Gaussian { dim, std } => {
@@ -126,8 +204,9 @@ impl Dataset {
             Dataset::EightGaussians => {
                 let spread = 0.1f64.powf(0.25);
                 for _ in 0..n_samples {
-                    let k = rng.random_range(0..8u32) as f64;
-                    let (s, c) = (k * PI / 4.0).sin_cos();
+                    let k = rng.random_range(0..8u32);
+                    label(k as i64);
+                    let (s, c) = (k as f64 * PI / 4.0).sin_cos();
                     out.push((5.0 * c + spread * rng.sample::<f64, _>(StandardNormal)) as f32);
                     out.push((5.0 * s + spread * rng.sample::<f64, _>(StandardNormal)) as f32);
                 }
@@ -135,6 +214,7 @@ impl Dataset {
             Dataset::Moons => {
                 for _ in 0..n_samples {
                     let upper = rng.random_bool(0.5);
+                    label(i64::from(!upper));
                     let a = rng.random_range(0.0..PI);
                     let (x, y) = if upper {
                         (a.cos(), a.sin())
@@ -177,7 +257,25 @@ impl Dataset {
                     out.push((r * a.sin()) as f32);
                 }
             }
-            Dataset::Mixture(spec) => spec.sample_into(n_samples, rng, out),
+            Dataset::Mixture(spec) => spec.sample_into(n_samples, rng, out, &mut label),
+            Dataset::FashionMnist { dir } => {
+                // `validate` loads the store first; a config that passed it cannot fail here.
+                let store = fashion_store(dir).expect("Dataset::validate loads the images before sampling");
+                let count = store.labels.len();
+                for _ in 0..n_samples {
+                    let idx = rng.random_range(0..count);
+                    out.extend_from_slice(&store.pixels[idx * 784..(idx + 1) * 784]);
+                    label(store.labels[idx]);
+                }
+            }
+        }
+        if !matches!(
+            self,
+            Dataset::EightGaussians | Dataset::Moons | Dataset::Mixture(_) | Dataset::FashionMnist { .. }
+        ) {
+            for _ in 0..n_samples {
+                label(0);
+            }
         }
     }
 }
@@ -243,7 +341,13 @@ impl MixtureSpec {
         Ok(())
     }
 
-    fn sample_into(&self, n_samples: usize, rng: &mut impl Rng, out: &mut Vec<f32>) {
+    fn sample_into(
+        &self,
+        n_samples: usize,
+        rng: &mut impl Rng,
+        out: &mut Vec<f32>,
+        label: &mut impl FnMut(i64),
+    ) {
         let total: f64 = self.weights.iter().sum();
         let factors: Vec<Vec<Vec<f64>>> = self
             .covariances
@@ -262,6 +366,7 @@ impl MixtureSpec {
                 }
                 u -= w;
             }
+            label(comp as i64);
             for zi in z.iter_mut() {
                 *zi = StandardNormal.sample(rng);
             }

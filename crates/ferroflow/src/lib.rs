@@ -8,18 +8,28 @@
 //! - [`sample`]: sampling a trained flow with any ODE method.
 //! - [`likelihood`]: log-likelihood of points under a trained run (exact or Hutchinson divergence), bits/dim.
 //! - [`bench`]: `ferroflow bench`, timings against the peers' figures.
+//! - [`guided`]: guided sampling (mode seeking, classifier-free guidance) and the guidance effect study.
+//! - [`bench_guidance`]: `ferroflow bench guidance`, the cost of a guided sampling step.
 //! - [`run`]: whole runs (train, finish, evaluate) and the exact W2 metric.
+//! - [`report`]: a run's report: pictures (trajectories, velocity fields, density, loss, animation) and
+//!   `report.md`.
 //! - [`files`], [`plot`], [`progress`]: run folders, pictures, progress display.
 
 pub mod batch;
 pub mod bench;
+pub mod bench_guidance;
+pub mod bench2d;
+pub mod bench_train;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod files;
+pub mod guided;
+pub mod images;
 pub mod likelihood;
 pub mod plot;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod sample;
 pub mod train;

@@ -75,6 +75,9 @@ enum Command {
         /// ([times, n, dim] flattened to [times * n, dim]).
         #[arg(long)]
         trajectory: Option<usize>,
+        /// Mode-seeking and classifier-free guidance.
+        #[command(flatten)]
+        guidance: ferroflow::guided::GuidanceArgs,
     },
     /// Exact (or entropic) optimal transport between two point sets with squared-Euclidean cost.
     Ot {
@@ -95,6 +98,8 @@ enum Command {
     Likelihood(ferroflow::likelihood::LikelihoodArgs),
     /// Timings of the hot paths against the peers' figures (`bench likelihood`).
     Bench(ferroflow::bench::BenchArgs),
+    /// The 2D benchmark of Tong et al. 2023 over configs/bench2d: W2 and NPE per method and task.
+    Bench2d(ferroflow::bench2d::Bench2dArgs),
     /// The exact 2-Wasserstein distance between two equal-size point sets.
     W2 {
         /// First set (.npy).
@@ -141,7 +146,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let metrics = ferroflow::files::read_metrics(&run_dir)?;
             println!(
-                "trained {} in {:.1} s ({:.0} steps/s), final loss {:.4}; results in {}",
+                "trained {} in {:.1} s ({:.2} steps/s), final loss {:.4}; results in {}",
                 metrics.get("train_steps").and_then(|v| v.as_u64()).unwrap_or(0),
                 metrics
                     .get("train_seconds")
@@ -180,10 +185,12 @@ fn run(cli: Cli) -> Result<()> {
             atol,
             rtol,
             trajectory,
+            guidance,
         } => {
             if n == 0 {
                 bail!("--n must be at least 1");
             }
+            let guidance = guidance.settings()?;
             let flow = TrainedFlow::load(&run)?;
             let mut sample = flow.config.sample.clone();
             if let Some(name) = solver {
@@ -199,7 +206,13 @@ fn run(cli: Cli) -> Result<()> {
             let times: Option<Vec<f64>> =
                 trajectory.map(|k| (0..k.max(2)).map(|i| i as f64 / (k.max(2) - 1) as f64).collect());
             let started = Instant::now();
-            let solution = flow.integrate(flow.source_points(n, 2), &options, times.as_deref())?;
+            let solution = ferroflow::guided::sample_guided(
+                &flow,
+                flow.source_points(n, 2),
+                &options,
+                times.as_deref(),
+                &guidance,
+            )?;
             write_npy(&out, to_array(&solution.state).view())?;
             if !solution.trajectory.is_empty() {
                 let stacked = tch::Tensor::cat(&solution.trajectory, 0);
@@ -258,6 +271,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Likelihood(args) => ferroflow::likelihood::run_cli(&args),
         Command::Bench(args) => ferroflow::bench::run_cli(&args),
+        Command::Bench2d(args) => ferroflow::bench2d::run(&args),
         Command::W2 { a, b } => {
             let xa = read_npy(&a)?;
             let xb = read_npy(&b)?;

@@ -81,7 +81,10 @@ impl Progress {
                 let every = (*total / 10).max(1);
                 if step % every == 0 || step == *total {
                     let rate = (step - *first) as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                    eprintln!("step {step}/{total}  loss {loss:.4}  {rate:.0} steps/s");
+                    eprintln!(
+                        "step {step}/{total}  loss {loss:.4}  {rate:.prec$} steps/s",
+                        prec = if rate < 10.0 { 2 } else { 0 }
+                    );
                 }
             }
             _ => {}

@@ -55,8 +55,14 @@ fn finish(config: &RunConfig, run_dir: &Path, summary: &TrainSummary) -> Result<
     let sample_seconds = started.elapsed().as_secs_f64();
     let samples = to_array(&solution.state);
     write_npy(&run_dir.join("samples.npy"), samples.view())?;
-    let reference = reference_samples(config, samples.nrows());
-    if config.data.target.dim() >= 2 {
+    if matches!(config.data.target, crate::data::Dataset::FashionMnist { .. }) {
+        let shown = solution
+            .state
+            .narrow(0, 0, solution.state.size()[0].min(100))
+            .view([-1, 1, 28, 28]);
+        crate::images::image_grid_png(&run_dir.join("samples.png"), &shown, 10)?;
+    } else if config.data.target.dim() >= 2 {
+        let reference = reference_samples(config, samples.nrows());
         let title = format!(
             "{} -> {} ({} steps)",
             config.data.source.name(),

@@ -8,10 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use ferroflow_models::{Mlp, VelocityNet};
+use ferroflow_models::VelocityNet;
 use ferroflow_paths::ConditionalPath;
 use ferroflow_solvers::{OdeOptions, Solution, SolverError, solve, solve_with_trajectory};
-use rand::Rng;
 use tch::{Device, Kind, Tensor};
 
 use crate::batch::{rng_for, stream};
@@ -24,7 +23,7 @@ pub struct TrainedFlow {
     /// The resolved config of the run.
     pub config: RunConfig,
     /// The network with the sampling weights loaded.
-    pub net: Mlp,
+    pub net: Box<dyn VelocityNet>,
     path: Box<dyn ConditionalPath + Send + Sync>,
     /// The run folder.
     pub run_dir: PathBuf,
@@ -71,8 +70,24 @@ impl TrainedFlow {
 
     /// The learned velocity, recording the autograd graph (for divergences and guidance).
     pub fn velocity_with_grad(&self, x: &Tensor, t: f64) -> Tensor {
+        self.velocity_labelled(x, t, None)
+    }
+
+    /// The learned velocity for a flat batch `x` (`[n, dim]`) given class labels (`[n]`, or `None` for the
+    /// unconditional field of a class-conditional network), recording the autograd graph.
+    pub fn velocity_labelled(&self, x: &Tensor, t: f64, labels: Option<&Tensor>) -> Tensor {
         let times = Tensor::from_slice(&[t as f32]).to_device(x.device());
-        let out = self.net.forward(x, &times);
+        let batch = x.size()[0];
+        let shape: Vec<i64> = std::iter::once(batch).chain(self.net.sample_shape()).collect();
+        let out = self
+            .net
+            .forward_with(
+                &self.net.params().views(),
+                &x.view(shape.as_slice()),
+                &times,
+                labels,
+            )
+            .view([batch, -1]);
         match self.config.flow.prediction {
             Prediction::Velocity => out,
             prediction => {
@@ -88,9 +103,7 @@ impl TrainedFlow {
 
     /// Draws `n_samples` source points with the run's sampling stream (`offset` selects a sub-stream).
     pub fn source_points(&self, n_samples: usize, offset: u64) -> Tensor {
-        let mut rng = rng_for(self.config.run.seed, stream::SAMPLING + offset);
-        let _: u32 = rng.random();
-        let points = self.config.data.source.sample(n_samples, &mut rng);
+        let points = source_sample(&self.config, n_samples, offset);
         Tensor::from_slice(&points)
             .view([n_samples as i64, self.dim() as i64])
             .to_device(self.device())
@@ -110,6 +123,12 @@ impl TrainedFlow {
             None => solve(&mut field, x0, 0.0, 1.0, options),
         }
     }
+}
+
+/// The source points [`TrainedFlow::source_points`] starts from, row-major: stream `SAMPLING + offset`.
+pub fn source_sample(config: &RunConfig, n_samples: usize, offset: u64) -> Vec<f32> {
+    let mut rng = rng_for(config.run.seed, stream::SAMPLING + offset);
+    config.data.source.sample(n_samples, &mut rng)
 }
 
 /// Copies a `[n, d]` tensor into a row-major `f32` array.

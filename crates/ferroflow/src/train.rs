@@ -12,11 +12,12 @@ use std::time::Instant;
 
 use ferroflow_models::checkpoint::{load_tensors, save_tensors};
 use ferroflow_models::optim::{Ema, FlatAdam};
+use ferroflow_models::unet::Unet;
 use ferroflow_models::{Mlp, MlpConfig, VelocityNet};
 use tch::{Device, Kind, Tensor};
 
 use crate::batch::{Batch, BatchMaker};
-use crate::config::RunConfig;
+use crate::config::{ModelKind, RunConfig};
 use crate::error::TrainError;
 use crate::progress::Progress;
 
@@ -68,17 +69,23 @@ pub fn parse_device(name: &str) -> Device {
 }
 
 /// Builds the run's network with its seeded initialisation.
-pub fn build_model(config: &RunConfig) -> Result<Mlp, TrainError> {
+pub fn build_model(config: &RunConfig) -> Result<Box<dyn VelocityNet>, TrainError> {
     tch::manual_seed(config.run.seed as i64);
     let model = &config.model;
-    let mlp = MlpConfig {
-        dim: config.data.target.dim(),
-        width: model.width,
-        depth: model.depth,
-        activation: model.activation,
-        time_embedding: model.time_embedding,
-    };
-    Ok(Mlp::new(mlp, parse_device(&config.run.device))?)
+    let device = parse_device(&config.run.device);
+    Ok(match model.kind {
+        ModelKind::Mlp => {
+            let mlp = MlpConfig {
+                dim: config.data.target.dim(),
+                width: model.width,
+                depth: model.depth,
+                activation: model.activation,
+                time_embedding: model.time_embedding,
+            };
+            Box::new(Mlp::new(mlp, device)?)
+        }
+        ModelKind::Unet => Box::new(Unet::new(model.unet.clone(), device)?),
+    })
 }
 
 /// Sets libtorch's thread count from the config (0 leaves libtorch's default).
@@ -107,7 +114,7 @@ pub fn train(
     let mut loss_curve = Vec::new();
     let checkpoint_path = run_dir.join(CHECKPOINT_FILE);
     if resume {
-        let state = load_checkpoint(&checkpoint_path, &net, &mut adam, ema.as_mut())?;
+        let state = load_checkpoint(&checkpoint_path, net.as_ref(), &mut adam, ema.as_mut())?;
         loss_curve = state;
     }
     let start_step = adam.step;
@@ -122,8 +129,8 @@ pub fn train(
         path: run_dir.to_path_buf(),
         detail: e.to_string(),
     })?;
-    let dim = maker.dim() as i64;
     let batch_size = config.train.batch_size as i64;
+    let shape: Vec<i64> = std::iter::once(batch_size).chain(net.sample_shape()).collect();
     let device = net.params().device();
     let log_every = config.train.log_every;
     let checkpoint_every = config.train.checkpoint_every;
@@ -158,14 +165,17 @@ pub fn train(
                     .recv()
                     .expect("the producer sends one batch per step")?;
                 let x_t = Tensor::from_slice(&batch.x_t)
-                    .view([batch_size, dim])
+                    .view(shape.as_slice())
                     .to_device(device);
                 let t = Tensor::from_slice(&batch.t).to_device(device);
                 let target = Tensor::from_slice(&batch.target)
-                    .view([batch_size, dim])
+                    .view(shape.as_slice())
                     .to_device(device);
+                let labels =
+                    (!batch.labels.is_empty()).then(|| Tensor::from_slice(&batch.labels).to_device(device));
                 let _ = recycle.send(batch);
-                let loss = (net.forward(&x_t, &t) - target).square().mean(Kind::Float);
+                let output = net.forward_with(&net.params().views(), &x_t, &t, labels.as_ref());
+                let loss = (output - target).square().mean(Kind::Float);
                 loss.backward();
                 let loss_value = loss.double_value(&[]);
                 if !loss_value.is_finite() {
@@ -191,7 +201,7 @@ pub fn train(
                 }
                 progress.update(step, loss_value);
                 if (checkpoint_every > 0 && step % checkpoint_every == 0) || step == total {
-                    save_checkpoint(&checkpoint_path, &net, &adam, ema.as_ref(), &loss_curve)?;
+                    save_checkpoint(&checkpoint_path, net.as_ref(), &adam, ema.as_ref(), &loss_curve)?;
                     last_good = step;
                 }
             }
@@ -215,7 +225,7 @@ pub fn train(
 
 fn save_checkpoint(
     path: &Path,
-    net: &Mlp,
+    net: &dyn VelocityNet,
     adam: &FlatAdam,
     ema: Option<&Ema>,
     loss_curve: &[LossPoint],
@@ -247,7 +257,7 @@ fn save_checkpoint(
 /// Restores weights, EMA, optimizer moments and step; returns the loss curve so far.
 fn load_checkpoint(
     path: &Path,
-    net: &Mlp,
+    net: &dyn VelocityNet,
     adam: &mut FlatAdam,
     ema: Option<&mut Ema>,
 ) -> Result<Vec<LossPoint>, TrainError> {

@@ -6,9 +6,11 @@
 
 pub mod autograd;
 pub mod checkpoint;
+pub mod classifier;
 pub mod mlp;
 pub mod optim;
 pub mod params;
+pub mod unet;
 
 use std::path::PathBuf;
 
@@ -85,4 +87,22 @@ pub trait VelocityNet {
 
     /// The shape of one sample (without the batch dimension).
     fn sample_shape(&self) -> Vec<i64>;
+}
+
+impl<N: VelocityNet + ?Sized> VelocityNet for Box<N> {
+    fn params(&self) -> &ParamStore {
+        (**self).params()
+    }
+
+    fn forward_with(&self, params: &[Tensor], x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        (**self).forward_with(params, x, t, labels)
+    }
+
+    fn num_classes(&self) -> Option<usize> {
+        (**self).num_classes()
+    }
+
+    fn sample_shape(&self) -> Vec<i64> {
+        (**self).sample_shape()
+    }
 }

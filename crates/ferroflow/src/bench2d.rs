@@ -1,0 +1,355 @@
+//! `ferroflow bench2d`: the 2D benchmark of Tong et al. 2023 (OT-CFM) reproduced. Every config under
+//! `configs/bench2d/` is trained for each seed, then measured on 10,000 test samples: the exact
+//! 2-Wasserstein distance to fresh target samples and the normalised path energy
+//! NPE = |E int_0^1 |v(x_t, t)|^2 dt - W2(source, target)^2| / W2(source, target)^2, with the energy summed
+//! along the same 100-step Euler integration that produces the samples. Results go to a Markdown table beside
+//! the published figures. Finished runs are reused, so an interrupted benchmark continues where it stopped;
+//! a failed run is reported with its reason and the others go on.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+use tch::Tensor;
+
+use crate::config::RunConfig;
+use crate::files::{read_metrics, update_metrics, write_atomic};
+use crate::progress::Progress;
+use crate::run::{reference_samples, wasserstein2};
+use crate::sample::{TrainedFlow, to_array};
+
+/// Arguments of `ferroflow bench2d`.
+#[derive(Debug, clap::Args)]
+pub struct Bench2dArgs {
+    /// Seeds per config (0, 1, ...).
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// Folder of benchmark configs.
+    #[arg(long, default_value = "configs/bench2d")]
+    pub configs: PathBuf,
+    /// Override `train.steps` of every config (the published budget is the configs' own).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Only configs whose file name contains this text.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Where the runs go.
+    #[arg(long, default_value = "runs/bench2d")]
+    pub out_dir: PathBuf,
+    /// The Markdown report.
+    #[arg(long, default_value = "docs/results-2d.md")]
+    pub report: PathBuf,
+}
+
+/// Published W2 and NPE (SF2M paper, Table 2, as read in reference.md) by method and task.
+fn published(method: &str, task: &str) -> (Option<f64>, Option<f64>) {
+    let tasks = [
+        "gaussian-8gaussians",
+        "moons-8gaussians",
+        "gaussian-moons",
+        "gaussian-scurve",
+    ];
+    let Some(col) = tasks.iter().position(|t| *t == task) else {
+        return (None, None);
+    };
+    let w2: [Option<f64>; 4] = match method {
+        "otcfm" => [Some(0.303), Some(0.601), Some(0.130), Some(0.144)],
+        "icfm" => [Some(0.373), Some(1.557), Some(0.178), Some(0.242)],
+        "sbcfm" => [Some(2.314), None, Some(0.434), Some(0.341)],
+        "fm" => [Some(0.343), None, Some(0.209), Some(0.198)],
+        _ => [None; 4],
+    };
+    let npe: [Option<f64>; 4] = match method {
+        "otcfm" => [Some(0.031), Some(0.015), Some(0.083), Some(0.027)],
+        "icfm" => [Some(0.202), Some(2.680), Some(0.891), Some(0.856)],
+        _ => [None; 4],
+    };
+    (w2[col], npe[col])
+}
+
+/// One measured run.
+struct Outcome {
+    w2: f64,
+    npe: f64,
+    train_seconds: f64,
+}
+
+/// Samples `x0` forward with `n_steps` Euler steps and returns the end points and the mean path energy
+/// E sum_k |v(x_k, t_k)|^2 dt.
+pub fn euler_with_energy(flow: &TrainedFlow, x0: Tensor, n_steps: usize) -> (Tensor, f64) {
+    let dt = 1.0 / n_steps as f64;
+    let mut x = x0;
+    let mut energy = 0.0;
+    for step in 0..n_steps {
+        let v = flow.velocity(&x, step as f64 * dt);
+        energy += v
+            .square()
+            .sum_dim_intlist(1, false, tch::Kind::Double)
+            .mean(tch::Kind::Double)
+            .double_value(&[])
+            * dt;
+        x = x + v * dt;
+    }
+    (x, energy)
+}
+
+fn measure(config: &RunConfig, run_dir: &Path, source_target_w2_sq: f64) -> Result<Outcome> {
+    let metrics = read_metrics(run_dir)?;
+    if let (Some(w2), Some(npe), Some(secs)) = (
+        metrics.get("w2").and_then(|v| v.as_f64()),
+        metrics.get("npe").and_then(|v| v.as_f64()),
+        metrics.get("train_seconds").and_then(|v| v.as_f64()),
+    ) {
+        return Ok(Outcome {
+            w2,
+            npe,
+            train_seconds: secs,
+        });
+    }
+    let flow = TrainedFlow::from_config(config.clone(), run_dir)?;
+    let n = config.sample.w2_samples;
+    let (x1, energy) = euler_with_energy(&flow, flow.source_points(n, 1), config.sample.steps);
+    let generated = to_array(&x1);
+    if generated.iter().any(|v| !v.is_finite()) {
+        bail!("the samples are not finite");
+    }
+    let w2 = wasserstein2(generated.view(), reference_samples(config, n).view())?;
+    let npe = (energy - source_target_w2_sq).abs() / source_target_w2_sq;
+    let mut entries = serde_json::Map::new();
+    entries.insert("w2".into(), json!(w2));
+    entries.insert("w2_samples".into(), json!(n));
+    entries.insert("path_energy".into(), json!(energy));
+    entries.insert("npe".into(), json!(npe));
+    entries.insert("source_target_w2_sq".into(), json!(source_target_w2_sq));
+    update_metrics(run_dir, entries)?;
+    let train_seconds = read_metrics(run_dir)?
+        .get("train_seconds")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(f64::NAN);
+    Ok(Outcome {
+        w2,
+        npe,
+        train_seconds,
+    })
+}
+
+/// W2^2 between test samples of the source and of the target (the energy of the optimal straight paths).
+fn source_target_w2_sq(config: &RunConfig) -> Result<f64> {
+    let n = config.sample.w2_samples;
+    // The same points as `TrainedFlow::source_points(n, 1)` in `measure`.
+    let source = crate::sample::source_sample(config, n, 1);
+    let source = ndarray::Array2::from_shape_vec((n, config.data.source.dim()), source)?;
+    Ok(wasserstein2(source.view(), reference_samples(config, n).view())?.powi(2))
+}
+
+fn train_or_reuse(config: &RunConfig) -> Result<PathBuf> {
+    let run_dir = Path::new(&config.run.out_dir).join(&config.run.name);
+    if run_dir.join("model.safetensors").is_file() && run_dir.join("metrics.json").is_file() {
+        return Ok(run_dir);
+    }
+    if run_dir.exists() {
+        // An interrupted earlier attempt of this benchmark run: it belongs to the benchmark, start it again.
+        std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
+    }
+    crate::run::train_new(config, &mut Progress::Silent)
+}
+
+/// Runs the benchmark and writes the report.
+pub fn run(args: &Bench2dArgs) -> Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&args.configs)
+        .with_context(|| format!("cannot list {}", args.configs.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
+    if let Some(only) = &args.only {
+        files.retain(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().contains(only.as_str()))
+        });
+    }
+    files.sort();
+    if files.is_empty() {
+        bail!("no benchmark configs (*.toml) in {}", args.configs.display());
+    }
+    // results[(task, method)] = per-seed outcomes or failure reasons.
+    let mut results: BTreeMap<(String, String), Vec<Result<Outcome, String>>> = BTreeMap::new();
+    let mut w2_cache: BTreeMap<(String, u64), f64> = BTreeMap::new();
+    let started = Instant::now();
+    for file in &files {
+        let base = RunConfig::load(file)?;
+        let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let (task, method) = stem
+            .rsplit_once('-')
+            .map(|(t, m)| (t.to_owned(), m.to_owned()))
+            .unwrap_or((stem.clone(), stem.clone()));
+        for seed in 0..args.seeds {
+            let mut config = base.clone();
+            config.run.seed = seed;
+            config.run.name = format!("{stem}-s{seed}");
+            config.run.out_dir = args.out_dir.display().to_string();
+            if let Some(steps) = args.steps {
+                config.train.steps = steps;
+            }
+            let attempt = (|| -> Result<Outcome> {
+                let w2_sq = match w2_cache.get(&(task.clone(), seed)) {
+                    Some(v) => *v,
+                    None => {
+                        let v = source_target_w2_sq(&config)?;
+                        w2_cache.insert((task.clone(), seed), v);
+                        v
+                    }
+                };
+                let run_dir = train_or_reuse(&config)?;
+                measure(&config, &run_dir, w2_sq)
+            })();
+            match &attempt {
+                Ok(o) => eprintln!(
+                    "bench2d: {stem} seed {seed}: W2 {:.3}, NPE {:.3}, {:.0} s ({:.0} s so far)",
+                    o.w2,
+                    o.npe,
+                    o.train_seconds,
+                    started.elapsed().as_secs_f64()
+                ),
+                Err(e) => eprintln!("bench2d: {stem} seed {seed}: failed: {e:#}"),
+            }
+            results
+                .entry((task.clone(), method.clone()))
+                .or_default()
+                .push(attempt.map_err(|e| format!("{e:#}")));
+        }
+    }
+    let report = render(&results, args, &files)?;
+    if let Some(parent) = args.report.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    write_atomic(&args.report, report.as_bytes())?;
+    println!("{report}");
+    eprintln!("bench2d: report written to {}", args.report.display());
+    Ok(())
+}
+
+fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 {
+        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+fn render(
+    results: &BTreeMap<(String, String), Vec<Result<Outcome, String>>>,
+    args: &Bench2dArgs,
+    files: &[PathBuf],
+) -> Result<String> {
+    let tasks = [
+        "gaussian-8gaussians",
+        "moons-8gaussians",
+        "gaussian-moons",
+        "gaussian-scurve",
+    ];
+    let methods = [
+        ("otcfm", "OT-CFM"),
+        ("icfm", "I-CFM"),
+        ("sbcfm", "SB-CFM"),
+        ("fm", "FM (Lipman)"),
+        ("vpcfm", "VP-CFM"),
+    ];
+    let sample_config = RunConfig::load(&files[0])?;
+    let mut out = String::new();
+    writeln!(out, "# 2D benchmark results\n")?;
+    writeln!(
+        out,
+        "Written by `cargo xtask bench2d` (`ferroflow bench2d --seeds {}`{}). Setting: MLP 3 x 64 SELU with time \
+         concatenated, AdamW lr 1e-3 (weight decay 0.01), batch {}, {} training steps, sigma = 0.1; evaluation \
+         with {} Euler steps on {} test samples per seed. W2 is the exact 2-Wasserstein distance (exact assignment \
+         between equal-size samples) to fresh target samples; NPE = |E int |v|^2 dt - W2(source, target)^2| / \
+         W2(source, target)^2 with the energy summed along the same Euler integration. Cells are mean ± standard \
+         deviation over seeds; \"pub.\" is the published figure (SF2M paper, Table 2, via reference.md; their data \
+         sets differ in small details, see reference.md). Configs: `{}`.\n",
+        args.seeds,
+        args.steps.map(|s| format!(" --steps {s}")).unwrap_or_default(),
+        sample_config.train.batch_size,
+        args.steps.unwrap_or(sample_config.train.steps),
+        sample_config.sample.steps,
+        sample_config.sample.w2_samples,
+        args.configs.display()
+    )?;
+    for (title, pick) in [
+        ("W2 (lower is better)", 0usize),
+        ("NPE (lower is better)", 1),
+        ("Training wall time per run (s)", 2),
+    ] {
+        writeln!(out, "## {title}\n")?;
+        writeln!(
+            out,
+            "| method | N -> 8gaussians | moons -> 8gaussians | N -> moons | N -> scurve |"
+        )?;
+        writeln!(out, "|---|---|---|---|---|")?;
+        for (key, label) in methods {
+            if !tasks
+                .iter()
+                .any(|t| results.contains_key(&((*t).to_owned(), key.to_owned())))
+            {
+                continue;
+            }
+            let mut row = format!("| {label} |");
+            for task in tasks {
+                let cell = match results.get(&(task.to_owned(), key.to_owned())) {
+                    None => "-".to_owned(),
+                    Some(runs) => {
+                        let ok: Vec<&Outcome> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+                        let failed: Vec<&String> = runs.iter().filter_map(|r| r.as_ref().err()).collect();
+                        let values: Vec<f64> = ok
+                            .iter()
+                            .map(|o| match pick {
+                                0 => o.w2,
+                                1 => o.npe,
+                                _ => o.train_seconds,
+                            })
+                            .collect();
+                        let mut cell = if values.is_empty() {
+                            String::new()
+                        } else {
+                            let (m, s) = mean_std(&values);
+                            if pick == 2 {
+                                format!("{m:.0}")
+                            } else {
+                                format!("{m:.3} ± {s:.3}")
+                            }
+                        };
+                        let (pub_w2, pub_npe) = published(key, task);
+                        let published = if pick == 0 {
+                            pub_w2
+                        } else if pick == 1 {
+                            pub_npe
+                        } else {
+                            None
+                        };
+                        if let Some(p) = published {
+                            write!(cell, " (pub. {p:.3})")?;
+                        }
+                        if !failed.is_empty() {
+                            write!(
+                                cell,
+                                " **{} failed: {}**",
+                                failed.len(),
+                                failed[0].replace('|', "/")
+                            )?;
+                        }
+                        cell
+                    }
+                };
+                write!(row, " {cell} |")?;
+            }
+            writeln!(out, "{row}")?;
+        }
+        writeln!(out)?;
+    }
+    Ok(out)
+}
