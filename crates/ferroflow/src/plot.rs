@@ -251,12 +251,10 @@ impl Window {
                 }
             }
         }
-        (enter <= leave).then(|| {
-            (
-                (a.0 + enter * dx, a.1 + enter * dy),
-                (a.0 + leave * dx, a.1 + leave * dy),
-            )
-        })
+        (enter <= leave).then_some((
+            (a.0 + enter * dx, a.1 + enter * dy),
+            (a.0 + leave * dx, a.1 + leave * dy),
+        ))
     }
 
     /// The rows of `points` (first two coordinates) that lie inside the window.
@@ -926,9 +924,18 @@ where
     Ok(())
 }
 
+/// The timing of an animation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Delay between frames, in milliseconds (GIF stores hundredths of a second).
+    pub frame_delay_ms: u32,
+    /// How many more frames the last frame is held before the animation loops.
+    pub hold_frames: usize,
+}
+
 /// Draws an animated GIF of points moving: frame `k` shows `frames[k]` (`[n_points, >= 2]`) at time
 /// `times[k]`, coloured from the source colour at t = 0 to the generated colour at t = 1, over reference
-/// samples of the target (may be empty). The last frame is held for `hold_frames` more frames.
+/// samples of the target (may be empty).
 pub fn flow_gif(
     path: &Path,
     title: &str,
@@ -936,8 +943,7 @@ pub fn flow_gif(
     times: &[f64],
     reference: ArrayView2<f32>,
     window: &Window,
-    frame_delay_ms: u32,
-    hold_frames: usize,
+    timing: Timing,
 ) -> Result<()> {
     if frames.is_empty() || frames.len() != times.len() {
         bail!(
@@ -947,7 +953,7 @@ pub fn flow_gif(
             times.len()
         );
     }
-    gif_atomic(path, GIF_SIZE, frame_delay_ms, |root| {
+    gif_atomic(path, GIF_SIZE, timing.frame_delay_ms, |root| {
         for (frame, &t) in frames.iter().zip(times) {
             root.fill(&WHITE).drawn()?;
             let mut chart = plane_chart(root, &format!("{title}   t = {t:.2}"), 17, window)?;
@@ -956,7 +962,7 @@ pub fn flow_gif(
             draw_dots(&mut chart, window, frame.view(), 2, colour.mix(0.75).filled())?;
             root.present().drawn()?;
         }
-        for _ in 0..hold_frames {
+        for _ in 0..timing.hold_frames {
             root.present().drawn()?;
         }
         Ok(())
