@@ -166,6 +166,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval { run } => {
             let metrics = ferroflow::run::evaluate(&run)?;
+            let written = ferroflow::report::write_report(&run)?;
+            for path in &written {
+                println!("wrote {}", path.display());
+            }
             println!(
                 "{}: W2 = {:.4} on {} samples ({:.1} s); written to {}",
                 run.display(),
