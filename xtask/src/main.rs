@@ -21,7 +21,8 @@ tasks:
   test                       set up, then fmt --check, clippy -D warnings, and the whole test suite
   bench ot|train|likelihood|guidance [-- ARGS]   benchmarks in release mode
   bench2d [--seeds N] [--steps S] [--only TEXT]   the 2D OT-CFM benchmark, written to docs/results-2d.md
-  data fashion-mnist         install and prepare Fashion-MNIST under data/";
+  data fashion-mnist         install and prepare Fashion-MNIST under data/
+  train-classifier [STEPS THREADS OUT_DIR]   the Fashion-MNIST classifier behind the Frechet distance";
 
 fn main() {
     if let Err(err) = run() {
@@ -86,6 +87,13 @@ fn run() -> Result<()> {
             let mut args = vec!["bench2d".to_owned()];
             args.extend(rest.iter().filter(|a| *a != "--").cloned());
             ferroflow(&args)
+        }
+        "train-classifier" => {
+            setup::ensure(&root)?;
+            setup::fashion_mnist(&root)?;
+            let mut args = vec!["run", "--release", "-p", "ferroflow", "--example", "train_classifier", "--"];
+            args.extend(rest.iter().map(String::as_str).filter(|a| *a != "--"));
+            cargo(&args)
         }
         "data" => match rest.first().map(String::as_str) {
             Some("fashion-mnist") => setup::fashion_mnist(&root).map(|_| ()),
