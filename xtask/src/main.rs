@@ -91,7 +91,15 @@ fn run() -> Result<()> {
         "train-classifier" => {
             setup::ensure(&root)?;
             setup::fashion_mnist(&root)?;
-            let mut args = vec!["run", "--release", "-p", "ferroflow", "--example", "train_classifier", "--"];
+            let mut args = vec![
+                "run",
+                "--release",
+                "-p",
+                "ferroflow",
+                "--example",
+                "train_classifier",
+                "--",
+            ];
             args.extend(rest.iter().map(String::as_str).filter(|a| *a != "--"));
             cargo(&args)
         }

@@ -36,6 +36,9 @@ pub struct Bench2dArgs {
     /// Only configs whose file name contains this text.
     #[arg(long)]
     pub only: Option<String>,
+    /// Skip configs whose file name contains this text.
+    #[arg(long)]
+    pub exclude: Option<String>,
     /// Where the runs go.
     #[arg(long, default_value = "runs/bench2d")]
     pub out_dir: PathBuf,
@@ -170,6 +173,12 @@ pub fn run(args: &Bench2dArgs) -> Result<()> {
                 .is_some_and(|n| n.to_string_lossy().contains(only.as_str()))
         });
     }
+    if let Some(exclude) = &args.exclude {
+        files.retain(|p| {
+            p.file_name()
+                .is_some_and(|n| !n.to_string_lossy().contains(exclude.as_str()))
+        });
+    }
     files.sort();
     if files.is_empty() {
         bail!("no benchmark configs (*.toml) in {}", args.configs.display());
@@ -280,6 +289,12 @@ fn render(
         sample_config.sample.w2_samples,
         args.configs.display()
     )?;
+    if let Some(exclude) = &args.exclude {
+        writeln!(
+            out,
+            "Configs whose name contains `{exclude}` were excluded from this run (`--exclude {exclude}`).\n"
+        )?;
+    }
     for (title, pick) in [
         ("W2 (lower is better)", 0usize),
         ("NPE (lower is better)", 1),

@@ -17,8 +17,8 @@
 
 pub mod batch;
 pub mod bench;
-pub mod bench_guidance;
 pub mod bench2d;
+pub mod bench_guidance;
 pub mod bench_train;
 pub mod config;
 pub mod data;
