@@ -94,7 +94,7 @@ pub fn euler_with_energy(flow: &TrainedFlow, x0: Tensor, n_steps: usize) -> (Ten
             .mean(tch::Kind::Double)
             .double_value(&[])
             * dt;
-        x = x + v * dt;
+        x += v * dt;
     }
     (x, energy)
 }

@@ -371,9 +371,9 @@ impl MixtureSpec {
                 *zi = StandardNormal.sample(rng);
             }
             let l = &factors[comp];
-            for row in 0..dim {
-                let offset: f64 = (0..=row).map(|col| l[row][col] * z[col]).sum();
-                out.push((self.means[comp][row] + offset) as f32);
+            for (row, (factor_row, mean)) in l.iter().zip(&self.means[comp]).enumerate() {
+                let offset: f64 = factor_row[..=row].iter().zip(&z).map(|(a, b)| a * b).sum();
+                out.push((mean + offset) as f32);
             }
         }
     }

@@ -69,7 +69,7 @@ impl Progress {
         match self {
             Progress::Bar(Some(bar)) => {
                 bar.set_position(step as u64);
-                if step % 10 == 0 {
+                if step.is_multiple_of(10) {
                     bar.set_message(format!("{loss:.4}"));
                 }
             }
@@ -79,7 +79,7 @@ impl Progress {
                 total,
             } => {
                 let every = (*total / 10).max(1);
-                if step % every == 0 || step == *total {
+                if step.is_multiple_of(every) || step == *total {
                     let rate = (step - *first) as f64 / started.elapsed().as_secs_f64().max(1e-9);
                     eprintln!(
                         "step {step}/{total}  loss {loss:.4}  {rate:.prec$} steps/s",
