@@ -81,7 +81,7 @@ const PEER_SAMPLE: (f64, f64) = (36_700.0, 36_700.0);
 struct Row {
     name: String,
     threads: usize,
-    median_seconds: f64,
+    timing: Timing,
     n_points: usize,
     peer: Option<(f64, f64)>,
 }
@@ -91,6 +91,7 @@ fn likelihood_bench(args: &LikelihoodBenchArgs) -> Result<()> {
         bail!("--repeats, --n-points and every --threads value must be at least 1");
     }
     let flow = trained_flow(&args.out_dir, args.train_steps)?;
+    let load_at_start = load_average();
     let mut rng = ChaCha8Rng::seed_from_u64(2024);
     let points = Dataset::EightGaussians.sample(args.n_points, &mut rng);
     let data = Tensor::from_slice(&points).view([args.n_points as i64, 2]);
@@ -116,17 +117,17 @@ fn likelihood_bench(args: &LikelihoodBenchArgs) -> Result<()> {
     let mut checks = Vec::new();
     for &threads in &args.threads {
         tch::set_num_threads(threads as i32);
-        let (seconds, exact) = median_time(args.repeats, || {
+        let (timing, exact) = median_time(args.repeats, || {
             log_likelihood_with(&flow, &data, &settings(Estimator::Exact), &midpoint)
         })?;
         rows.push(Row {
             name: "log-likelihood, exact divergence, 100 midpoint steps, D = 2".into(),
             threads,
-            median_seconds: seconds,
+            timing,
             n_points: args.n_points,
             peer: Some(PEER_EXACT),
         });
-        let (seconds, hutchinson) = median_time(args.repeats, || {
+        let (timing, hutchinson) = median_time(args.repeats, || {
             log_likelihood_with(
                 &flow,
                 &data,
@@ -137,19 +138,19 @@ fn likelihood_bench(args: &LikelihoodBenchArgs) -> Result<()> {
         rows.push(Row {
             name: "log-likelihood, Hutchinson (1 probe), 100 midpoint steps, D = 2".into(),
             threads,
-            median_seconds: seconds,
+            timing,
             n_points: args.n_points,
             peer: Some(PEER_HUTCHINSON),
         });
-        let (seconds, _) = median_time(args.repeats, || flow.integrate(x0.copy(), &euler, None))?;
+        let (timing, _) = median_time(args.repeats, || flow.integrate(x0.copy(), &euler, None))?;
         rows.push(Row {
             name: "sampling, 100 Euler steps, D = 2".into(),
             threads,
-            median_seconds: seconds,
+            timing,
             n_points: args.n_points,
             peer: Some(PEER_SAMPLE),
         });
-        let (seconds, big) = median_time(args.repeats, || {
+        let (timing, big) = median_time(args.repeats, || {
             let velocity = |x: &Tensor, t: f64| big_net.forward(x, &Tensor::from_slice(&[t as f32]));
             log_likelihood_of_field(
                 velocity,
@@ -162,7 +163,7 @@ fn likelihood_bench(args: &LikelihoodBenchArgs) -> Result<()> {
         rows.push(Row {
             name: "log-likelihood, Hutchinson (1 probe), 20 midpoint steps, D = 784, MLP 3 x 256".into(),
             threads,
-            median_seconds: seconds,
+            timing,
             n_points: big_data.size()[0] as usize,
             peer: None,
         });
@@ -171,29 +172,48 @@ fn likelihood_bench(args: &LikelihoodBenchArgs) -> Result<()> {
 
     println!(
         "\n## ferroflow bench likelihood\n\nNetwork: {} (trained {} steps on N(0, I) -> 8gaussians). Median of {} \
-         runs. Peer: flow_matching 1.0.10, measured on this kind of machine (shared/reference.md); ratio = ours / \
-         peer (> 1 is faster), against the low and high end of its range.\n",
+         runs. Peer: flow_matching 1.0.10, measured on this kind of machine (shared/reference.md). Load average \
+         (1, 5, 15 min) at the start: {load_at_start}; at the end: {}.\n",
         flow.run_dir.display(),
         flow.config.train.steps,
-        args.repeats
+        args.repeats,
+        load_average()
     );
-    println!("| benchmark | threads | median s | points/s | peer points/s | ratio |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| benchmark | threads | median wall s | points/s (wall) | points per CPU-s | peer points/s | ratio (wall) \
+         | ratio (CPU) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let ratio = |rate: f64, peer: Option<(f64, f64)>| match peer {
+        Some((low, high)) if low == high => format!("{:.2}", rate / low),
+        Some((low, high)) => format!("{:.2}-{:.2}", rate / high, rate / low),
+        None => "-".into(),
+    };
     for row in &rows {
-        let rate = row.n_points as f64 / row.median_seconds;
-        let (peer, ratio) = match row.peer {
-            Some((low, high)) if low == high => (format!("{low:.0}"), format!("{:.2}", rate / low)),
-            Some((low, high)) => (
-                format!("{low:.0}-{high:.0}"),
-                format!("{:.2}-{:.2}", rate / high, rate / low),
-            ),
-            None => ("-".into(), "-".into()),
+        let rate = row.n_points as f64 / row.timing.wall_seconds;
+        let cpu_rate = row.timing.cpu_seconds.map(|cpu| row.n_points as f64 / cpu);
+        let peer = match row.peer {
+            Some((low, high)) if low == high => format!("{low:.0}"),
+            Some((low, high)) => format!("{low:.0}-{high:.0}"),
+            None => "-".into(),
         };
         println!(
-            "| {} | {} | {:.3} | {:.0} | {} | {} |",
-            row.name, row.threads, row.median_seconds, rate, peer, ratio
+            "| {} | {} | {:.3} | {:.0} | {} | {} | {} | {} |",
+            row.name,
+            row.threads,
+            row.timing.wall_seconds,
+            rate,
+            cpu_rate.map_or("-".into(), |r| format!("{r:.0}")),
+            peer,
+            ratio(rate, row.peer),
+            cpu_rate.map_or("-".into(), |r| ratio(r, row.peer)),
         );
     }
+    println!(
+        "\nratio = ours / peer (> 1 is faster), against the high and low end of the peer's range. The CPU \
+         column divides by the on-CPU time of all our threads, which on a shared machine leaves out the waits \
+         for a core; the peer's figures are wall times."
+    );
     println!("\nSanity (mean log p1 of the timed points):");
     for (threads, exact, hutchinson, big) in checks {
         println!(
@@ -209,7 +229,7 @@ fn likelihood_bench(args: &LikelihoodBenchArgs) -> Result<()> {
             let best = rows
                 .iter()
                 .filter(|row| &row.name == name)
-                .min_by(|a, b| a.median_seconds.total_cmp(&b.median_seconds))
+                .min_by(|a, b| a.timing.wall_seconds.total_cmp(&b.timing.wall_seconds))
                 .expect("one row per thread count");
             println!("- fastest for {name}: {} thread(s)", best.threads);
         }
@@ -217,21 +237,61 @@ fn likelihood_bench(args: &LikelihoodBenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// The median wall time of `repeats` runs of `job`, and the last run's result.
-fn median_time<T, E>(repeats: usize, mut job: impl FnMut() -> Result<T, E>) -> Result<(f64, T)>
+/// A timing: the medians over the repeats of the wall time and of this process's on-CPU time.
+struct Timing {
+    wall_seconds: f64,
+    /// `None` where `/proc` is not available.
+    cpu_seconds: Option<f64>,
+}
+
+/// Times `repeats` runs of `job`; returns the medians and the last run's result.
+fn median_time<T, E>(repeats: usize, mut job: impl FnMut() -> Result<T, E>) -> Result<(Timing, T)>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    let mut seconds = Vec::with_capacity(repeats);
+    let mut wall = Vec::with_capacity(repeats);
+    let mut cpu = Vec::with_capacity(repeats);
     let mut last = None;
     for _ in 0..repeats {
+        let cpu_before = process_cpu_seconds();
         let started = Instant::now();
         let result = job()?;
-        seconds.push(started.elapsed().as_secs_f64());
+        wall.push(started.elapsed().as_secs_f64());
+        if let (Some(before), Some(after)) = (cpu_before, process_cpu_seconds()) {
+            cpu.push(after - before);
+        }
         last = Some(result);
     }
-    seconds.sort_by(f64::total_cmp);
-    Ok((seconds[seconds.len() / 2], last.expect("at least one repeat")))
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let timing = Timing {
+        wall_seconds: median(&mut wall),
+        cpu_seconds: (cpu.len() == repeats).then(|| median(&mut cpu)),
+    };
+    Ok((timing, last.expect("at least one repeat")))
+}
+
+/// The machine's load averages (Linux `/proc/loadavg`): other work competing for the cores skews timings.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Seconds this process's threads have spent on a CPU (Linux `/proc/self/task/*/schedstat`, nanoseconds).
+/// On a shared, loaded machine the wall time counts the waits for a core as well; this does not.
+fn process_cpu_seconds() -> Option<f64> {
+    let mut total_ns = 0u64;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        // A thread that ended meanwhile has no file any more; its time is then simply not counted.
+        let Ok(text) = std::fs::read_to_string(entry.ok()?.path().join("schedstat")) else {
+            continue;
+        };
+        total_ns += text.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total_ns as f64 * 1e-9)
 }
 
 /// The benchmark's trained 2D run: loaded from `out_dir` when a finished one is there, trained otherwise.
