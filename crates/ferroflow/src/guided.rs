@@ -55,7 +55,7 @@ pub struct GuidanceArgs {
     #[arg(long, value_enum, default_value_t = GuidanceKind::None)]
     pub guidance: GuidanceKind,
     /// Mode-seeking strength lambda >= 0 (with --guidance mode).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub lambda: Option<f64>,
     /// Divergence-gradient estimator (default exact).
     #[arg(long, value_enum)]
@@ -73,7 +73,7 @@ pub struct GuidanceArgs {
     #[arg(long, default_value_t = 0)]
     pub guidance_seed: u64,
     /// Classifier-free guidance weight w >= 0 (needs --class and a class-conditional model).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub cfg: Option<f64>,
     /// The class to sample (needs a class-conditional model).
     #[arg(long)]
