@@ -42,6 +42,13 @@ pub enum BenchKind {
     Likelihood(LikelihoodBenchArgs),
     /// Training steps/s of I-CFM and OT-CFM in torchcfm's 2D setting.
     Train(crate::bench_train::TrainBenchArgs),
+    /// Cost of a guided sampling step (plain, Hutchinson, exact) against D; `--study DIR` reruns the
+    /// guidance effect study.
+    Guidance {
+        /// Options of the guidance benchmark (`--study DIR`, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Arguments of `ferroflow bench likelihood`.
@@ -69,6 +76,7 @@ pub fn run_cli(args: &BenchArgs) -> Result<()> {
     match &args.which {
         BenchKind::Likelihood(args) => likelihood_bench(args),
         BenchKind::Train(args) => crate::bench_train::run(args),
+        BenchKind::Guidance { args } => crate::bench_guidance::run(args),
     }
 }
 
