@@ -12,7 +12,7 @@
 //! other load (the table prints the load averages, and an on-CPU-time column). A fair ratio comes from running
 //! flow_matching's own `compute_likelihood` / `ODESolver.sample` in the same setting right before or after,
 //! alternating: measured that way (1 thread, load average about 4.5 on 2 cores, two alternations) ferroflow was
-//! 1.23-1.45x flow_matching's speed for the exact likelihood (it backpropagates without `create_graph`, which
+//! 1.23-1.44x flow_matching's speed for the exact likelihood (it backpropagates without `create_graph`, which
 //! flow_matching always sets), 1.02-1.24x for Hutchinson and 0.94-1.18x for Euler sampling. With 2 threads on a
 //! loaded machine both collapse (threads wait for each other), so 1 thread is the faster setting there.
 
