@@ -274,7 +274,7 @@ fn render(
     writeln!(out, "# 2D benchmark results\n")?;
     writeln!(
         out,
-        "Written by `cargo xtask bench2d` (`ferroflow bench2d --seeds {}`{}). Setting: MLP 3 x 64 SELU with time \
+        "Written by `cargo xtask bench2d` (`ferroflow bench2d --seeds {}{}`). Setting: MLP 3 x 64 SELU with time \
          concatenated, AdamW lr 1e-3 (weight decay 0.01), batch {}, {} training steps, sigma = 0.1; evaluation \
          with {} Euler steps on {} test samples per seed. W2 is the exact 2-Wasserstein distance (exact assignment \
          between equal-size samples) to fresh target samples; NPE = |E int |v|^2 dt - W2(source, target)^2| / \
@@ -282,7 +282,12 @@ fn render(
          deviation over seeds; \"pub.\" is the published figure (SF2M paper, Table 2, via reference.md; their data \
          sets differ in small details, see reference.md). Configs: `{}`.\n",
         args.seeds,
-        args.steps.map(|s| format!(" --steps {s}")).unwrap_or_default(),
+        args.steps.map(|s| format!(" --steps {s}")).unwrap_or_default()
+            + &args
+                .exclude
+                .as_ref()
+                .map(|e| format!(" --exclude {e}"))
+                .unwrap_or_default(),
         sample_config.train.batch_size,
         args.steps.unwrap_or(sample_config.train.steps),
         sample_config.sample.steps,
