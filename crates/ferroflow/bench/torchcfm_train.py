@@ -8,6 +8,8 @@ import sys
 import time
 
 import torch
+
+torch.set_num_threads(1)  # the same single intra-op thread ferroflow uses for small MLPs
 from torchcfm.conditional_flow_matching import (
     ConditionalFlowMatcher,
     ExactOptimalTransportConditionalFlowMatcher,
