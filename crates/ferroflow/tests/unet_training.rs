@@ -1,0 +1,89 @@
+//! The training engine on images: a tiny class-conditional U-Net trained for a few steps through
+//! `run::train_new` on a synthetic data set in Fashion-MNIST's exact file format (the real files live outside
+//! the repository, so the test writes full-size IDX files of random pixels itself).
+
+use std::path::Path;
+
+use ferroflow::RunConfig;
+use ferroflow::progress::Progress;
+
+/// Writes an IDX file: magic, counts, then bytes from a small linear congruential generator.
+fn write_idx(path: &Path, magic: u32, dims: &[u32], mut value: impl FnMut(usize) -> u8) {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&magic.to_be_bytes());
+    for d in dims {
+        bytes.extend_from_slice(&d.to_be_bytes());
+    }
+    let n: usize = dims.iter().map(|&d| d as usize).product();
+    bytes.extend((0..n).map(&mut value));
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn synthetic_fashion_mnist(dir: &Path) {
+    let mut state = 12345u32;
+    let mut pixel = move |_| {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (state >> 24) as u8
+    };
+    for (prefix, count) in [("train", 60_000u32), ("t10k", 10_000)] {
+        write_idx(
+            &dir.join(format!("{prefix}-images-idx3-ubyte")),
+            0x0803,
+            &[count, 28, 28],
+            &mut pixel,
+        );
+        write_idx(
+            &dir.join(format!("{prefix}-labels-idx1-ubyte")),
+            0x0801,
+            &[count],
+            |i| (i % 10) as u8,
+        );
+    }
+}
+
+#[test]
+fn a_conditional_unet_trains_and_samples_through_the_engine() {
+    let dir = std::env::temp_dir().join(format!("ferroflow-unet-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    synthetic_fashion_mnist(&dir);
+    let text = format!(
+        "[run]\nname = \"unet\"\nout_dir = \"{out}\"\nseed = 1\nthreads = 1\n\n\
+         [data]\nsource = {{ kind = \"gaussian\", dim = 784 }}\ntarget = {{ kind = \"fashion_mnist\", dir = \"{data}\" }}\n\n\
+         [model]\nkind = \"unet\"\n\n[model.unet]\nchannels = 8\nchannel_mult = [1, 2]\nattention_at = [14]\n\
+         groups = 4\ntime_embedding_dim = 16\nnum_classes = 10\n\n\
+         [flow]\ncoupling = {{ kind = \"exact_ot\" }}\n\n\
+         [train]\nsteps = 4\nbatch_size = 6\ncheckpoint_every = 2\nlog_every = 1\nlabel_dropout = 0.5\n\n\
+         [sample]\nn_samples = 4\nsolver = \"midpoint\"\nsteps = 2\n",
+        out = dir.join("runs").display(),
+        data = dir.display()
+    );
+    let config = RunConfig::parse(&text, Path::new("unet.toml")).unwrap();
+    let run_dir = ferroflow::run::train_new(&config, &mut Progress::Silent).unwrap();
+    for file in [
+        "model.safetensors",
+        "checkpoint.safetensors",
+        "samples.npy",
+        "samples.png",
+        "loss.csv",
+    ] {
+        assert!(run_dir.join(file).is_file(), "{file} is missing");
+    }
+    let samples = ferroflow::files::read_npy(&run_dir.join("samples.npy")).unwrap();
+    assert_eq!(samples.dim(), (4, 784));
+    let losses = std::fs::read_to_string(run_dir.join("loss.csv")).unwrap();
+    assert_eq!(losses.lines().count(), 1 + 4, "{losses}");
+    assert!(
+        losses
+            .lines()
+            .skip(1)
+            .all(|l| l.split(',').nth(1).unwrap().parse::<f64>().unwrap().is_finite())
+    );
+    // A second config naming a U-Net with the wrong number of classes is refused with its key.
+    let wrong = text.replace("num_classes = 10", "num_classes = 7");
+    let err = RunConfig::parse(&wrong, Path::new("unet.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model.unet.num_classes"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
