@@ -453,12 +453,10 @@ impl RunConfig {
                     "unet needs 1 x 28 x 28 images (data.target = { kind = \"fashion_mnist\" })",
                 ));
             }
-            model.unet.validate().map_err(|e| match e {
-                ferroflow_models::ModelError::InvalidConfig { key, detail } => {
-                    ConfigError::value(format!("model.unet.{key}"), detail)
-                }
-                other => ConfigError::value("model.unet", other.to_string()),
-            })?;
+            model
+                .unet
+                .validate()
+                .map_err(|e| model_config_error("model.unet", "model.unet", e))?;
             if let Some(classes) = model.unet.num_classes
                 && classes != self.data.target.num_classes()
             {
@@ -526,12 +524,10 @@ impl RunConfig {
                 format!("{} is outside 1..=1048576", train.batch_size),
             ));
         }
-        train.optimizer.validate().map_err(|e| match e {
-            ferroflow_models::ModelError::InvalidConfig { key, detail } => {
-                ConfigError::value(format!("train.{key}"), detail)
-            }
-            other => ConfigError::value("train.optimizer", other.to_string()),
-        })?;
+        train
+            .optimizer
+            .validate()
+            .map_err(|e| model_config_error("train", "train.optimizer", e))?;
         if !(0.0..1.0).contains(&train.ema_decay) {
             return Err(ConfigError::value(
                 "train.ema_decay",
@@ -560,6 +556,16 @@ impl RunConfig {
             return Err(ConfigError::value("sample.w2_samples", "must be at least 2"));
         }
         Ok(())
+    }
+}
+
+/// A models-crate setting error under this config's key: `section.key` for a named key, `fallback` otherwise.
+fn model_config_error(section: &str, fallback: &str, err: ferroflow_models::ModelError) -> ConfigError {
+    match err {
+        ferroflow_models::ModelError::InvalidConfig { key, detail } => {
+            ConfigError::value(format!("{section}.{key}"), detail)
+        }
+        other => ConfigError::value(fallback, other.to_string()),
     }
 }
 
