@@ -49,13 +49,20 @@ where
         let device = x.device();
         let times = Tensor::from_slice(&[t as f32]).to_device(device);
         let labels = |label: i64| Tensor::full([batch], label, (Kind::Int64, device));
+        // Solvers hold flat states `[n, D]`; the net takes its own sample shape (`[n, 1, 28, 28]` for the
+        // U-Net), and the result goes back to the caller's shape.
+        let net_shape: Vec<i64> = std::iter::once(batch).chain(net.sample_shape()).collect();
+        let x_net = x.reshape(net_shape.as_slice());
+        let out_shape = x.size();
         if config.weight == 0.0 {
-            return net.forward_with(params, x, &times, Some(&labels(class)));
+            return net
+                .forward_with(params, &x_net, &times, Some(&labels(class)))
+                .reshape(out_shape.as_slice());
         }
-        let stacked = Tensor::cat(&[x, x], 0);
+        let stacked = Tensor::cat(&[&x_net, &x_net], 0);
         let both_labels = Tensor::cat(&[labels(class), labels(null)], 0);
         let out = net.forward_with(params, &stacked, &times, Some(&both_labels));
         let halves = out.split(batch, 0);
-        combine_classifier_free(&halves[0], &halves[1], config.weight)
+        combine_classifier_free(&halves[0], &halves[1], config.weight).reshape(out_shape.as_slice())
     })
 }

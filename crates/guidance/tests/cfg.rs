@@ -204,3 +204,36 @@ fn mode_seeking_composes_with_classifier_free_guidance() {
             .allclose(&expected, 1e-5, 1e-6, false)
     );
 }
+
+#[test]
+fn flat_states_reach_an_image_net_in_its_own_shape_and_come_back_flat() {
+    // Solvers hold `[n, 784]`; the U-Net takes `[n, 1, 28, 28]`. The guided field must reshape both ways
+    // and give exactly the combination of the net's own conditional and unconditional outputs.
+    use ferroflow_models::unet::{Unet, UnetConfig};
+    tch::manual_seed(5);
+    let config = UnetConfig {
+        channels: 4,
+        channel_mult: vec![1],
+        num_res_blocks: 1,
+        attention_at: vec![],
+        groups: 2,
+        time_embedding_dim: 8,
+        num_classes: Some(3),
+    };
+    let net = Unet::new(config, Device::Cpu).unwrap();
+    let params = net.params().views();
+    let flat = Tensor::randn([2, 784], (Kind::Float, Device::Cpu));
+    let images = flat.view([2, 1, 28, 28]);
+    let times = Tensor::from_slice(&[0.3f32]);
+    let labels = |label: i64| Tensor::full([2], label, (Kind::Int64, Device::Cpu));
+    let conditional = net.forward_with(&params, &images, &times, Some(&labels(1)));
+    let unconditional = net.forward_with(&params, &images, &times, Some(&labels(3)));
+    for weight in [0.0, 2.0] {
+        let guided = classifier_free_velocity(&net, &params, ClassifierFree { weight, class: 1 }).unwrap();
+        let v = guided(&flat, 0.3);
+        assert_eq!(v.size(), vec![2, 784], "w = {weight}");
+        let expected = combine_classifier_free(&conditional, &unconditional, weight).view([2, 784]);
+        let gap = (&v - &expected).abs().max().double_value(&[]);
+        assert!(gap < 1e-5, "w = {weight}: {gap}");
+    }
+}
