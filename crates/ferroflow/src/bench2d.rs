@@ -150,11 +150,15 @@ fn source_target_w2_sq(config: &RunConfig) -> Result<f64> {
 
 fn train_or_reuse(config: &RunConfig) -> Result<PathBuf> {
     let run_dir = Path::new(&config.run.out_dir).join(&config.run.name);
-    if run_dir.join("model.safetensors").is_file() && run_dir.join("metrics.json").is_file() {
+    // Reuse a finished run only if it was trained with exactly this config (another `--steps`, an edited
+    // config file or another Sinkhorn cap must not be mistaken for it).
+    let same_config = RunConfig::load(&run_dir.join("config.toml")).is_ok_and(|saved| saved == *config);
+    if same_config && run_dir.join("model.safetensors").is_file() && run_dir.join("metrics.json").is_file() {
         return Ok(run_dir);
     }
     if run_dir.exists() {
-        // An interrupted earlier attempt of this benchmark run: it belongs to the benchmark, start it again.
+        // An interrupted or outdated earlier attempt of this benchmark run: it belongs to the benchmark, start
+        // it again.
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
     crate::run::train_new(config, &mut Progress::Silent)

@@ -489,6 +489,27 @@ pub fn classifier_features(classifier: &Classifier, images: &Tensor) -> Result<T
     Ok(Tensor::cat(&chunks, 0))
 }
 
+/// Class probabilities `[n, 10]` (softmax of the logits) of `images` `[n, 1, 28, 28]`, computed in chunks
+/// without a gradient.
+pub fn class_probabilities(classifier: &Classifier, images: &Tensor) -> Result<Tensor, ImageError> {
+    check_images("images", images)?;
+    let _guard = tch::no_grad_guard();
+    let params = classifier.params().views();
+    let n_images = images.size()[0];
+    let chunks: Vec<Tensor> = (0..n_images)
+        .step_by(EVAL_CHUNK as usize)
+        .map(|start| {
+            classifier
+                .logits_with(
+                    &params,
+                    &images.narrow(0, start, EVAL_CHUNK.min(n_images - start)),
+                )
+                .softmax(-1, Kind::Float)
+        })
+        .collect();
+    Ok(Tensor::cat(&chunks, 0))
+}
+
 /// Mean and covariance of a set of feature vectors, in f64 on the CPU.
 #[derive(Debug)]
 pub struct FeatureStatistics {

@@ -9,6 +9,9 @@
 //! - [`likelihood`]: log-likelihood of points under a trained run (exact or Hutchinson divergence), bits/dim.
 //! - [`bench`]: `ferroflow bench`, timings against the peers' figures.
 //! - [`guided`]: guided sampling (mode seeking, classifier-free guidance) and the guidance effect study.
+//! - [`images`]: Fashion-MNIST files, the project's classifier, its Frechet distance, image grids.
+//! - [`image_eval`]: `ferroflow image-eval`, a Fashion-MNIST run measured with that classifier (Frechet
+//!   distance, class accuracy and confidence over guidance sweeps, bits/dim of test images).
 //! - [`bench_guidance`]: `ferroflow bench guidance`, the cost of a guided sampling step.
 //! - [`run`]: whole runs (train, finish, evaluate) and the exact W2 metric.
 //! - [`report`]: a run's report: pictures (trajectories, velocity fields, density, loss, animation) and
@@ -25,6 +28,7 @@ pub mod data;
 pub mod error;
 pub mod files;
 pub mod guided;
+pub mod image_eval;
 pub mod images;
 pub mod likelihood;
 pub mod plot;

@@ -368,7 +368,7 @@ pub fn run_cli(args: &LikelihoodArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_method(name: &str) -> Result<ferroflow_solvers::Method> {
+pub(crate) fn parse_method(name: &str) -> Result<ferroflow_solvers::Method> {
     ferroflow_solvers::Method::ALL
         .into_iter()
         .find(|m| format!("{m:?}").eq_ignore_ascii_case(name))

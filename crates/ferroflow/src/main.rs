@@ -96,6 +96,9 @@ enum Command {
     },
     /// Log-likelihood of points under a trained run (exact or Hutchinson divergence), and bits/dim.
     Likelihood(ferroflow::likelihood::LikelihoodArgs),
+    /// Measure a Fashion-MNIST run with the project's classifier: Frechet distance (a stand-in for FID),
+    /// class accuracy and confidence over guidance sweeps, bits/dim of test images.
+    ImageEval(ferroflow::image_eval::ImageEvalArgs),
     /// Timings of the hot paths against the peers' figures (`bench likelihood`).
     Bench(ferroflow::bench::BenchArgs),
     /// The 2D benchmark of Tong et al. 2023 over configs/bench2d: W2 and NPE per method and task.
@@ -274,6 +277,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Likelihood(args) => ferroflow::likelihood::run_cli(&args),
+        Command::ImageEval(args) => ferroflow::image_eval::run_cli(&args),
         Command::Bench(args) => ferroflow::bench::run_cli(&args),
         Command::Bench2d(args) => ferroflow::bench2d::run(&args),
         Command::W2 { a, b } => {

@@ -79,6 +79,7 @@ fn a_conditional_unet_trains_and_samples_through_the_engine() {
             .skip(1)
             .all(|l| l.split(',').nth(1).unwrap().parse::<f64>().unwrap().is_finite())
     );
+    image_eval_measures_the_run(&dir, &run_dir);
     // A second config naming a U-Net with the wrong number of classes is refused with its key.
     let wrong = text.replace("num_classes = 10", "num_classes = 7");
     let err = RunConfig::parse(&wrong, Path::new("unet.toml"))
@@ -86,4 +87,78 @@ fn a_conditional_unet_trains_and_samples_through_the_engine() {
         .to_string();
     assert!(err.contains("model.unet.num_classes"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `ferroflow image-eval` on the trained run: a tiny classifier, a sweep over guidance weights and mode-seeking
+/// strengths, bits/dim of a few dequantised test images.
+fn image_eval_measures_the_run(dir: &Path, run_dir: &Path) {
+    use ferroflow::guided::EstimatorName;
+    use ferroflow::image_eval::{ImageEvalArgs, evaluate};
+    use ferroflow::images::{ClassifierTraining, train_fashion_mnist_classifier};
+
+    let classifier = dir.join("classifier.safetensors");
+    let training = ClassifierTraining {
+        steps: 2,
+        batch_size: 16,
+        ..ClassifierTraining::default()
+    };
+    train_fashion_mnist_classifier(dir, &classifier, &training).unwrap();
+    let out = dir.join("image-eval");
+    let args = ImageEvalArgs {
+        run: run_dir.to_path_buf(),
+        classifier,
+        n: 15,
+        cfg: vec![0.0, 1.0],
+        lambda: vec![0.0, 0.1],
+        estimator: EstimatorName::Hutchinson,
+        probes: 1,
+        normalize: Some("clip:1".into()),
+        schedule: None,
+        solver: None,
+        steps: None,
+        bpd_images: 3,
+        out: Some(out.clone()),
+    };
+    let result = evaluate(&args).unwrap();
+    assert_eq!(result.settings.len(), 4);
+    for row in &result.settings {
+        // n = 15 rounds up to 2 per class.
+        assert_eq!(row.samples, 20);
+        assert!(row.frechet_distance.is_finite() && row.frechet_distance >= 0.0);
+        assert!((0.0..=1.0).contains(&row.confidence));
+        let accuracy = row
+            .class_accuracy
+            .expect("a conditional run has a class accuracy");
+        assert!((0.0..=1.0).contains(&accuracy));
+        // Accuracy is a multiple of 1/20 and the shares add up to one.
+        assert!(((accuracy * 20.0) - (accuracy * 20.0).round()).abs() < 1e-9);
+        assert!((row.class_shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert!(out.join(&row.grid).is_file(), "{}", row.grid);
+    }
+    // Plain sampling is deterministic: the same setting again gives the same distance.
+    let again = evaluate(&ImageEvalArgs {
+        cfg: vec![0.0],
+        lambda: vec![0.0],
+        bpd_images: 0,
+        ..args.clone()
+    })
+    .unwrap();
+    assert_eq!(
+        again.settings[0].frechet_distance,
+        result.settings[0].frechet_distance
+    );
+    let bpd = result.bits_per_dim.expect("bits/dim were asked for");
+    assert_eq!(bpd.images, 3);
+    assert!(bpd.bits_per_dim.is_finite(), "{bpd:?}");
+    // The dequantised test images: levels k/127.5 - 1 moved to (k + u)/128 - 1, inside [-1, 1).
+    let test = ferroflow::files::read_npy(&out.join("test-images.npy")).unwrap();
+    assert_eq!(test.dim(), (3, 784));
+    assert!(test.iter().all(|&v| (-1.0..1.0).contains(&v)));
+    assert!(out.join("image-eval.json").is_file() && out.join("image-eval.md").is_file());
+    // An unconditional sweep flag on the wrong kind of value is refused before any work.
+    let bad = ImageEvalArgs {
+        lambda: vec![-0.1],
+        ..args
+    };
+    assert!(evaluate(&bad).unwrap_err().to_string().contains("--lambda -0.1"));
 }
