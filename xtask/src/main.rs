@@ -20,9 +20,11 @@ tasks:
   eval [--run DIR] [-- ARGS]  set up, then evaluate a run (default: the newest folder under runs/)
   test                       set up, then fmt --check, clippy -D warnings, and the whole test suite
   bench ot|train|likelihood|guidance [-- ARGS]   benchmarks in release mode
-  bench2d [--seeds N] [--steps S] [--only TEXT]   the 2D OT-CFM benchmark, written to docs/results-2d.md
+  bench2d [--seeds N] [--steps S] [--only TEXT,...]   the 2D OT-CFM benchmark, written to docs/results-2d.md
   data fashion-mnist         install and prepare Fashion-MNIST under data/
-  train-classifier [STEPS THREADS OUT_DIR]   the Fashion-MNIST classifier behind the Frechet distance";
+  train-classifier [STEPS THREADS OUT_DIR]   the Fashion-MNIST classifier behind the Frechet distance
+  image-eval --run DIR [-- ARGS]   measure a Fashion-MNIST run (Frechet distance, class accuracy, bits/dim);
+                             trains the classifier first when runs/classifier has none";
 
 fn main() {
     if let Err(err) = run() {
@@ -102,6 +104,25 @@ fn run() -> Result<()> {
             ];
             args.extend(rest.iter().map(String::as_str).filter(|a| *a != "--"));
             cargo(&args)
+        }
+        "image-eval" => {
+            let (run_dir, extra) = take_flag(rest, "--run")?;
+            let run_dir = run_dir.context("image-eval needs --run DIR (a Fashion-MNIST run)")?;
+            setup::ensure(&root)?;
+            setup::fashion_mnist(&root)?;
+            if !root.join("runs/classifier/classifier.safetensors").is_file() {
+                cargo(&[
+                    "run",
+                    "--release",
+                    "-p",
+                    "ferroflow",
+                    "--example",
+                    "train_classifier",
+                ])?;
+            }
+            let mut args = vec!["image-eval".to_owned(), "--run".to_owned(), run_dir];
+            args.extend(extra.into_iter().filter(|a| a != "--"));
+            ferroflow(&args)
         }
         "data" => match rest.first().map(String::as_str) {
             Some("fashion-mnist") => setup::fashion_mnist(&root).map(|_| ()),

@@ -33,9 +33,9 @@ pub struct Bench2dArgs {
     /// Override `train.steps` of every config (the published budget is the configs' own).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Only configs whose file name contains this text.
-    #[arg(long)]
-    pub only: Option<String>,
+    /// Only configs whose file name contains one of these texts (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Skip configs whose file name contains this text.
     #[arg(long)]
     pub exclude: Option<String>,
@@ -171,10 +171,12 @@ pub fn run(args: &Bench2dArgs) -> Result<()> {
         .map(|e| e.map(|e| e.path()))
         .collect::<std::io::Result<_>>()?;
     files.retain(|p| p.extension().is_some_and(|e| e == "toml"));
-    if let Some(only) = &args.only {
+    if !args.only.is_empty() {
         files.retain(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().contains(only.as_str()))
+            p.file_name().is_some_and(|n| {
+                let name = n.to_string_lossy();
+                args.only.iter().any(|only| name.contains(only.as_str()))
+            })
         });
     }
     if let Some(exclude) = &args.exclude {
@@ -291,7 +293,12 @@ fn render(
                 .exclude
                 .as_ref()
                 .map(|e| format!(" --exclude {e}"))
-                .unwrap_or_default(),
+                .unwrap_or_default()
+            + &if args.only.is_empty() {
+                String::new()
+            } else {
+                format!(" --only {}", args.only.join(","))
+            },
         sample_config.train.batch_size,
         args.steps.unwrap_or(sample_config.train.steps),
         sample_config.sample.steps,

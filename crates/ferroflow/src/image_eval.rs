@@ -119,7 +119,7 @@ pub struct ImageEval {
     pub train_frechet_distance: f64,
     /// ODE method and steps of the sampling.
     pub sampler: String,
-    /// Mode-seeking estimator, when any strength is positive.
+    /// Mode-seeking estimator (`none` when no strength is positive), with the schedule and normalisation.
     pub estimator: String,
     /// The measured settings.
     pub settings: Vec<SettingResult>,
@@ -380,8 +380,9 @@ pub fn evaluate(args: &ImageEvalArgs) -> Result<ImageEval> {
         train_frechet_distance,
         sampler,
         estimator: match args.estimator {
-            EstimatorName::Exact => "exact".into(),
-            EstimatorName::Hutchinson => format!("hutchinson K={}", args.probes),
+            _ if lambdas.iter().all(|&l| l == 0.0) => "none (no mode seeking)".into(),
+            EstimatorName::Exact => format!("exact{}", mode_options(args)),
+            EstimatorName::Hutchinson => format!("hutchinson K={}{}", args.probes, mode_options(args)),
         },
         settings,
         bits_per_dim,
@@ -391,6 +392,15 @@ pub fn evaluate(args: &ImageEvalArgs) -> Result<ImageEval> {
     write_atomic(&out_dir.join("image-eval.md"), render(&result).as_bytes())?;
     eprintln!("image-eval: wrote {}", out_dir.join("image-eval.md").display());
     Ok(result)
+}
+
+/// The schedule and normalisation of mode seeking, as ", schedule S, normalize N" (defaults spelt out).
+fn mode_options(args: &ImageEvalArgs) -> String {
+    format!(
+        ", schedule {}, normalize {}",
+        args.schedule.as_deref().unwrap_or("constant"),
+        args.normalize.as_deref().unwrap_or("none")
+    )
 }
 
 /// Dequantises the first `args.bpd_images` test images, writes them as `test-images.npy` and measures their
