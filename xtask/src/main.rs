@@ -93,17 +93,7 @@ fn run() -> Result<()> {
         "train-classifier" => {
             setup::ensure(&root)?;
             setup::fashion_mnist(&root)?;
-            let mut args = vec![
-                "run",
-                "--release",
-                "-p",
-                "ferroflow",
-                "--example",
-                "train_classifier",
-                "--",
-            ];
-            args.extend(rest.iter().map(String::as_str).filter(|a| *a != "--"));
-            cargo(&args)
+            train_classifier(rest)
         }
         "image-eval" => {
             let (run_dir, extra) = take_flag(rest, "--run")?;
@@ -111,17 +101,10 @@ fn run() -> Result<()> {
             setup::ensure(&root)?;
             setup::fashion_mnist(&root)?;
             if !root.join("runs/classifier/classifier.safetensors").is_file() {
-                cargo(&[
-                    "run",
-                    "--release",
-                    "-p",
-                    "ferroflow",
-                    "--example",
-                    "train_classifier",
-                ])?;
+                train_classifier(&[])?;
             }
             let mut args = vec!["image-eval".to_owned(), "--run".to_owned(), run_dir];
-            args.extend(extra.into_iter().filter(|a| a != "--"));
+            args.extend(extra);
             ferroflow(&args)
         }
         "data" => match rest.first().map(String::as_str) {
@@ -219,6 +202,22 @@ fn project_root() -> PathBuf {
         .parent()
         .expect("xtask lives one folder below the workspace root")
         .to_path_buf()
+}
+
+/// Trains the Fashion-MNIST classifier (the `train_classifier` example) with `args` (`[STEPS THREADS
+/// OUT_DIR]`; a bare `--` is ignored).
+fn train_classifier(args: &[String]) -> Result<()> {
+    let mut full = vec![
+        "run",
+        "--release",
+        "-p",
+        "ferroflow",
+        "--example",
+        "train_classifier",
+        "--",
+    ];
+    full.extend(args.iter().map(String::as_str).filter(|a| *a != "--"));
+    cargo(&full)
 }
 
 /// Runs the `ferroflow` program in release mode with `args`.

@@ -836,42 +836,25 @@ mod tests {
             .integrate(flow.source_points(50, 2), &options, None)
             .unwrap()
             .state;
+        let guided = |args: &GuidanceArgs| {
+            sample_guided(
+                &flow,
+                flow.source_points(50, 2),
+                &options,
+                None,
+                &args.settings().unwrap(),
+            )
+        };
         let mut mode = args(GuidanceKind::Mode);
         mode.lambda = Some(0.0);
-        let zero = sample_guided(
-            &flow,
-            flow.source_points(50, 2),
-            &options,
-            None,
-            &mode.settings().unwrap(),
-        )
-        .unwrap()
-        .state;
-        assert!(zero.equal(&plain));
+        assert!(guided(&mode).unwrap().state.equal(&plain));
         mode.lambda = Some(0.5);
-        let guided = sample_guided(
-            &flow,
-            flow.source_points(50, 2),
-            &options,
-            None,
-            &mode.settings().unwrap(),
-        )
-        .unwrap()
-        .state;
-        assert!(!guided.equal(&plain));
+        assert!(!guided(&mode).unwrap().state.equal(&plain));
 
         let mut class = args(GuidanceKind::None);
         class.class = Some(1);
         class.cfg = Some(2.0);
-        let err = sample_guided(
-            &flow,
-            flow.source_points(50, 2),
-            &options,
-            None,
-            &class.settings().unwrap(),
-        )
-        .err()
-        .unwrap();
+        let err = guided(&class).err().unwrap();
         assert!(format!("{err:#}").contains("unconditional"), "{err:#}");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -300,9 +300,11 @@ pub fn evaluate(args: &ImageEvalArgs) -> Result<ImageEval> {
             if images.isfinite().all().int64_value(&[]) == 0 {
                 bail!("the samples with cfg {cfg:?}, lambda {lambda} are not finite");
             }
-            let features = classifier_features(&classifier, &images.clamp(-1.0, 1.0))?;
+            // The classifier was trained on pixels in [-1, 1].
+            let clipped = images.clamp(-1.0, 1.0);
+            let features = classifier_features(&classifier, &clipped)?;
             let frechet_distance = frechet_distance_of(&feature_statistics(&features)?, &test_stats)?;
-            let probabilities = class_probabilities(&classifier, &images.clamp(-1.0, 1.0))?;
+            let probabilities = class_probabilities(&classifier, &clipped)?;
             let predicted = probabilities.argmax(-1, false);
             let class_shares: Vec<f64> = (0..NUM_CLASSES as i64)
                 .map(|c| {

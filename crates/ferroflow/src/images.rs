@@ -470,9 +470,13 @@ pub fn accuracy(classifier: &Classifier, data: &LabelledImages) -> Result<f64, I
     Ok(correct as f64 / n_images as f64)
 }
 
-/// Penultimate features `[n, feature_dim]` of `images` `[n, 1, 28, 28]`, computed in chunks without a
-/// gradient.
-pub fn classifier_features(classifier: &Classifier, images: &Tensor) -> Result<Tensor, ImageError> {
+/// `head(params, chunk)` over `images` `[n, 1, 28, 28]` in chunks of [`EVAL_CHUNK`] images without a
+/// gradient, concatenated along the batch.
+fn in_chunks(
+    classifier: &Classifier,
+    images: &Tensor,
+    head: impl Fn(&[Tensor], &Tensor) -> Tensor,
+) -> Result<Tensor, ImageError> {
     check_images("images", images)?;
     let _guard = tch::no_grad_guard();
     let params = classifier.params().views();
@@ -480,7 +484,7 @@ pub fn classifier_features(classifier: &Classifier, images: &Tensor) -> Result<T
     let chunks: Vec<Tensor> = (0..n_images)
         .step_by(EVAL_CHUNK as usize)
         .map(|start| {
-            classifier.features_with(
+            head(
                 &params,
                 &images.narrow(0, start, EVAL_CHUNK.min(n_images - start)),
             )
@@ -489,25 +493,20 @@ pub fn classifier_features(classifier: &Classifier, images: &Tensor) -> Result<T
     Ok(Tensor::cat(&chunks, 0))
 }
 
+/// Penultimate features `[n, feature_dim]` of `images` `[n, 1, 28, 28]`, computed in chunks without a
+/// gradient.
+pub fn classifier_features(classifier: &Classifier, images: &Tensor) -> Result<Tensor, ImageError> {
+    in_chunks(classifier, images, |params, chunk| {
+        classifier.features_with(params, chunk)
+    })
+}
+
 /// Class probabilities `[n, 10]` (softmax of the logits) of `images` `[n, 1, 28, 28]`, computed in chunks
 /// without a gradient.
 pub fn class_probabilities(classifier: &Classifier, images: &Tensor) -> Result<Tensor, ImageError> {
-    check_images("images", images)?;
-    let _guard = tch::no_grad_guard();
-    let params = classifier.params().views();
-    let n_images = images.size()[0];
-    let chunks: Vec<Tensor> = (0..n_images)
-        .step_by(EVAL_CHUNK as usize)
-        .map(|start| {
-            classifier
-                .logits_with(
-                    &params,
-                    &images.narrow(0, start, EVAL_CHUNK.min(n_images - start)),
-                )
-                .softmax(-1, Kind::Float)
-        })
-        .collect();
-    Ok(Tensor::cat(&chunks, 0))
+    in_chunks(classifier, images, |params, chunk| {
+        classifier.logits_with(params, chunk).softmax(-1, Kind::Float)
+    })
 }
 
 /// Mean and covariance of a set of feature vectors, in f64 on the CPU.

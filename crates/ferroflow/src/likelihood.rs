@@ -368,7 +368,8 @@ pub fn run_cli(args: &LikelihoodArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn parse_method(name: &str) -> Result<ferroflow_solvers::Method> {
+/// The ODE method named `name` (case-insensitive), or an error listing the allowed names.
+pub fn parse_method(name: &str) -> Result<ferroflow_solvers::Method> {
     ferroflow_solvers::Method::ALL
         .into_iter()
         .find(|m| format!("{m:?}").eq_ignore_ascii_case(name))

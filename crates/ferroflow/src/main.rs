@@ -9,7 +9,7 @@ use ferroflow::RunConfig;
 use ferroflow::files::{read_npy, write_npy};
 use ferroflow::progress::Progress;
 use ferroflow::sample::{TrainedFlow, to_array};
-use ferroflow_solvers::{Method, OdeOptions};
+use ferroflow_solvers::OdeOptions;
 
 #[derive(Parser)]
 #[command(
@@ -201,7 +201,7 @@ fn run(cli: Cli) -> Result<()> {
             let flow = TrainedFlow::load(&run)?;
             let mut sample = flow.config.sample.clone();
             if let Some(name) = solver {
-                sample.solver = parse_method(&name)?;
+                sample.solver = ferroflow::likelihood::parse_method(&name)?;
             }
             sample.steps = steps.unwrap_or(sample.steps);
             sample.atol = atol.unwrap_or(sample.atol);
@@ -296,13 +296,4 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-fn parse_method(name: &str) -> Result<Method> {
-    Method::ALL
-        .into_iter()
-        .find(|m| format!("{m:?}").eq_ignore_ascii_case(name))
-        .with_context(|| {
-            format!("unknown solver {name:?}; allowed: euler, midpoint, heun, rk4, bosh3, dopri5")
-        })
 }
