@@ -36,6 +36,15 @@ impl Mode {
         }
     }
 
+    /// Disk space the install needs while it runs: the unpacked files plus the downloaded wheels and pip's
+    /// unpacking copy (measured: 1.2 GB installed from a ~0.2 GB CPU wheel; the CUDA set is ~4.7 GB).
+    fn space_needed(self) -> u64 {
+        match self {
+            Mode::Cpu => 3 << 30,
+            Mode::Cuda => 10 << 30,
+        }
+    }
+
     fn pip_packages(self) -> Vec<String> {
         let torch = format!("torch=={TORCH_VERSION}");
         match self {
@@ -100,6 +109,17 @@ fn install_libtorch(root: &Path, mode: Mode) -> Result<()> {
     if partial.exists() {
         fs::remove_dir_all(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
     }
+    // A full disk makes pip fail half-way with a message about errno 28; say what is needed before starting.
+    let free = free_space(root)?;
+    ensure!(
+        free >= mode.space_needed(),
+        "not enough disk space to install libtorch {TORCH_VERSION} ({}): {} free in {}, the install needs \
+         about {}; free some space and run `cargo xtask setup` again",
+        mode.name(),
+        gib(free),
+        root.display(),
+        gib(mode.space_needed())
+    );
     println!(
         "setup: installing libtorch {TORCH_VERSION} ({}) from the PyTorch wheel; this takes {} ...",
         mode.name(),
@@ -110,12 +130,18 @@ fn install_libtorch(root: &Path, mode: Mode) -> Result<()> {
         }
     );
     let python = find_python()?;
+    // pip downloads and unpacks in a temporary folder; keep it beside the install (the disk that was checked)
+    // and remove it whatever happens. No cache: a second copy of the wheel is only dead weight on disk.
+    let pip_tmp = root.join(".libtorch.tmp");
+    let _ = fs::remove_dir_all(&pip_tmp);
+    fs::create_dir_all(&pip_tmp).with_context(|| format!("cannot create {}", pip_tmp.display()))?;
     let status = Command::new(&python)
         .args([
             "-m",
             "pip",
             "install",
             "--quiet",
+            "--no-cache-dir",
             "--disable-pip-version-check",
             "--no-warn-script-location",
         ])
@@ -123,13 +149,19 @@ fn install_libtorch(root: &Path, mode: Mode) -> Result<()> {
         .arg(&partial)
         .args(mode.pip_packages())
         .env("PIP_ROOT_USER_ACTION", "ignore")
+        .env("TMPDIR", &pip_tmp)
         .status()
-        .with_context(|| format!("cannot run `{python} -m pip`"))?;
+        .with_context(|| format!("cannot run `{python} -m pip`"));
+    let _ = fs::remove_dir_all(&pip_tmp);
+    let status = status?;
     if !status.success() {
         let _ = fs::remove_dir_all(&partial);
         bail!(
-            "pip could not install torch=={TORCH_VERSION} ({status}); check that the Python package \
-             registry is reachable, then run `cargo xtask setup` again"
+            "pip could not install torch=={TORCH_VERSION} ({status}); pip's message above says why (an \
+             unreachable package registry, a full disk: {} free now in {}); nothing was kept, run `cargo xtask \
+             setup` again once that is mended",
+            free_space(root).map_or_else(|_| "unknown".to_owned(), gib),
+            root.display()
         );
     }
     if let Err(err) = check_libtorch(&partial.join("torch")) {
@@ -146,6 +178,41 @@ fn install_libtorch(root: &Path, mode: Mode) -> Result<()> {
     fs::rename(&partial, &target)
         .with_context(|| format!("cannot move {} to {}", partial.display(), target.display()))?;
     Ok(())
+}
+
+/// Bytes available to this user on the file system holding `dir`, as `df` reports them (POSIX output format,
+/// 1024-byte blocks), so xtask needs no binding to statvfs.
+fn free_space(dir: &Path) -> Result<u64> {
+    let output = Command::new("df")
+        .args(["-P", "-k"])
+        .arg(dir)
+        .output()
+        .context("cannot run df to measure the free disk space")?;
+    ensure!(
+        output.status.success(),
+        "df {} failed ({})",
+        dir.display(),
+        output.status
+    );
+    parse_df_available(&String::from_utf8_lossy(&output.stdout))
+        .with_context(|| format!("cannot read the free space of {} from df's output", dir.display()))
+}
+
+/// The "Available" column (in KiB) of `df -P -k`'s single data line, in bytes.
+fn parse_df_available(text: &str) -> Result<u64> {
+    let line = text.lines().nth(1).context("df printed no data line")?;
+    let field = line
+        .split_whitespace()
+        .nth(3)
+        .with_context(|| format!("df's line has no Available column: {line:?}"))?;
+    let kib: u64 = field
+        .parse()
+        .with_context(|| format!("df's Available column is not a number: {field:?}"))?;
+    Ok(kib * 1024)
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
 /// Checks the files torch-sys and the linker need, and the wheel's version.
@@ -308,4 +375,31 @@ fn check_idx(path: &Path, magic: u32, count: u32) -> Result<()> {
         bytes.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn df_available_column_is_read_in_bytes() {
+        let text = "Filesystem     1024-blocks     Used Available Capacity Mounted on\n\
+                    /dev/vda        264091588 95120044 486400      100% /\n";
+        assert_eq!(parse_df_available(text).unwrap(), 486_400 * 1024);
+    }
+
+    #[test]
+    fn df_output_without_a_number_is_refused_with_the_field() {
+        let err =
+            parse_df_available("Filesystem 1024-blocks Used Available\n/dev/vda 1 2 lots 3 /\n").unwrap_err();
+        assert!(format!("{err:#}").contains("\"lots\""), "{err:#}");
+        assert!(parse_df_available("Filesystem only a header\n").is_err());
+    }
+
+    #[test]
+    fn the_free_space_of_this_folder_is_measured() {
+        // The real df on the real file system: a positive number of bytes, and a multiple of a KiB.
+        let free = free_space(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert!(free > 0 && free % 1024 == 0);
+    }
 }
