@@ -400,6 +400,6 @@ mod tests {
     fn the_free_space_of_this_folder_is_measured() {
         // The real df on the real file system: a positive number of bytes, and a multiple of a KiB.
         let free = free_space(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap();
-        assert!(free > 0 && free % 1024 == 0);
+        assert!(free > 0 && free.is_multiple_of(1024));
     }
 }
