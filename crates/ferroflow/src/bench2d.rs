@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use ferroflow_solvers::{Method, OdeOptions, SolverError, solve};
 use serde_json::json;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::config::RunConfig;
 use crate::files::{read_metrics, update_metrics, write_atomic};
@@ -22,7 +23,7 @@ use crate::run::{reference_samples, wasserstein2};
 use crate::sample::{TrainedFlow, to_array};
 
 /// Arguments of `ferroflow bench2d`.
-#[derive(Debug, clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct Bench2dArgs {
     /// Seeds per config (0, 1, ...).
     #[arg(long, default_value_t = 5)]
@@ -80,23 +81,36 @@ struct Outcome {
     train_seconds: f64,
 }
 
-/// Samples `x0` forward with `n_steps` Euler steps and returns the end points and the mean path energy
-/// E sum_k |v(x_k, t_k)|^2 dt.
-pub fn euler_with_energy(flow: &TrainedFlow, x0: Tensor, n_steps: usize) -> (Tensor, f64) {
-    let dt = 1.0 / n_steps as f64;
-    let mut x = x0;
-    let mut energy = 0.0;
-    for step in 0..n_steps {
-        let v = flow.velocity(&x, step as f64 * dt);
-        energy += v
+/// Samples `x0` forward with `n_steps` steps of the solvers crate's Euler method through `velocity` and returns
+/// the end points and the mean path energy E sum_k |v(x_k, t_k)|^2 dt along those same steps.
+///
+/// Euler evaluates the field once per step, at the step's start, so the energy is the mean of E |v|^2 over the
+/// evaluations (a left Riemann sum of int_0^1 E |v(x_t, t)|^2 dt).
+pub fn euler_with_energy(
+    mut velocity: impl FnMut(&Tensor, f64) -> Tensor,
+    x0: Tensor,
+    n_steps: usize,
+) -> Result<(Tensor, f64), SolverError> {
+    let (mut energy_sum, mut evaluations) = (0.0, 0usize);
+    let mut field = |t: f64, x: &Tensor| -> Result<Tensor, SolverError> {
+        let v = velocity(x, t);
+        energy_sum += v
             .square()
-            .sum_dim_intlist(1, false, tch::Kind::Double)
-            .mean(tch::Kind::Double)
-            .double_value(&[])
-            * dt;
-        x += v * dt;
-    }
-    (x, energy)
+            .sum_dim_intlist(1, false, Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[]);
+        evaluations += 1;
+        Ok(v)
+    };
+    let end = solve(
+        &mut field,
+        x0,
+        0.0,
+        1.0,
+        &OdeOptions::fixed(Method::Euler, n_steps),
+    )?
+    .state;
+    Ok((end, energy_sum / evaluations.max(1) as f64))
 }
 
 fn measure(config: &RunConfig, run_dir: &Path, source_target_w2_sq: f64) -> Result<Outcome> {
@@ -114,7 +128,11 @@ fn measure(config: &RunConfig, run_dir: &Path, source_target_w2_sq: f64) -> Resu
     }
     let flow = TrainedFlow::from_config(config.clone(), run_dir)?;
     let n = config.sample.w2_samples;
-    let (x1, energy) = euler_with_energy(&flow, flow.source_points(n, 1), config.sample.steps);
+    let (x1, energy) = euler_with_energy(
+        |x, t| flow.velocity(x, t),
+        flow.source_points(n, 1),
+        config.sample.steps,
+    )?;
     let generated = to_array(&x1);
     if generated.iter().any(|v| !v.is_finite()) {
         bail!("the samples are not finite");
@@ -383,4 +401,70 @@ fn render(
         writeln!(out)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn points(rows: &[[f64; 2]]) -> Tensor {
+        let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+        Tensor::from_slice(&flat).view([rows.len() as i64, 2])
+    }
+
+    #[test]
+    fn a_constant_field_moves_by_its_value_and_spends_its_square() {
+        let x0 = points(&[[0.5, -1.0], [2.0, 3.0]]);
+        let c = points(&[[3.0, -4.0]]);
+        let (x1, energy) = euler_with_energy(|x, _| x.zeros_like() + &c, x0.shallow_clone(), 7).unwrap();
+        let moved = (x1 - x0 - &c).abs().max().double_value(&[]);
+        assert!(moved < 1e-12, "{moved}");
+        assert!((energy - 25.0).abs() < 1e-12, "{energy}");
+    }
+
+    #[test]
+    fn a_linear_field_gives_the_discrete_closed_form() {
+        // v = a x: Euler's x_k = (1 + a dt)^k x0, so the energy is dt sum_k a^2 (1 + a dt)^(2k) E|x0|^2.
+        let (a, n) = (-0.7, 25usize);
+        let x0 = points(&[[1.0, 2.0], [-3.0, 0.5], [0.0, -1.5]]);
+        let mean_sq = (1.0 + 4.0 + 9.0 + 0.25 + 2.25) / 3.0;
+        let (x1, energy) = euler_with_energy(|x, _| x * a, x0.shallow_clone(), n).unwrap();
+        let dt = 1.0 / n as f64;
+        let growth = 1.0 + a * dt;
+        let expected: f64 = (0..n)
+            .map(|k| dt * a * a * growth.powi(2 * k as i32) * mean_sq)
+            .sum();
+        assert!(
+            (energy - expected).abs() < 1e-12 * expected,
+            "{energy} vs {expected}"
+        );
+        let end = (x1 - x0 * growth.powi(n as i32)).abs().max().double_value(&[]);
+        assert!(end < 1e-12, "{end}");
+    }
+
+    #[test]
+    fn the_energy_bounds_the_squared_displacement() {
+        // Cauchy-Schwarz on x1 - x0 = dt sum_k v_k: |x1 - x0|^2 <= dt sum_k |v_k|^2 for every sample, with
+        // equality only for straight constant-speed paths; a rotating, time-dependent field is strictly above.
+        let x0 = points(&[[1.0, 0.0], [0.3, -2.0], [-1.0, 1.0], [2.5, 2.5]]);
+        let field = |x: &Tensor, t: f64| {
+            let (u, w) = (x.select(1, 0), x.select(1, 1));
+            Tensor::stack(&[-&w * (1.0 + t) + 0.2, u * (1.0 + t)], 1)
+        };
+        let (x1, energy) = euler_with_energy(field, x0.shallow_clone(), 50).unwrap();
+        let displacement = (x1 - x0)
+            .square()
+            .sum_dim_intlist(1, false, Kind::Double)
+            .mean(Kind::Double)
+            .double_value(&[]);
+        assert!(energy > displacement * 1.05, "{energy} vs {displacement}");
+    }
+
+    #[test]
+    fn mean_and_sample_standard_deviation() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((m - 2.5).abs() < 1e-15);
+        assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-15);
+        assert_eq!(mean_std(&[7.0]), (7.0, 0.0));
+    }
 }
