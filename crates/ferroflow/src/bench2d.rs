@@ -275,6 +275,57 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// The training and evaluation setting the configs share, in words; a setting on which they disagree lists
+/// every value it takes.
+fn setting(configs: &[RunConfig], steps: Option<usize>) -> String {
+    let describe = |value: &dyn Fn(&RunConfig) -> String| -> String {
+        let mut distinct: Vec<String> = Vec::new();
+        for v in configs.iter().map(value) {
+            if !distinct.contains(&v) {
+                distinct.push(v);
+            }
+        }
+        if distinct.len() == 1 {
+            distinct.remove(0)
+        } else {
+            format!("{} (differs between configs)", distinct.join(" / "))
+        }
+    };
+    [
+        describe(&|c| {
+            format!(
+                "MLP {} x {} {:?} with time concatenated",
+                c.model.depth, c.model.width, c.model.activation
+            )
+            .replace("Selu", "SELU")
+        }),
+        describe(&|c| {
+            let o = &c.train.optimizer;
+            format!("{:?} lr {} (weight decay {})", o.kind, o.lr, o.weight_decay)
+        }),
+        describe(&|c| format!("batch {}", c.train.batch_size)),
+        describe(&|c| format!("{} training steps", steps.unwrap_or(c.train.steps))),
+        describe(&|c| format!("sigma = {}", c.flow.sigma)),
+        describe(&|c| {
+            if c.train.ema_decay > 0.0 {
+                format!(
+                    "EMA of the weights (decay {}) used for sampling",
+                    c.train.ema_decay
+                )
+            } else {
+                "no EMA".to_owned()
+            }
+        }),
+        describe(&|c| {
+            format!(
+                "evaluation with {} {:?} steps on {} test samples per seed",
+                c.sample.steps, c.sample.solver, c.sample.w2_samples
+            )
+        }),
+    ]
+    .join(", ")
+}
+
 fn render(
     results: &BTreeMap<(String, String), Vec<Result<Outcome, String>>>,
     args: &Bench2dArgs,
@@ -293,35 +344,32 @@ fn render(
         ("fm", "FM (Lipman)"),
         ("vpcfm", "VP-CFM"),
     ];
-    let sample_config = RunConfig::load(&files[0])?;
+    let configs = files
+        .iter()
+        .map(|f| RunConfig::load(f))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = String::new();
     writeln!(out, "# 2D benchmark results\n")?;
+    let mut command = format!("--seeds {}", args.seeds);
+    if let Some(steps) = args.steps {
+        write!(command, " --steps {steps}")?;
+    }
+    if let Some(exclude) = &args.exclude {
+        write!(command, " --exclude {exclude}")?;
+    }
+    if !args.only.is_empty() {
+        write!(command, " --only {}", args.only.join(","))?;
+    }
     writeln!(
         out,
-        "Written by `cargo xtask bench2d` (`ferroflow bench2d --seeds {}{}`). Setting: MLP 3 x 64 SELU with time \
-         concatenated, AdamW lr 1e-3 (weight decay 0.01), batch {}, {} training steps, sigma = 0.1; evaluation \
-         with {} Euler steps on {} test samples per seed. W2 is the exact 2-Wasserstein distance (exact assignment \
-         between equal-size samples) to fresh target samples; NPE = |E int |v|^2 dt - W2(source, target)^2| / \
-         W2(source, target)^2 with the energy summed along the same Euler integration. Cells are mean ± standard \
-         deviation over seeds; \"pub.\" is the published figure (SF2M paper, Table 2, via reference.md; their data \
-         sets differ in small details, see reference.md). Configs: `{}`.\n",
-        args.seeds,
-        args.steps.map(|s| format!(" --steps {s}")).unwrap_or_default()
-            + &args
-                .exclude
-                .as_ref()
-                .map(|e| format!(" --exclude {e}"))
-                .unwrap_or_default()
-            + &if args.only.is_empty() {
-                String::new()
-            } else {
-                format!(" --only {}", args.only.join(","))
-            },
-        sample_config.train.batch_size,
-        args.steps.unwrap_or(sample_config.train.steps),
-        sample_config.sample.steps,
-        sample_config.sample.w2_samples,
-        args.configs.display()
+        "Written by `cargo xtask bench2d` (`ferroflow bench2d {command}`). Setting (from the configs in `{}`): {}. \
+         W2 is the exact 2-Wasserstein distance (exact assignment between equal-size samples) to fresh target \
+         samples; NPE = |E int |v|^2 dt - W2(source, target)^2| / W2(source, target)^2 with the energy summed \
+         along the same Euler integration. Cells are mean ± standard deviation over seeds; \"pub.\" is the \
+         published figure (SF2M paper, Table 2, via reference.md; their data sets differ in small details, see \
+         reference.md).\n",
+        args.configs.display(),
+        setting(&configs, args.steps)
     )?;
     if let Some(exclude) = &args.exclude {
         writeln!(

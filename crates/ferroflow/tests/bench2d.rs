@@ -46,6 +46,11 @@ fn a_failed_run_is_reported_with_its_reason_and_the_others_go_on() {
         "independent",
         "{ kind = \"gaussian\", std = 1e25 }",
     );
+    let icfm = configs.join("gaussian-moons-icfm.toml");
+    let text = std::fs::read_to_string(&icfm)
+        .unwrap()
+        .replace("batch_size = 64", "batch_size = 32");
+    std::fs::write(&icfm, text).unwrap();
     std::fs::write(configs.join("notes.txt"), "not a config").unwrap();
     let args = Bench2dArgs {
         seeds: 2,
@@ -67,6 +72,16 @@ fn a_failed_run_is_reported_with_its_reason_and_the_others_go_on() {
             .unwrap_or_else(|| panic!("no {label} row under {section}:\n{report}"))
             .to_owned()
     };
+    // The setting is read from the configs, and one on which they disagree says so.
+    for phrase in [
+        "MLP 2 x 16 SELU",
+        "Adam lr 0.001 (weight decay 0)",
+        "batch 32 / batch 64 (differs between configs)",
+        "40 training steps, sigma = 0.1, no EMA",
+        "10 Euler steps on 128 test samples",
+    ] {
+        assert!(report.contains(phrase), "no {phrase:?} in\n{report}");
+    }
     let ot = row("OT-CFM", "## W2");
     let cells: Vec<&str> = ot.split('|').map(str::trim).collect();
     // Cells: method, N -> 8gaussians, moons -> 8gaussians, N -> moons, N -> scurve (between the outer bars).
