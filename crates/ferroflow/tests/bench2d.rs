@@ -102,7 +102,15 @@ fn a_failed_run_is_reported_with_its_reason_and_the_others_go_on() {
         s0["source_target_w2_sq"].as_f64().unwrap(),
         s0["npe"].as_f64().unwrap(),
     );
-    assert!(energy > 0.0 && w2_sq > 0.0, "{s0}");
+    assert!(energy > 0.0 && w2_sq > 0.0 && w2_sq < 100.0, "{s0}");
+    // One reference per task and data: both seeds share it, the diverging config (another source) has its own.
+    assert_eq!(s0["source_target_w2_sq"], s1["source_target_w2_sq"]);
+    assert!(s0["source_target_w2_sq_stderr"].as_f64().unwrap() > 0.0, "{s0}");
+    let reference_rows = report
+        .lines()
+        .filter(|l| l.starts_with("| gaussian-moons | 128 | "))
+        .count();
+    assert_eq!(reference_rows, 2, "{report}");
     assert!((npe - (energy - w2_sq).abs() / w2_sq).abs() < 1e-12, "{s0}");
     assert_ne!(s0["w2"], s1["w2"]);
     assert!(!dir.join("runs/gaussian-moons-icfm-s0/model.safetensors").exists());
