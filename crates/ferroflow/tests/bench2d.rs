@@ -24,6 +24,10 @@ fn write_config(dir: &Path, file: &str, coupling: &str, source: &str) {
     std::fs::write(dir.join(file), text).unwrap();
 }
 
+fn energy_of(metrics: &serde_json::Value) -> f64 {
+    metrics["path_energy"].as_f64().unwrap()
+}
+
 fn metrics(run_dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(run_dir.join("metrics.json")).unwrap()).unwrap()
 }
@@ -113,6 +117,19 @@ fn a_failed_run_is_reported_with_its_reason_and_the_others_go_on() {
     assert_eq!(reference_rows, 2, "{report}");
     assert!((npe - (energy - w2_sq).abs() / w2_sq).abs() < 1e-12, "{s0}");
     assert_ne!(s0["w2"], s1["w2"]);
+    // Euler paths never beat straight optimal ones to the same end points.
+    for m in [&s0, &s1] {
+        let own = m["source_samples_w2_sq"].as_f64().unwrap();
+        let excess = m["path_excess"].as_f64().unwrap();
+        assert!(
+            excess >= 0.0 && (excess - (energy_of(m) - own) / own).abs() < 1e-12,
+            "{m}"
+        );
+    }
+    assert!(
+        row("OT-CFM", "## Path energy in excess").contains(" ± "),
+        "{report}"
+    );
     assert!(!dir.join("runs/gaussian-moons-icfm-s0/model.safetensors").exists());
 
     // A second run reuses the finished runs; another training budget trains them again.
