@@ -212,6 +212,10 @@ fn train_or_reuse(config: &RunConfig) -> Result<PathBuf> {
     crate::run::train_new(config, &mut Progress::Silent)
 }
 
+/// A line in the report below which everything is written by hand: a new run replaces the tables above it and
+/// keeps the rest.
+pub const KEEP_MARKER: &str = "<!-- Written by hand below this line; `ferroflow bench2d` keeps it. -->";
+
 /// Runs the benchmark and writes the report.
 pub fn run(args: &Bench2dArgs) -> Result<()> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&args.configs)
@@ -300,6 +304,14 @@ pub fn run(args: &Bench2dArgs) -> Result<()> {
     if let Some(parent) = args.report.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    // Text written by hand below the marker in an earlier report is kept under the new tables.
+    let kept = std::fs::read_to_string(&args.report)
+        .ok()
+        .and_then(|old| old.find(KEEP_MARKER).map(|at| old[at..].to_owned()));
+    let report = match kept {
+        Some(kept) => format!("{report}{kept}"),
+        None => report,
+    };
     write_atomic(&args.report, report.as_bytes())?;
     println!("{report}");
     eprintln!("bench2d: report written to {}", args.report.display());

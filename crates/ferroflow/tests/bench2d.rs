@@ -132,6 +132,13 @@ fn a_failed_run_is_reported_with_its_reason_and_the_others_go_on() {
     );
     assert!(!dir.join("runs/gaussian-moons-icfm-s0/model.safetensors").exists());
 
+    // Text below the marker is the reader's: a new run keeps it under the new tables.
+    let notes = format!(
+        "{}\n\n## Notes\n\nWritten by hand.\n",
+        ferroflow::bench2d::KEEP_MARKER
+    );
+    std::fs::write(&args.report, format!("{report}{notes}")).unwrap();
+
     // A second run reuses the finished runs; another training budget trains them again.
     let model = dir.join("runs/gaussian-moons-otcfm-s0/model.safetensors");
     let written = std::fs::metadata(&model).unwrap().modified().unwrap();
@@ -141,6 +148,12 @@ fn a_failed_run_is_reported_with_its_reason_and_the_others_go_on() {
     })
     .unwrap();
     assert_eq!(std::fs::metadata(&model).unwrap().modified().unwrap(), written);
+    let rewritten = std::fs::read_to_string(&args.report).unwrap();
+    assert!(
+        rewritten.starts_with("# 2D benchmark results") && rewritten.ends_with(&notes),
+        "{rewritten}"
+    );
+    assert_eq!(rewritten.matches("## W2 (lower").count(), 1, "{rewritten}");
     assert_eq!(metrics(&dir.join("runs/gaussian-moons-otcfm-s0")), s0);
     run(&Bench2dArgs {
         only: vec!["otcfm".into()],
