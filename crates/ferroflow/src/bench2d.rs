@@ -18,7 +18,7 @@ use ferroflow_solvers::{Method, OdeOptions, SolverError, solve};
 use serde_json::json;
 use tch::{Kind, Tensor};
 
-use crate::config::RunConfig;
+use crate::config::{DataSection, RunConfig};
 use crate::files::{read_metrics, update_metrics, write_atomic};
 use crate::progress::Progress;
 use crate::run::{reference_samples, wasserstein2};
@@ -175,6 +175,14 @@ struct Reference {
     standard_error: f64,
 }
 
+/// The reference measured for one data section and test-sample size, with the task name it is shown under.
+struct TaskReference {
+    task: String,
+    data: DataSection,
+    samples: usize,
+    reference: Reference,
+}
+
 /// Estimates W2(source, target)^2 as the mean of [`REFERENCE_DRAWS`] exact W2^2 between independent test
 /// samples of `w2_samples` points each. One draw of 10,000 points varies by about 1.3 % (measured on
 /// N -> scurve), the size of the NPE differences being compared, so a single draw per seed would put its own
@@ -243,12 +251,15 @@ pub fn run(args: &Bench2dArgs) -> Result<()> {
     }
     // results[(task, method)] = per-seed outcomes or failure reasons.
     let mut results: BTreeMap<(String, String), Vec<Result<Outcome, String>>> = BTreeMap::new();
-    // The NPE's W2(source, target)^2 per task, test-sample size and data section (two configs of one task name
-    // with different data do not share it), shared by every method and seed.
-    let mut references: BTreeMap<(String, usize, String), Reference> = BTreeMap::new();
+    // The NPE's W2(source, target)^2 per data section and test-sample size (two configs of one task name with
+    // different data do not share it), shared by every method and seed.
+    let mut references: Vec<TaskReference> = Vec::new();
+    let configs = files
+        .iter()
+        .map(|f| RunConfig::load(f))
+        .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
-    for file in &files {
-        let base = RunConfig::load(file)?;
+    for (file, base) in files.iter().zip(&configs) {
         let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
         let (task, method) = stem
             .rsplit_once('-')
@@ -263,20 +274,24 @@ pub fn run(args: &Bench2dArgs) -> Result<()> {
                 config.train.steps = steps;
             }
             let attempt = (|| -> Result<Outcome> {
-                let key = (
-                    task.clone(),
-                    config.sample.w2_samples,
-                    format!("{:?}", config.data),
-                );
-                let reference = match references.get(&key) {
-                    Some(r) => *r,
+                let samples = config.sample.w2_samples;
+                let known = references
+                    .iter()
+                    .find(|r| r.data == config.data && r.samples == samples);
+                let reference = match known {
+                    Some(r) => r.reference,
                     None => {
                         let r = source_target_w2_sq(&config)?;
                         eprintln!(
-                            "bench2d: {task}: W2(source, target)^2 = {:.4} ± {:.4} ({REFERENCE_DRAWS} draws of {})",
-                            r.mean, r.standard_error, config.sample.w2_samples
+                            "bench2d: {task}: W2(source, target)^2 = {:.4} ± {:.4} ({REFERENCE_DRAWS} draws of {samples})",
+                            r.mean, r.standard_error
                         );
-                        references.insert(key, r);
+                        references.push(TaskReference {
+                            task: task.clone(),
+                            data: config.data.clone(),
+                            samples,
+                            reference: r,
+                        });
                         r
                     }
                 };
@@ -300,7 +315,7 @@ pub fn run(args: &Bench2dArgs) -> Result<()> {
                 .push(attempt.map_err(|e| format!("{e:#}")));
         }
     }
-    let report = render(&results, &references, args, &files)?;
+    let report = render(&results, &references, args, &configs)?;
     if let Some(parent) = args.report.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -382,9 +397,9 @@ fn setting(configs: &[RunConfig], steps: Option<usize>) -> String {
 
 fn render(
     results: &BTreeMap<(String, String), Vec<Result<Outcome, String>>>,
-    references: &BTreeMap<(String, usize, String), Reference>,
+    references: &[TaskReference],
     args: &Bench2dArgs,
-    files: &[PathBuf],
+    configs: &[RunConfig],
 ) -> Result<String> {
     let tasks = [
         "gaussian-8gaussians",
@@ -399,10 +414,6 @@ fn render(
         ("fm", "FM (Lipman)"),
         ("vpcfm", "VP-CFM"),
     ];
-    let configs = files
-        .iter()
-        .map(|f| RunConfig::load(f))
-        .collect::<Result<Vec<_>, _>>()?;
     let mut out = String::new();
     writeln!(out, "# 2D benchmark results\n")?;
     let mut command = format!("--seeds {}", args.seeds);
@@ -429,7 +440,7 @@ fn render(
          published figure (SF2M paper, Table 2, via reference.md; their data sets differ in small details, see \
          reference.md).\n",
         args.configs.display(),
-        setting(&configs, args.steps)
+        setting(configs, args.steps)
     )?;
     if let Some(exclude) = &args.exclude {
         writeln!(
@@ -444,8 +455,12 @@ fn render(
         )?;
         writeln!(out, "| task | test samples | W2(source, target)^2 |")?;
         writeln!(out, "|---|---|---|")?;
-        for ((task, n, _), r) in references {
-            writeln!(out, "| {task} | {n} | {:.4} ± {:.4} |", r.mean, r.standard_error)?;
+        for r in references {
+            writeln!(
+                out,
+                "| {} | {} | {:.4} ± {:.4} |",
+                r.task, r.samples, r.reference.mean, r.reference.standard_error
+            )?;
         }
         writeln!(out)?;
     }
