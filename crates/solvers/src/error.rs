@@ -61,12 +61,29 @@ pub enum SolverError {
         #[source]
         source: Box<dyn Error + Send + Sync>,
     },
+    /// A step observer ([`StepObserver`](crate::ode::StepObserver)) stopped the solve.
+    #[error("step observer stopped the solve after the step to t = {t}: {source}")]
+    Observer {
+        /// End time of the step the observer was shown.
+        t: f64,
+        /// The observer's own error.
+        #[source]
+        source: Box<dyn Error + Send + Sync>,
+    },
 }
 
 impl SolverError {
     /// Wraps a field's own error, recording the time at which it was called.
     pub fn field(t: f64, source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
         SolverError::Field {
+            t,
+            source: source.into(),
+        }
+    }
+
+    /// Wraps a step observer's own error, recording the end time of the step it was shown.
+    pub fn observer(t: f64, source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        SolverError::Observer {
             t,
             source: source.into(),
         }

@@ -4,7 +4,9 @@
 //! - [`state`]: the [`State`] trait (copy, axpy, scale, weighted error norm, finiteness) and [`SampleBatch`].
 //! - [`field`]: [`Field`] (velocity), [`DivergenceField`] (velocity and divergence).
 //! - [`tableau`]: explicit Runge-Kutta methods as Butcher tableaux ([`Method`]).
-//! - [`ode`]: the one generic Runge-Kutta driver: fixed or adaptive steps, dense output, statistics.
+//! - [`ode`]: the one generic Runge-Kutta driver: fixed or adaptive steps, dense output, statistics; public as
+//!   a stepper ([`OdeStepper`], one accepted step per call, seen as a [`StepView`]) and with a per-step hook
+//!   ([`StepObserver`], [`solve_observed`]) for quantities along the path such as the path energy.
 //! - [`sde`]: Euler-Maruyama and the stochastic flow sampler.
 //! - [`likelihood`]: log-likelihood by the instantaneous change of variables, bits per dimension.
 //! - `tensor` (feature `tch`): the traits for `tch::Tensor`, and `TorchNoise`.
@@ -39,7 +41,8 @@ pub use error::SolverError;
 pub use field::{DivergenceField, Field, FnField};
 pub use likelihood::{DataScaling, LogLikelihood, bits_per_dim, log_likelihood, standard_normal_log_density};
 pub use ode::{
-    AdaptiveOptions, OdeOptions, Solution, SolverStats, StepControl, solve, solve_with_trajectory,
+    AdaptiveOptions, FnObserver, OdeOptions, OdeStepper, Solution, SolverStats, StepControl, StepObserver,
+    StepView, solve, solve_observed, solve_observed_with_trajectory, solve_with_trajectory,
 };
 pub use sde::{
     DiagonalNoise, NoiseSource, Record, ScalarNoise, Sde, SdeOptions, euler_maruyama, sample_flow_sde,
