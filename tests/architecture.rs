@@ -87,7 +87,14 @@ fn math_crates_do_not_depend_on_tch() {
 #[test]
 fn only_the_torch_layer_links_tch() {
     let packages = packages();
-    let allowed = ["ferroflow-models", "ferroflow-guidance", "ferroflow"];
+    let allowed = [
+        "ferroflow-models",
+        "ferroflow-guidance",
+        "ferroflow-engine",
+        "ferroflow-report",
+        "ferroflow-experiments",
+        "ferroflow",
+    ];
     for (name, pkg) in &packages {
         if pkg.required.contains("tch") {
             assert!(
@@ -116,13 +123,16 @@ fn xtask_stays_light() {
 
 #[test]
 fn layers_point_downwards() {
-    // Layer numbers from ARCHITECTURE.md: a crate may depend only on crates of a lower layer, except the
-    // torch layer's internal order (models below guidance).
+    // Layer numbers from ARCHITECTURE.md: a crate may depend only on crates of a lower layer (math < models <
+    // guidance < engine < report < experiments < the `ferroflow` program); data flows one way.
     let layer = |name: &str| match name {
         "ferroflow-continuity" | "ferroflow-paths" | "ferroflow-coupling" | "ferroflow-solvers" => Some(0),
         "ferroflow-models" => Some(1),
         "ferroflow-guidance" => Some(2),
-        "ferroflow" => Some(3),
+        "ferroflow-engine" => Some(3),
+        "ferroflow-report" => Some(4),
+        "ferroflow-experiments" => Some(5),
+        "ferroflow" => Some(6),
         _ => None,
     };
     for (name, pkg) in &packages() {
@@ -193,6 +203,89 @@ fn libraries_do_not_use_anyhow() {
         assert!(
             !packages[name].required.contains("anyhow"),
             "{name} is a library: it returns typed errors (thiserror), not anyhow"
+        );
+    }
+}
+
+/// Which crates may name a dependency at all (in any dependency section, dev-dependencies included): one
+/// crate alone knows each outside protocol.
+fn crates_naming(dep: &str) -> BTreeSet<String> {
+    let mut manifests: Vec<PathBuf> = fs::read_dir(root().join("crates"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("Cargo.toml"))
+        .collect();
+    manifests.push(root().join("xtask/Cargo.toml"));
+    manifests
+        .into_iter()
+        .filter_map(|path| {
+            let manifest: toml::Table = fs::read_to_string(&path).unwrap().parse().unwrap();
+            let name = manifest["package"]["name"].as_str().unwrap().to_owned();
+            ["dependencies", "dev-dependencies", "build-dependencies"]
+                .iter()
+                .filter_map(|section| manifest.get(*section).and_then(|d| d.as_table()))
+                .any(|deps| deps.contains_key(dep))
+                .then_some(name)
+        })
+        .collect()
+}
+
+#[test]
+fn clap_and_the_terminal_belong_to_the_program_alone() {
+    for dep in ["clap", "indicatif"] {
+        let users = crates_naming(dep);
+        assert_eq!(
+            users,
+            BTreeSet::from(["ferroflow".to_owned()]),
+            "only the `ferroflow` program (crates/cli) may use {dep}"
+        );
+    }
+}
+
+#[test]
+fn plotters_belongs_to_the_report_crate_alone() {
+    assert_eq!(
+        crates_naming("plotters"),
+        BTreeSet::from(["ferroflow-report".to_owned()]),
+        "only ferroflow-report may draw"
+    );
+}
+
+#[test]
+fn the_engine_never_depends_on_report_experiments_or_the_program() {
+    let packages = packages();
+    let deps = closure(&packages, "ferroflow-engine");
+    for higher in ["ferroflow-report", "ferroflow-experiments", "ferroflow"] {
+        assert!(!deps.contains(higher), "the engine reaches {higher}: {deps:?}");
+    }
+    let report = closure(&packages, "ferroflow-report");
+    assert!(
+        !report.contains("ferroflow-experiments") && !report.contains("ferroflow"),
+        "the report crate reaches a higher layer: {report:?}"
+    );
+}
+
+#[test]
+fn no_crate_picks_a_random_stream_outside_the_stream_enum() {
+    // Every random stream has one named place (`ferroflow_engine::stream::Stream`); an offset added to a
+    // stream number elsewhere is how two purposes once came to share one.
+    let mut files = Vec::new();
+    for dir in [
+        "crates/engine/src",
+        "crates/report/src",
+        "crates/experiments/src",
+        "crates/cli/src",
+    ] {
+        rust_files(&root().join(dir), &mut files);
+    }
+    for file in files {
+        let text = fs::read_to_string(&file).unwrap();
+        if file.ends_with("stream.rs") {
+            continue;
+        }
+        assert!(
+            !text.contains("set_stream("),
+            "{} picks a ChaCha stream itself; name the purpose in Stream instead",
+            file.display()
         );
     }
 }

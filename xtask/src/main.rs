@@ -220,9 +220,21 @@ fn train_classifier(args: &[String]) -> Result<()> {
     cargo(&full)
 }
 
-/// Runs the `ferroflow` program in release mode with `args`.
+/// Runs the `ferroflow` program in release mode with `args`. It is built first in a separate cargo call that
+/// shows cargo's progress (a fresh clone's release build takes minutes and would otherwise look stuck); the
+/// run itself is then quiet.
 fn ferroflow(args: &[String]) -> Result<()> {
-    let mut full = vec!["run", "--quiet", "--release", "-p", "ferroflow", "--"];
+    cargo(&["build", "--release", "-p", "ferroflow", "--bin", "ferroflow"])?;
+    let mut full = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "ferroflow",
+        "--bin",
+        "ferroflow",
+        "--",
+    ];
     full.extend(args.iter().map(String::as_str));
     cargo(&full)
 }

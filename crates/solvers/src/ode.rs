@@ -563,7 +563,9 @@ impl<'a, S: State> OdeStepper<'a, S> {
             t: t0,
             y_prev: x0.clone_state(),
             y_next: x0.clone_state(),
-            y: x0,
+            // The buffers rotate and are written in place, so the caller's state must not be one of them: a
+            // tensor passed by value may still share its storage with the caller's (a shallow clone).
+            y: x0.clone_state(),
             has_last_step: false,
             steps: 0,
             rejected_steps: 0,

@@ -1,0 +1,150 @@
+//! `ferroflow bench likelihood | train | guidance`: the flags of each benchmark, handed to the experiments
+//! crate as plain settings.
+
+use anyhow::Result;
+use ferroflow_experiments::bench::guidance::GuidanceBenchSettings;
+use ferroflow_experiments::bench::train::TrainBenchSettings;
+use ferroflow_experiments::bench::{LikelihoodBenchSettings, likelihood_bench};
+use std::path::PathBuf;
+
+use crate::progress::Progress;
+
+/// Arguments of `ferroflow bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[command(subcommand)]
+    pub which: BenchKind,
+}
+
+/// The benchmarks.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchKind {
+    /// Log-likelihood (exact and Hutchinson) and sampling of a trained 2D flow; Hutchinson at D = 784.
+    Likelihood(LikelihoodBenchArgs),
+    /// Training steps/s of I-CFM and OT-CFM in torchcfm's 2D setting.
+    Train(TrainBenchArgs),
+    /// Cost of a guided sampling step (plain, Hutchinson, exact) against D; `--study DIR` reruns the
+    /// guidance effect study.
+    Guidance(GuidanceBenchArgs),
+}
+
+/// Arguments of `ferroflow bench likelihood`.
+#[derive(Debug, clap::Args)]
+pub struct LikelihoodBenchArgs {
+    /// Where the benchmark's run folder is kept (reused when present).
+    #[arg(long, default_value = "bench-out")]
+    pub out_dir: PathBuf,
+    /// Training steps of the 2D network.
+    #[arg(long, default_value_t = 3000)]
+    pub train_steps: usize,
+    /// Points of the 2D timings.
+    #[arg(long, default_value_t = 10_000)]
+    pub n_points: usize,
+    /// Timed runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// libtorch thread counts to measure, comma-separated.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    pub threads: Vec<usize>,
+}
+
+impl LikelihoodBenchArgs {
+    /// The experiment's settings.
+    pub fn settings(&self) -> LikelihoodBenchSettings {
+        LikelihoodBenchSettings {
+            out_dir: self.out_dir.clone(),
+            train_steps: self.train_steps.clone(),
+            n_points: self.n_points.clone(),
+            repeats: self.repeats.clone(),
+            threads: self.threads.clone(),
+        }
+    }
+}
+
+/// Arguments of `ferroflow bench train`.
+#[derive(Debug, clap::Args)]
+pub struct TrainBenchArgs {
+    /// Steps per timed run.
+    #[arg(long, default_value_t = 3000)]
+    pub steps: usize,
+    /// Timed runs per setting (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// libtorch thread counts to measure, comma-separated.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// A Python with torch and torchcfm: also run torchcfm's loop in the same setting, side by side.
+    #[arg(long)]
+    pub peer_python: Option<String>,
+}
+
+impl TrainBenchArgs {
+    /// The experiment's settings.
+    pub fn settings(&self) -> TrainBenchSettings {
+        TrainBenchSettings {
+            steps: self.steps.clone(),
+            repeats: self.repeats.clone(),
+            threads: self.threads.clone(),
+            peer_python: self.peer_python.clone(),
+        }
+    }
+}
+
+/// Arguments of `ferroflow bench guidance`.
+#[derive(Debug, clap::Args)]
+pub struct GuidanceBenchArgs {
+    /// Data dimensions of the MLPs, comma-separated.
+    #[arg(long, default_value = "2,16,64,256,784", value_delimiter = ',')]
+    pub dims: Vec<usize>,
+    /// Batch of the MLP timings.
+    #[arg(long, default_value_t = 256)]
+    pub batch: i64,
+    /// Hidden width of the MLPs.
+    #[arg(long, default_value_t = 256)]
+    pub width: usize,
+    /// Hidden layers of the MLPs.
+    #[arg(long, default_value_t = 3)]
+    pub depth: usize,
+    /// Timed runs per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// libtorch threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
+    /// Batch of the U-Net timings (0 skips the U-Net).
+    #[arg(long, default_value_t = 16)]
+    pub unet_batch: i64,
+    /// Run the effect study on 2D Gaussian mixtures instead, writing tables and pictures into this folder.
+    #[arg(long)]
+    pub study: Option<PathBuf>,
+    /// Training steps of the study's MLPs.
+    #[arg(long, default_value_t = 4000)]
+    pub study_train_steps: usize,
+}
+
+impl GuidanceBenchArgs {
+    /// The experiment's settings.
+    pub fn settings(&self) -> GuidanceBenchSettings {
+        GuidanceBenchSettings {
+            dims: self.dims.clone(),
+            batch: self.batch.clone(),
+            width: self.width.clone(),
+            depth: self.depth.clone(),
+            repeats: self.repeats.clone(),
+            threads: self.threads.clone(),
+            unet_batch: self.unet_batch.clone(),
+            study: self.study.clone(),
+            study_train_steps: self.study_train_steps.clone(),
+        }
+    }
+}
+
+/// Runs `ferroflow bench`.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    match &args.which {
+        BenchKind::Likelihood(args) => likelihood_bench(&args.settings(), &mut [&mut Progress::auto()]),
+        BenchKind::Train(args) => ferroflow_experiments::bench::train::run(&args.settings()),
+        BenchKind::Guidance(args) => ferroflow_experiments::bench::guidance::run(&args.settings()),
+    }
+}

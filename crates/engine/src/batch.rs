@@ -1,0 +1,184 @@
+//! Training batches: source and target samples, their coupling, times, and the regression target.
+//!
+//! A batch is a pure function of `(seed, step)`: its random numbers come from the run's
+//! [`Stream::Batch`] of that step. That is what makes a resumed run reproduce the uninterrupted one exactly, and what lets a
+//! producer thread build batches ahead of the model step (the minibatch OT solve then overlaps with the
+//! network's forward and backward passes).
+//!
+//! All the path arithmetic runs here in plain `f32` loops over the coefficients of the paths crate
+//! (`x_t = a_t x0 + b_t x1 + c_t eps`, `u_t = a'_t x0 + b'_t x1 + c'_t eps`); for small data this is far
+//! cheaper than a chain of tensor operations.
+
+use ferroflow_coupling::{Coupling, CouplingConfig, CouplingError, IndependentOrder};
+use ferroflow_paths::ConditionalPath;
+use ndarray::Array2;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+
+use crate::config::{Prediction, RunConfig, TimeSampling};
+use crate::data::Dataset;
+use crate::stream::Stream;
+
+/// `Some((num_classes, label_dropout))` when the config's network is class-conditional.
+pub fn conditional_of(config: &RunConfig) -> Option<(usize, f64)> {
+    match config.model.kind {
+        crate::config::ModelKind::Unet => config
+            .model
+            .unet
+            .num_classes
+            .map(|c| (c, config.train.label_dropout)),
+        crate::config::ModelKind::Mlp => None,
+    }
+}
+
+/// One batch, row-major, ready to hand to libtorch.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Batch {
+    /// Points on the path, `[batch, dim]`.
+    pub x_t: Vec<f32>,
+    /// Times, `[batch]`.
+    pub t: Vec<f32>,
+    /// What the network regresses onto, `[batch, dim]`.
+    pub target: Vec<f32>,
+    /// Class labels of the target points for a class-conditional network (`[batch]`, the null label
+    /// `num_classes` where dropped); empty otherwise.
+    pub labels: Vec<i64>,
+}
+
+/// Builds batches for a config.
+pub struct BatchMaker {
+    source: Dataset,
+    target: Dataset,
+    path: Box<dyn ConditionalPath + Send + Sync>,
+    coupling_config: CouplingConfig,
+    coupling: Box<dyn Coupling>,
+    prediction: Prediction,
+    time_sampling: TimeSampling,
+    batch_size: usize,
+    dim: usize,
+    seed: u64,
+    // Buffers reused from batch to batch.
+    x0: Vec<f32>,
+    x1: Vec<f32>,
+    labels: Vec<i64>,
+    /// `Some((num_classes, label_dropout))` for a class-conditional network.
+    conditional: Option<(usize, f64)>,
+}
+
+impl BatchMaker {
+    /// A batch maker for a validated config.
+    pub fn new(config: &RunConfig) -> Result<Self, crate::error::ConfigError> {
+        Ok(Self {
+            source: config.data.source.clone(),
+            target: config.data.target.clone(),
+            path: config.flow.build_path()?,
+            coupling_config: config.flow.coupling.clone(),
+            coupling: config
+                .flow
+                .coupling
+                .build()
+                .map_err(|e| crate::error::ConfigError::value("flow.coupling", e.to_string()))?,
+            prediction: config.flow.prediction,
+            time_sampling: config.flow.time_sampling,
+            batch_size: config.train.batch_size,
+            dim: config.data.target.dim(),
+            seed: config.run.seed,
+            x0: Vec::new(),
+            x1: Vec::new(),
+            labels: Vec::new(),
+            conditional: conditional_of(config),
+        })
+    }
+
+    /// Dimension of a sample.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Fills `batch` with the batch of step `step` (a pure function of the seed and the step).
+    pub fn make(&mut self, step: u64, batch: &mut Batch) -> Result<(), CouplingError> {
+        let (n, dim) = (self.batch_size, self.dim);
+        let mut rng = Stream::Batch { step }.rng(self.seed);
+        self.x0.clear();
+        self.x1.clear();
+        self.labels.clear();
+        self.source.sample_into(n, &mut rng, &mut self.x0);
+        self.target
+            .sample_labelled_into(n, &mut rng, &mut self.x1, Some(&mut self.labels));
+        self.couple(&mut rng)?;
+        batch.x_t.clear();
+        batch.t.clear();
+        batch.target.clear();
+        batch.labels.clear();
+        if let Some((num_classes, dropout)) = self.conditional {
+            for &label in &self.labels {
+                let dropped = dropout > 0.0 && rng.random::<f64>() < dropout;
+                batch
+                    .labels
+                    .push(if dropped { num_classes as i64 } else { label });
+            }
+        }
+        for row in 0..n {
+            let t = self.draw_time(&mut rng);
+            let c = self.path.coefficients(t);
+            batch.t.push(t as f32);
+            let (a, b, s) = (c.source as f32, c.target as f32, c.noise as f32);
+            let (da, db, ds) = (c.d_source as f32, c.d_target as f32, c.d_noise as f32);
+            for col in 0..dim {
+                let x0 = self.x0[row * dim + col];
+                let x1 = self.x1[row * dim + col];
+                let eps = if s != 0.0 {
+                    rng.sample::<f32, _>(StandardNormal)
+                } else {
+                    0.0
+                };
+                batch.x_t.push(a * x0 + b * x1 + s * eps);
+                batch.target.push(match self.prediction {
+                    Prediction::Velocity => da * x0 + db * x1 + if s != 0.0 { ds * eps } else { 0.0 },
+                    Prediction::X1 => x1,
+                    Prediction::Epsilon => x0,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn draw_time(&self, rng: &mut ChaCha8Rng) -> f64 {
+        // Open interval: the Schrödinger-bridge path's noise derivative is singular at both ends.
+        let t = match self.time_sampling {
+            TimeSampling::Uniform => rng.random::<f64>(),
+            TimeSampling::LogitNormal { mean, std } => {
+                let z: f64 = rng.sample(StandardNormal);
+                1.0 / (1.0 + (-(mean + std * z)).exp())
+            }
+        };
+        t.clamp(1e-6, 1.0 - 1e-6)
+    }
+
+    /// Reorders the batch so that row i of `x0` is paired with row i of `x1` (pairs drawn with replacement
+    /// by plan-sampling couplings may repeat rows).
+    fn couple(&mut self, rng: &mut ChaCha8Rng) -> Result<(), CouplingError> {
+        if matches!(
+            self.coupling_config,
+            CouplingConfig::Independent {
+                order: IndependentOrder::Identity
+            }
+        ) {
+            return Ok(());
+        }
+        let (n, dim) = (self.batch_size, self.dim);
+        let to_f64 = |v: &[f32]| Array2::from_shape_fn((n, dim), |(r, c)| f64::from(v[r * dim + c]));
+        let (x0, x1) = (to_f64(&self.x0), to_f64(&self.x1));
+        let pairing = self.coupling.pair(x0.view(), x1.view(), rng)?;
+        let gather = |v: &[f32], idx: &[usize]| -> Vec<f32> {
+            idx.iter()
+                .flat_map(|&row| v[row * dim..(row + 1) * dim].iter().copied())
+                .collect()
+        };
+        self.x0 = gather(&self.x0, &pairing.source_idx);
+        self.x1 = gather(&self.x1, &pairing.target_idx);
+        self.labels = pairing.target_idx.iter().map(|&row| self.labels[row]).collect();
+        Ok(())
+    }
+}

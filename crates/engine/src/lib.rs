@@ -1,0 +1,33 @@
+//! The ferroflow engine: everything a flow-matching run does, as a library with plain settings structs and
+//! no command-line, plotting or terminal dependency. Data flows one way through it:
+//! config -> data / batch -> train -> sample / likelihood -> metrics and run folders.
+//!
+//! - [`config`]: the TOML run configuration, its sections and their validation.
+//! - [`data`]: the 2D benchmark data sets, Gaussian mixtures and Fashion-MNIST, sampled from a seed.
+//! - [`stream`]: the run's named random streams (one enum, never an offset chosen by a caller).
+//! - [`batch`]: training batches as a pure function of `(seed, step)`, coupling included.
+//! - [`train`]: the training loop with its observer seam ([`train::observe`]), checkpoints and resume.
+//! - [`sample`]: a trained flow ([`sample::TrainedFlow`]) and plain sampling with any ODE method.
+//! - [`guided`]: guided sampling (mode seeking, classifier-free guidance) with validated settings.
+//! - [`likelihood`]: log-likelihood of points under a trained run (exact or Hutchinson divergence), bits/dim.
+//! - [`images`]: Fashion-MNIST files, the project's classifier, its Frechet distance, image grids as pixels.
+//! - [`metrics`]: a run's typed metrics (`metrics.json`).
+//! - [`run`]: whole runs (train, finish, evaluate) in run folders.
+//! - [`files`]: atomic writes, `.npy` arrays and run folders.
+
+pub mod batch;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod files;
+pub mod guided;
+pub mod images;
+pub mod likelihood;
+pub mod metrics;
+pub mod run;
+pub mod sample;
+pub mod stream;
+pub mod train;
+
+pub use config::RunConfig;
+pub use error::{ConfigError, TrainError};

@@ -1,0 +1,162 @@
+//! Sampling a trained flow: the network's output turned into a velocity, integrated from t = 0 to 1 with
+//! any method of the solvers crate on tensors.
+//!
+//! For an x1- or epsilon-predicting network on a path `x_t = a_t x0 + b_t x1` the velocity is
+//! `v = a'_t x0_hat + b'_t x1_hat` with the missing endpoint solved from `x_t` (Lipman et al. 2024, section
+//! 4.8.1). Those conversions are singular where `a_t` or `b_t` vanishes (t = 1 or t = 0), so they are
+//! evaluated at t clamped to [1e-4, 1 - 1e-4].
+
+use std::path::{Path, PathBuf};
+
+use ferroflow_models::VelocityNet;
+use ferroflow_paths::ConditionalPath;
+use ferroflow_solvers::{OdeOptions, Solution, SolverError, solve, solve_with_trajectory};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::{Prediction, RunConfig};
+use crate::error::TrainError;
+use crate::stream::Stream;
+use crate::train::{MODEL_FILE, apply_threads, build_model};
+
+/// A trained run, loaded for sampling.
+pub struct TrainedFlow {
+    /// The resolved config of the run.
+    pub config: RunConfig,
+    /// The network with the sampling weights loaded.
+    pub net: Box<dyn VelocityNet>,
+    path: Box<dyn ConditionalPath + Send + Sync>,
+    /// The run folder.
+    pub run_dir: PathBuf,
+}
+
+impl TrainedFlow {
+    /// Loads `run_dir/config.toml` and `run_dir/model.safetensors`.
+    pub fn load(run_dir: &Path) -> Result<Self, anyhow::Error> {
+        let config_path = run_dir.join("config.toml");
+        let config = RunConfig::load(&config_path)?;
+        Self::from_config(config, run_dir)
+    }
+
+    /// Builds the flow of `config` with the weights in `run_dir/model.safetensors`.
+    pub fn from_config(config: RunConfig, run_dir: &Path) -> Result<Self, anyhow::Error> {
+        apply_threads(&config);
+        let net = build_model(&config)?;
+        net.params()
+            .load(&run_dir.join(MODEL_FILE))
+            .map_err(TrainError::from)?;
+        let path = config.flow.build_path()?;
+        Ok(Self {
+            config,
+            net,
+            path,
+            run_dir: run_dir.to_path_buf(),
+        })
+    }
+
+    /// Dimension of a sample.
+    pub fn dim(&self) -> usize {
+        self.config.data.target.dim()
+    }
+
+    /// The device of the weights.
+    pub fn device(&self) -> Device {
+        self.net.params().device()
+    }
+
+    /// The learned velocity field at time `t` for a batch `x` (no gradient is recorded).
+    pub fn velocity(&self, x: &Tensor, t: f64) -> Tensor {
+        tch::no_grad(|| self.velocity_with_grad(x, t))
+    }
+
+    /// The learned velocity, recording the autograd graph (for divergences and guidance).
+    pub fn velocity_with_grad(&self, x: &Tensor, t: f64) -> Tensor {
+        self.velocity_labelled(x, t, None)
+    }
+
+    /// The learned velocity for a flat batch `x` (`[n, dim]`) given class labels (`[n]`, or `None` for the
+    /// unconditional field of a class-conditional network), recording the autograd graph.
+    pub fn velocity_labelled(&self, x: &Tensor, t: f64, labels: Option<&Tensor>) -> Tensor {
+        let times = Tensor::from_slice(&[t as f32]).to_device(x.device());
+        let batch = x.size()[0];
+        let shape: Vec<i64> = std::iter::once(batch).chain(self.net.sample_shape()).collect();
+        let out = self
+            .net
+            .forward_with(
+                &self.net.params().views(),
+                &x.view(shape.as_slice()),
+                &times,
+                labels,
+            )
+            .view([batch, -1]);
+        match self.config.flow.prediction {
+            Prediction::Velocity => out,
+            prediction => {
+                let c = self.path.coefficients(t.clamp(1e-4, 1.0 - 1e-4));
+                let (x0_hat, x1_hat) = match prediction {
+                    Prediction::X1 => ((x - &out * c.target) / c.source, out),
+                    _ => (out.shallow_clone(), (x - &out * c.source) / c.target),
+                };
+                x0_hat * c.d_source + x1_hat * c.d_target
+            }
+        }
+    }
+
+    /// Draws `n_samples` source points from the run's random stream for `purpose`.
+    pub fn source_points(&self, n_samples: usize, purpose: Stream) -> Tensor {
+        let points = source_sample(&self.config, n_samples, purpose);
+        Tensor::from_slice(&points)
+            .view([n_samples as i64, self.dim() as i64])
+            .to_device(self.device())
+    }
+
+    /// Integrates the learned ODE from t = 0 to 1 starting at `x0`; with `times`, also returns the states at
+    /// those times.
+    pub fn integrate(
+        &self,
+        x0: Tensor,
+        options: &OdeOptions,
+        times: Option<&[f64]>,
+    ) -> Result<Solution<Tensor>, SolverError> {
+        let mut field = |t: f64, x: &Tensor| -> Result<Tensor, SolverError> { Ok(self.velocity(x, t)) };
+        match times {
+            Some(times) => solve_with_trajectory(&mut field, x0, times, options),
+            None => solve(&mut field, x0, 0.0, 1.0, options),
+        }
+    }
+}
+
+/// The source points [`TrainedFlow::source_points`] starts from, row-major, drawn from the run's stream for
+/// `purpose`.
+pub fn source_sample(config: &RunConfig, n_samples: usize, purpose: Stream) -> Vec<f32> {
+    config
+        .data
+        .source
+        .sample(n_samples, &mut purpose.rng(config.run.seed))
+}
+
+/// `n_samples` fresh target samples from the run's [`Stream::EvalTarget`] (never seen in training), as an
+/// `[n_samples, dim]` array.
+pub fn reference_samples(config: &RunConfig, n_samples: usize) -> ndarray::Array2<f32> {
+    let points = config
+        .data
+        .target
+        .sample(n_samples, &mut Stream::EvalTarget.rng(config.run.seed));
+    ndarray::Array2::from_shape_vec((n_samples, config.data.target.dim()), points)
+        .expect("a data set draws n x dim coordinates")
+}
+
+/// Copies a `[n, d]` tensor into a row-major `f32` array.
+pub fn to_array(tensor: &Tensor) -> ndarray::Array2<f32> {
+    let size = tensor.size();
+    let flat = tensor
+        .to(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous()
+        .view([-1]);
+    let data = Vec::<f32>::try_from(&flat).expect("a float tensor converts to Vec<f32>");
+    ndarray::Array2::from_shape_vec(
+        (size[0] as usize, size[1..].iter().product::<i64>() as usize),
+        data,
+    )
+    .expect("shape matches the data")
+}

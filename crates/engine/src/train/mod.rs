@@ -1,0 +1,356 @@
+//! The flow trainer: batches from a producer thread, the regression step, checkpoints and resume, run by the
+//! one training loop of [`observe`] with the NaN guard, the loss curve and the checkpoints as observers.
+//!
+//! Conditional flow matching minimises E_{t, (x0, x1) ~ pi} |v_theta(x_t, t) - u_t(x_t | x0, x1)|^2
+//! (Lipman et al. 2023, eq. 9; Tong et al. 2023, eq. 14). The batch of step k is a pure function of
+//! `(seed, k)` ([`crate::batch`]); the model starts from `tch::manual_seed(seed)`. A checkpoint holds the
+//! weights, their EMA, both Adam moments, the step and the loss history in one safetensors file written
+//! atomically, so resuming from it reproduces the uninterrupted run's loss curve exactly on the CPU.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use ferroflow_models::checkpoint::{load_tensors, save_tensors};
+use ferroflow_models::optim::{Ema, FlatAdam};
+use ferroflow_models::unet::Unet;
+use ferroflow_models::{Mlp, MlpConfig, VelocityNet};
+use tch::{Device, Kind, Tensor};
+
+use crate::batch::{Batch, BatchMaker};
+use crate::config::{ModelKind, RunConfig};
+use crate::error::TrainError;
+
+pub mod observe;
+
+pub use observe::{Journal, LossCurve, LossPoint, NanGuard, Observer, OnStep, StepInfo, Trainable, execute};
+
+/// The file holding the full training state.
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+/// The file holding the weights used for sampling (the EMA when enabled), with PyTorch parameter names.
+pub const MODEL_FILE: &str = "model.safetensors";
+
+/// What a finished training run reports.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    /// Steps taken in this invocation.
+    pub steps_run: usize,
+    /// Total steps of the run.
+    pub total_steps: usize,
+    /// Wall time of the steps in this invocation.
+    pub seconds: f64,
+    /// The loss curve from step 1.
+    pub loss_curve: Vec<LossPoint>,
+}
+
+impl TrainSummary {
+    /// Steps per second in this invocation.
+    pub fn steps_per_second(&self) -> f64 {
+        self.steps_run as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N`.
+pub fn parse_device(name: &str) -> Device {
+    match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::cuda_if_available(),
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .filter(|_| tch::Cuda::is_available())
+            .map_or(Device::Cpu, Device::Cuda),
+    }
+}
+
+/// Builds the run's network with its seeded initialisation.
+pub fn build_model(config: &RunConfig) -> Result<Box<dyn VelocityNet>, TrainError> {
+    tch::manual_seed(config.run.seed as i64);
+    let model = &config.model;
+    let device = parse_device(&config.run.device);
+    Ok(match model.kind {
+        ModelKind::Mlp => {
+            let mlp = MlpConfig {
+                dim: config.data.target.dim(),
+                width: model.width,
+                depth: model.depth,
+                activation: model.activation,
+                time_embedding: model.time_embedding,
+            };
+            Box::new(Mlp::new(mlp, device)?)
+        }
+        ModelKind::Unet => Box::new(Unet::new(model.unet.clone(), device)?),
+    })
+}
+
+/// Sets libtorch's thread count from the config (0 leaves libtorch's default).
+pub fn apply_threads(config: &RunConfig) {
+    if config.run.threads > 0 {
+        tch::set_num_threads(config.run.threads as i32);
+    }
+}
+
+/// A flow being trained: the network, its flat weights, the optimizer and the EMA of the weights. Observers
+/// of the flow trainer see this.
+pub struct FlowModel {
+    /// The velocity network.
+    pub net: Box<dyn VelocityNet>,
+    /// Its parameters as one flat tensor (shared with the network's views).
+    pub flat: Tensor,
+    /// Adam's state.
+    pub adam: FlatAdam,
+    /// The EMA of the weights, when `train.ema_decay > 0`.
+    pub ema: Option<Ema>,
+}
+
+/// The flow trainer: takes batches from the producer thread and regresses the network onto their targets.
+struct FlowTrainer<'a> {
+    model: FlowModel,
+    batches: &'a mpsc::Receiver<Result<Batch, TrainError>>,
+    recycle: mpsc::Sender<Batch>,
+    shape: Vec<i64>,
+}
+
+impl Trainable for FlowTrainer<'_> {
+    type Model = FlowModel;
+
+    fn model(&self) -> &FlowModel {
+        &self.model
+    }
+
+    fn step(&mut self, _step: usize) -> Result<f64, TrainError> {
+        let batch = self
+            .batches
+            .recv()
+            .expect("the producer sends one batch per step")?;
+        let net = &self.model.net;
+        let device = net.params().device();
+        let shape = self.shape.as_slice();
+        let x_t = Tensor::from_slice(&batch.x_t).view(shape).to_device(device);
+        let t = Tensor::from_slice(&batch.t).to_device(device);
+        let target = Tensor::from_slice(&batch.target).view(shape).to_device(device);
+        let labels = (!batch.labels.is_empty()).then(|| Tensor::from_slice(&batch.labels).to_device(device));
+        // The producer may already be gone after its last batch; then the buffer is simply dropped.
+        let _ = self.recycle.send(batch);
+        let output = net.forward_with(&net.params().views(), &x_t, &t, labels.as_ref());
+        let loss = (output - target).square().mean(Kind::Float);
+        loss.backward();
+        let loss_value = loss.double_value(&[]);
+        // A non-finite loss must not reach the weights: the NaN guard stops the run after this step, and
+        // the weights it leaves are never saved.
+        if loss_value.is_finite() {
+            self.model.adam.step(&self.model.flat);
+            if let Some(ema) = self.model.ema.as_mut() {
+                ema.update(&self.model.flat);
+            }
+        }
+        Ok(loss_value)
+    }
+}
+
+/// Writes the full training state every `every` steps (0: only at the end) and at the last step.
+pub struct Checkpoints {
+    path: PathBuf,
+    every: usize,
+}
+
+impl Checkpoints {
+    /// Checkpoints at `path` every `every` steps.
+    pub fn new(path: PathBuf, every: usize) -> Self {
+        Self { path, every }
+    }
+}
+
+impl Observer<FlowModel> for Checkpoints {
+    fn on_step(
+        &mut self,
+        model: &FlowModel,
+        info: &StepInfo,
+        journal: &mut Journal,
+    ) -> Result<(), TrainError> {
+        if (self.every > 0 && info.step.is_multiple_of(self.every)) || info.step == info.total {
+            save_checkpoint(&self.path, model, &journal.loss_curve)?;
+            journal.last_checkpoint = info.step;
+        }
+        Ok(())
+    }
+}
+
+/// Trains (or resumes training of) the run in `run_dir`, writing checkpoints there. The engine's own
+/// observers (NaN guard, loss curve, checkpoints) run first, then `observers` (progress display, ...).
+pub fn train(
+    config: &RunConfig,
+    run_dir: &Path,
+    resume: bool,
+    observers: &mut [&mut dyn Observer<FlowModel>],
+) -> Result<TrainSummary, TrainError> {
+    apply_threads(config);
+    let net = build_model(config)?;
+    let flat = net.params().flat().shallow_clone();
+    let adam = FlatAdam::new(config.train.optimizer.clone(), &flat)?;
+    let ema = if config.train.ema_decay > 0.0 {
+        Some(Ema::new(config.train.ema_decay, &flat)?)
+    } else {
+        None
+    };
+    let mut model = FlowModel { net, flat, adam, ema };
+    let mut journal = Journal::default();
+    let checkpoint_path = run_dir.join(CHECKPOINT_FILE);
+    if resume {
+        journal.loss_curve = load_checkpoint(&checkpoint_path, &mut model)?;
+    }
+    let start_step = model.adam.step;
+    let total = config.train.steps;
+    if start_step > total {
+        return Err(TrainError::Io {
+            path: checkpoint_path,
+            detail: format!("the checkpoint is at step {start_step}, beyond train.steps = {total}"),
+        });
+    }
+    let mut maker = BatchMaker::new(config).map_err(|e| TrainError::Io {
+        path: run_dir.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let shape: Vec<i64> = std::iter::once(config.train.batch_size as i64)
+        .chain(model.net.sample_shape())
+        .collect();
+    let started = Instant::now();
+    let mut nan_guard = NanGuard;
+    let mut loss_curve = LossCurve::new(config.train.log_every);
+    let mut checkpoints = Checkpoints::new(checkpoint_path, config.train.checkpoint_every);
+    let mut all: Vec<&mut dyn Observer<FlowModel>> = vec![&mut nan_guard, &mut loss_curve, &mut checkpoints];
+    all.extend(
+        observers
+            .iter_mut()
+            .map(|o| &mut **o as &mut dyn Observer<FlowModel>),
+    );
+
+    let model =
+        std::thread::scope(|scope| -> Result<FlowModel, TrainError> {
+            // The producer builds batches (and solves their OT couplings) while the model trains on the last one.
+            let (to_trainer, from_producer) = mpsc::sync_channel::<Result<Batch, TrainError>>(4);
+            let (recycle, recycled) = mpsc::channel::<Batch>();
+            scope.spawn(move || {
+                for step in start_step + 1..=total {
+                    let mut batch = recycled.try_recv().unwrap_or_default();
+                    let made = maker.make(step as u64, &mut batch).map(|()| batch).map_err(|e| {
+                        TrainError::Coupling {
+                            step,
+                            detail: e.to_string(),
+                        }
+                    });
+                    let failed = made.is_err();
+                    if to_trainer.send(made).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let mut trainer = FlowTrainer {
+                model,
+                batches: &from_producer,
+                recycle,
+                shape,
+            };
+            execute(&mut trainer, start_step, total, &mut journal, &mut all)?;
+            Ok(trainer.model)
+        })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let sampling_weights = model.ema.as_ref().map_or(&model.flat, |e| &e.weights);
+    save_tensors(
+        &model.net.params().named_of(sampling_weights),
+        &run_dir.join(MODEL_FILE),
+    )?;
+    Ok(TrainSummary {
+        steps_run: total - start_step,
+        total_steps: total,
+        seconds,
+        loss_curve: journal.loss_curve,
+    })
+}
+
+fn save_checkpoint(path: &Path, model: &FlowModel, loss_curve: &[LossPoint]) -> Result<(), TrainError> {
+    let (adam, ema) = (&model.adam, model.ema.as_ref());
+    let params = model.net.params();
+    let mut named: Vec<(String, Tensor)> = params
+        .named_of(params.flat())
+        .into_iter()
+        .map(|(n, t)| (format!("model.{n}"), t))
+        .collect();
+    if let Some(ema) = ema {
+        named.extend(
+            params
+                .named_of(&ema.weights)
+                .into_iter()
+                .map(|(n, t)| (format!("ema.{n}"), t)),
+        );
+    }
+    named.push(("optim.exp_avg".into(), adam.exp_avg.to(Device::Cpu)));
+    named.push(("optim.exp_avg_sq".into(), adam.exp_avg_sq.to(Device::Cpu)));
+    named.push(("state.step".into(), Tensor::from_slice(&[adam.step as i64])));
+    let steps: Vec<i64> = loss_curve.iter().map(|p| p.step as i64).collect();
+    let losses: Vec<f64> = loss_curve.iter().map(|p| p.loss).collect();
+    named.push(("state.loss_steps".into(), Tensor::from_slice(&steps)));
+    named.push(("state.loss_values".into(), Tensor::from_slice(&losses)));
+    Ok(save_tensors(&named, path)?)
+}
+
+/// Restores weights, EMA, optimizer moments and step; returns the loss curve so far.
+fn load_checkpoint(path: &Path, model: &mut FlowModel) -> Result<Vec<LossPoint>, TrainError> {
+    let (net, adam, ema) = (&model.net, &mut model.adam, model.ema.as_mut());
+    let named = load_tensors(path)?;
+    let mismatch = |detail: String| {
+        TrainError::Model(ferroflow_models::ModelError::CheckpointMismatch {
+            path: PathBuf::from(path),
+            detail,
+        })
+    };
+    let mut model = Vec::new();
+    let mut ema_named = Vec::new();
+    let mut rest = std::collections::BTreeMap::new();
+    for (name, tensor) in named {
+        if let Some(n) = name.strip_prefix("model.") {
+            model.push((n.to_owned(), tensor));
+        } else if let Some(n) = name.strip_prefix("ema.") {
+            ema_named.push((n.to_owned(), tensor));
+        } else {
+            rest.insert(name, tensor);
+        }
+    }
+    let params = net.params();
+    params.load_named_into(params.flat(), model, path)?;
+    if let Some(ema) = ema {
+        if ema_named.is_empty() {
+            return Err(mismatch(
+                "the config asks for an EMA but the checkpoint has none".into(),
+            ));
+        }
+        params.load_named_into(&ema.weights, ema_named, path)?;
+    }
+    let mut take = |key: &str| {
+        rest.remove(key)
+            .ok_or_else(|| mismatch(format!("`{key}` is missing")))
+    };
+    let exp_avg = take("optim.exp_avg")?;
+    let exp_avg_sq = take("optim.exp_avg_sq")?;
+    if exp_avg.size() != params.flat().size() || exp_avg_sq.size() != params.flat().size() {
+        return Err(mismatch(format!(
+            "optimizer state has {:?} entries, the model {:?}",
+            exp_avg.size(),
+            params.flat().size()
+        )));
+    }
+    let device = params.device();
+    adam.exp_avg = exp_avg.to(device);
+    adam.exp_avg_sq = exp_avg_sq.to(device);
+    adam.step = take("state.step")?.int64_value(&[0]) as usize;
+    let steps = Vec::<i64>::try_from(take("state.loss_steps")?).map_err(|e| mismatch(e.to_string()))?;
+    let losses = Vec::<f64>::try_from(take("state.loss_values")?).map_err(|e| mismatch(e.to_string()))?;
+    Ok(steps
+        .into_iter()
+        .zip(losses)
+        .map(|(s, l)| LossPoint {
+            step: s as usize,
+            loss: l,
+        })
+        .collect())
+}

@@ -1,0 +1,141 @@
+//! `ferroflow bench train`: training throughput in the setting of torchcfm's 2D examples (8gaussians ->
+//! moons, batch 256, MLP 3 x 64 SELU, Adam, CPU), for I-CFM (independent coupling) and OT-CFM (exact OT),
+//! reported as the median steps/s of several repetitions, with ratios to torchcfm's figures measured on
+//! this kind of machine (reference.md: 307 and 109 steps/s), or to torchcfm run side by side when a Python
+//! with torch and torchcfm is given (`--peer-python PYTHON`, `PYTHONPATH` passed through).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use ferroflow_engine::RunConfig;
+
+use crate::timing::median;
+
+/// torchcfm 1.0.7's steps/s measured on this kind of machine (../shared/reference.md).
+const TORCHCFM_REFERENCE: [(&str, f64); 2] = [("I-CFM", 307.0), ("OT-CFM", 109.0)];
+
+fn bench_config(
+    name: &str,
+    coupling: &str,
+    steps: usize,
+    threads: usize,
+    out_dir: &Path,
+) -> Result<RunConfig> {
+    let text = format!(
+        "[run]\nname = \"{name}\"\nout_dir = \"{}\"\nthreads = {threads}\n\n\
+         [data]\nsource = {{ kind = \"8gaussians\" }}\ntarget = {{ kind = \"moons\" }}\n\n\
+         [flow]\nsigma = 0.1\ncoupling = {{ kind = \"{coupling}\" }}\n\n\
+         [train]\nsteps = {steps}\nbatch_size = 256\ncheckpoint_every = 0\nlog_every = 1000\n\n\
+         [sample]\nn_samples = 16\nsteps = 2\n",
+        out_dir.display()
+    );
+    Ok(RunConfig::parse(&text, Path::new("<bench train>"))?)
+}
+
+/// Settings of `ferroflow bench train`.
+#[derive(Clone, Debug)]
+pub struct TrainBenchSettings {
+    /// Steps per timed run.
+    pub steps: usize,
+    /// Timed runs per setting (the median is reported).
+    pub repeats: usize,
+    /// libtorch thread counts to measure, comma-separated.
+    pub threads: Vec<usize>,
+    /// A Python with torch and torchcfm: also run torchcfm's loop in the same setting, side by side.
+    pub peer_python: Option<String>,
+}
+
+/// Runs the benchmark.
+pub fn run(args: &TrainBenchSettings) -> Result<()> {
+    let TrainBenchSettings {
+        steps,
+        repeats,
+        ref threads,
+        ref peer_python,
+    } = *args;
+    if steps == 0 || repeats == 0 {
+        bail!("--steps and --repeats must be at least 1");
+    }
+    let out_dir = std::env::temp_dir().join(format!("ferroflow-bench-train-{}", std::process::id()));
+    let mut rows = Vec::new();
+    for (label, coupling) in [("I-CFM", "independent"), ("OT-CFM", "exact_ot")] {
+        for &t in threads {
+            let mut rates = Vec::new();
+            for rep in 0..repeats {
+                let config = bench_config(&format!("{coupling}-{t}-{rep}"), coupling, steps, t, &out_dir)?;
+                let run_dir = ferroflow_engine::files::create_run_dir(&out_dir, &config.run.name)?;
+                let summary = ferroflow_engine::train::train(&config, &run_dir, false, &mut [])?;
+                rates.push(summary.steps_per_second());
+            }
+            rows.push((label, t, median(&mut rates)));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let peers = match peer_python {
+        Some(python) => Some(peer_rates(python, steps)?),
+        None => None,
+    };
+    println!(
+        "training throughput, 8gaussians -> moons, batch 256, MLP 3x64 SELU, Adam, CPU; median of {repeats} x {steps} steps\n"
+    );
+    let peer_header = if peers.is_some() {
+        " torchcfm (same run) | ratio |"
+    } else {
+        ""
+    };
+    println!("| method | threads | ferroflow steps/s | torchcfm (reference.md) | ratio |{peer_header}");
+    println!(
+        "|---|---|---|---|---|{}",
+        if peers.is_some() { "---|---|" } else { "" }
+    );
+    for (label, t, rate) in rows {
+        let reference = TORCHCFM_REFERENCE
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map_or(f64::NAN, |(_, r)| *r);
+        let mut line = format!(
+            "| {label} | {t} | {rate:.0} | {reference:.0} | {:.1}x |",
+            rate / reference
+        );
+        if let Some(peers) = &peers {
+            let peer = peers
+                .iter()
+                .find(|(l, _)| *l == label)
+                .map_or(f64::NAN, |(_, r)| *r);
+            line.push_str(&format!(" {peer:.0} | {:.1}x |", rate / peer));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Runs torchcfm's training loop in the same setting and reads its steps/s.
+fn peer_rates(python: &str, steps: usize) -> Result<Vec<(&'static str, f64)>> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/torchcfm_train.py");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg(steps.to_string())
+        .output()
+        .with_context(|| format!("cannot run {python} {script}"))?;
+    if !output.status.success() {
+        bail!(
+            "{script} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut rates = Vec::new();
+    for (label, key) in [("I-CFM", "icfm"), ("OT-CFM", "otcfm")] {
+        let rate = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .with_context(|| format!("{script} printed no `{key} <steps/s>` line"))?;
+        rates.push((label, rate));
+    }
+    Ok(rates)
+}
