@@ -5,7 +5,8 @@
 use anyhow::{Context, Result, bail};
 use ferroflow_engine::RunConfig;
 use ferroflow_engine::guided::GuidanceSettings;
-use ferroflow_guidance::{ClassifierFree, Estimator, ModeSeeking, Normalize, ProbeDistribution, Schedule};
+use ferroflow_guidance::{ClassifierFree, ModeSeeking, Normalize, Schedule};
+use ferroflow_models::{DivergenceEstimator, ProbeDistribution};
 use ferroflow_solvers::{Method, OdeOptions};
 
 /// ODE options of a command that integrates a run's flow; each defaults to the run's `[sample]` section.
@@ -126,10 +127,10 @@ impl GuidanceArgs {
                 let lambda = self.lambda.context("--guidance mode needs --lambda")?;
                 let estimator = match (self.estimator.unwrap_or(EstimatorName::Exact), self.probes) {
                     (EstimatorName::Exact, Some(_)) => bail!("--probes needs --estimator hutchinson"),
-                    (EstimatorName::Exact, None) => Estimator::Exact,
-                    (EstimatorName::Hutchinson, probes) => Estimator::Hutchinson {
+                    (EstimatorName::Exact, None) => DivergenceEstimator::Exact,
+                    (EstimatorName::Hutchinson, probes) => DivergenceEstimator::Hutchinson {
                         probes: probes.unwrap_or(1),
-                        probe: ProbeDistribution::Rademacher,
+                        distribution: ProbeDistribution::Rademacher,
                     },
                 };
                 let config = ModeSeeking {

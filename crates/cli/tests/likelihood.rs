@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use ferroflow_engine::RunConfig;
-use ferroflow_engine::likelihood::{Estimator, log_likelihood};
+use ferroflow_engine::likelihood::log_likelihood;
 use ferroflow_engine::sample::TrainedFlow;
+use ferroflow_models::DivergenceEstimator;
 use ferroflow_solvers::{DataScaling, Method, OdeOptions};
 use ndarray::{Array1, array};
 use tch::{Device, Kind, Tensor};
@@ -62,7 +63,7 @@ w2_samples = 200
 
     let data = points(100, 6);
     let options = OdeOptions::fixed(Method::Midpoint, 20);
-    let exact = log_likelihood(&flow, &data, Estimator::Exact, &options).unwrap();
+    let exact = log_likelihood(&flow, &data, DivergenceEstimator::Exact, &options).unwrap();
     assert_eq!(exact.log_density.len(), 100);
     assert!(exact.log_density.iter().all(|v| v.is_finite()));
     assert_eq!(exact.field_evals, 40);
@@ -70,7 +71,7 @@ w2_samples = 200
     assert!((bits + exact.mean() / (2.0 * std::f64::consts::LN_2)).abs() < 1e-12);
 
     let wrong = Tensor::zeros([100, 3], (Kind::Float, Device::Cpu));
-    let err = log_likelihood(&flow, &wrong, Estimator::Exact, &options).unwrap_err();
+    let err = log_likelihood(&flow, &wrong, DivergenceEstimator::Exact, &options).unwrap_err();
     let message = err.to_string();
     assert!(
         message.contains("[100, 3]") && message.contains("[100, 2]"),

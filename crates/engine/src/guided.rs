@@ -81,8 +81,8 @@ fn integrate<F: Field<Tensor>>(
 mod tests {
     use std::path::Path;
 
-    use ferroflow_guidance::Estimator;
     use ferroflow_guidance::{Normalize, Schedule};
+    use ferroflow_models::DivergenceEstimator;
     use ferroflow_solvers::Method;
 
     use super::*;
@@ -106,7 +106,7 @@ mod tests {
         GuidanceSettings {
             mode_seeking: Some(ModeSeeking {
                 lambda,
-                estimator: Estimator::Exact,
+                estimator: DivergenceEstimator::Exact,
                 schedule: Schedule::Constant,
                 normalize: Normalize::None,
                 seed: 0,

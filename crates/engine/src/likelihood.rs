@@ -11,7 +11,7 @@
 //! autograd graph, so it is tested against closed-form flows through the same code path as networks.
 
 use ferroflow_models::ModelError;
-use ferroflow_models::autograd::{AutogradDivergence, DivergenceMethod, HutchinsonOptions};
+use ferroflow_models::autograd::{AutogradDivergence, DivergenceEstimator, ProbeSchedule};
 use ferroflow_solvers::{DataScaling, OdeOptions, SolverError, bits_per_dim};
 use ndarray::Array1;
 use tch::{Kind, Tensor};
@@ -22,24 +22,13 @@ use crate::sample::TrainedFlow;
 /// Points per solve unless told otherwise: bounds the memory of the autograd graphs.
 pub const DEFAULT_CHUNK_SIZE: usize = 2000;
 
-/// How the divergence is computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Estimator {
-    /// Exactly: one vector-Jacobian product per dimension at every field evaluation.
-    Exact,
-    /// Hutchinson's unbiased estimate with `n_probes` Rademacher probes, fixed for each chunk's solve (so
-    /// adaptive methods see a smooth ODE): one vector-Jacobian product per probe.
-    Hutchinson {
-        /// Probes per evaluation.
-        n_probes: usize,
-    },
-}
-
 /// Settings beyond the estimator and the ODE options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LikelihoodSettings {
-    /// How the divergence is computed.
-    pub estimator: Estimator,
+    /// How the divergence is computed: exactly (one vector-Jacobian product per dimension at every field
+    /// evaluation) or by Hutchinson's estimate, whose probes are fixed for each chunk's solve (so adaptive
+    /// methods see a smooth ODE).
+    pub estimator: DivergenceEstimator,
     /// Points per solve.
     pub chunk_size: usize,
     /// Seed of Hutchinson's probes (chunk `k` uses a stream derived from it and `k`).
@@ -48,7 +37,7 @@ pub struct LikelihoodSettings {
 
 impl LikelihoodSettings {
     /// `estimator` with the default chunk size and seed `seed`.
-    pub fn new(estimator: Estimator, seed: u64) -> Self {
+    pub fn new(estimator: DivergenceEstimator, seed: u64) -> Self {
         Self {
             estimator,
             chunk_size: DEFAULT_CHUNK_SIZE,
@@ -167,7 +156,7 @@ impl Likelihood {
 pub fn log_likelihood(
     flow: &TrainedFlow,
     data: &Tensor,
-    estimator: Estimator,
+    estimator: DivergenceEstimator,
     options: &OdeOptions,
 ) -> Result<Likelihood, LikelihoodError> {
     log_likelihood_with(
@@ -224,7 +213,7 @@ where
             detail: "must be at least 1".into(),
         });
     }
-    if let Estimator::Hutchinson { n_probes: 0 } = settings.estimator {
+    if let DivergenceEstimator::Hutchinson { probes: 0, .. } = settings.estimator {
         return Err(LikelihoodError::Setting {
             key: "n_probes",
             detail: "must be at least 1".into(),
@@ -236,17 +225,12 @@ where
     for (chunk_idx, first) in (0..n_samples).step_by(settings.chunk_size).enumerate() {
         let end = (first + settings.chunk_size).min(n_samples);
         let chunk = data.narrow(0, first as i64, (end - first) as i64);
-        let method = match settings.estimator {
-            Estimator::Exact => DivergenceMethod::Exact,
-            Estimator::Hutchinson { n_probes } => {
-                // Distinct, reproducible probes per chunk (an odd multiplier spreads the streams).
-                let seed = settings
-                    .seed
-                    .wrapping_add((chunk_idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                DivergenceMethod::Hutchinson(HutchinsonOptions::fixed(n_probes, seed))
-            }
-        };
-        let mut field = AutogradDivergence::new(&mut velocity, method)?;
+        // Distinct, reproducible probes per chunk (an odd multiplier spreads the seeds).
+        let seed = settings
+            .seed
+            .wrapping_add((chunk_idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut field =
+            AutogradDivergence::new(&mut velocity, settings.estimator, ProbeSchedule::fixed(seed))?;
         let result =
             ferroflow_solvers::log_likelihood(&mut field, &chunk, |x0| source.log_density(x0), options)
                 .map_err(|source| LikelihoodError::Solver { first, end, source })?;

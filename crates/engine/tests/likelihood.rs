@@ -4,8 +4,9 @@
 
 use ferroflow_engine::data::Dataset;
 use ferroflow_engine::likelihood::{
-    Estimator, GaussianSource, LikelihoodError, LikelihoodSettings, log_likelihood_of_field,
+    GaussianSource, LikelihoodError, LikelihoodSettings, log_likelihood_of_field,
 };
+use ferroflow_models::DivergenceEstimator;
 use ferroflow_paths::{AffinePath, CondOtScheduler, GaussianMixture, MixtureMarginal};
 use ferroflow_solvers::{Method, OdeOptions};
 use ndarray::{Array1, Array2};
@@ -112,7 +113,7 @@ fn exact_likelihood_matches_the_closed_form_mixture_density() {
         let x = points(60, 2);
         let want = closed_form_log_density(&marginal, &x);
         let settings = LikelihoodSettings {
-            estimator: Estimator::Exact,
+            estimator: DivergenceEstimator::Exact,
             chunk_size: 25,
             seed: 0,
         };
@@ -162,7 +163,7 @@ fn chunking_does_not_change_the_result() {
     let options = OdeOptions::fixed(Method::Rk4, 50);
     let run = |chunk_size| {
         let settings = LikelihoodSettings {
-            estimator: Estimator::Exact,
+            estimator: DivergenceEstimator::Exact,
             chunk_size,
             seed: 0,
         };
@@ -204,8 +205,8 @@ fn hutchinson_is_unbiased_within_its_standard_error() {
         )
         .unwrap()
     };
-    let exact = run(Estimator::Exact);
-    let hutchinson = run(Estimator::Hutchinson { n_probes: 1 });
+    let exact = run(DivergenceEstimator::Exact);
+    let hutchinson = run(DivergenceEstimator::hutchinson(1));
     let differences: Vec<f64> = hutchinson
         .log_density
         .iter()
@@ -228,10 +229,10 @@ fn hutchinson_is_unbiased_within_its_standard_error() {
         "bias {mean} vs standard error {standard_error}"
     );
     // Same seed, same probes: reproducible.
-    let again = run(Estimator::Hutchinson { n_probes: 1 });
+    let again = run(DivergenceEstimator::hutchinson(1));
     assert_eq!(again.log_density, hutchinson.log_density);
     // More probes, less noise.
-    let four = run(Estimator::Hutchinson { n_probes: 4 });
+    let four = run(DivergenceEstimator::hutchinson(4));
     let sd4 = {
         let d: Vec<f64> = four
             .log_density
@@ -263,7 +264,7 @@ fn non_gaussian_sources_and_bad_settings_are_refused() {
     );
     let x = points(4, 5);
     let bad = LikelihoodSettings {
-        estimator: Estimator::Hutchinson { n_probes: 0 },
+        estimator: DivergenceEstimator::hutchinson(0),
         chunk_size: 10,
         seed: 0,
     };

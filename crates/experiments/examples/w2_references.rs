@@ -11,13 +11,23 @@ use ferroflow_engine::RunConfig;
 use ferroflow_experiments::bench2d::{REFERENCE_DRAWS, source_target_w2_sq};
 
 fn main() -> Result<()> {
-    let dir = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "configs/bench2d".into()));
+    let dir = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "configs/bench2d".into()),
+    );
     let mut tasks: BTreeMap<String, PathBuf> = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let stem = path.file_stem().unwrap_or_default().to_string_lossy().into_owned();
-            let task = stem.rsplit_once('-').map_or(stem.clone(), |(task, _)| task.to_owned());
+            let stem = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let task = stem
+                .rsplit_once('-')
+                .map_or(stem.clone(), |(task, _)| task.to_owned());
             tasks.entry(task).or_insert(path);
         }
     }

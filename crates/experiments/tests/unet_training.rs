@@ -94,7 +94,7 @@ fn a_conditional_unet_trains_and_samples_through_the_engine() {
 fn image_eval_measures_the_run(dir: &Path, run_dir: &Path) {
     use ferroflow_engine::images::{ClassifierTraining, train_fashion_mnist_classifier};
     use ferroflow_experiments::image_eval::{ImageEvalSettings, evaluate, normalize_text};
-    use ferroflow_guidance::{Estimator, Normalize, ProbeDistribution, Schedule};
+    use ferroflow_guidance::{DivergenceEstimator, Normalize, ProbeDistribution, Schedule};
 
     let classifier = dir.join("classifier.safetensors");
     let training = ClassifierTraining {
@@ -110,9 +110,9 @@ fn image_eval_measures_the_run(dir: &Path, run_dir: &Path) {
         n: 15,
         cfg: vec![0.0, 1.0],
         lambda: vec![0.0, 0.1],
-        estimator: Estimator::Hutchinson {
+        estimator: DivergenceEstimator::Hutchinson {
             probes: 1,
-            probe: ProbeDistribution::Rademacher,
+            distribution: ProbeDistribution::Rademacher,
         },
         normalize: Normalize::Clip { scale: 1.0 },
         schedule: Schedule::Constant,

@@ -4,13 +4,14 @@
 //! In TOML:
 //! ```toml
 //! lambda = 0.1
-//! estimator = { kind = "hutchinson", probes = 4, probe = "rademacher" }
+//! estimator = { kind = "hutchinson", probes = 4, distribution = "rademacher" }
 //! schedule = { kind = "window", t_start = 0.2, t_end = 0.9 }
 //! normalize = { kind = "clip", scale = 1.0 }
 //! seed = 0
 //! ```
 
-use ferroflow_models::autograd::ProbeKind;
+use ferroflow_models::ModelError;
+use ferroflow_models::autograd::DivergenceEstimator;
 use serde::{Deserialize, Serialize};
 
 use crate::GuidanceError;
@@ -22,9 +23,10 @@ use crate::GuidanceError;
 pub struct ModeSeeking {
     /// The guidance strength `lambda >= 0` (0 samples the plain flow, bit for bit).
     pub lambda: f64,
-    /// How `g` is computed.
+    /// How `g` is computed: exactly, or by Hutchinson's estimator with probes drawn afresh at every field
+    /// evaluation.
     #[serde(default)]
-    pub estimator: Estimator,
+    pub estimator: DivergenceEstimator,
     /// How the strength varies with time.
     #[serde(default)]
     pub schedule: Schedule,
@@ -41,7 +43,7 @@ impl ModeSeeking {
     pub fn exact(lambda: f64) -> Self {
         Self {
             lambda,
-            estimator: Estimator::Exact,
+            estimator: DivergenceEstimator::Exact,
             schedule: Schedule::Constant,
             normalize: Normalize::None,
             seed: 0,
@@ -52,10 +54,7 @@ impl ModeSeeking {
     pub fn hutchinson(lambda: f64, probes: usize, seed: u64) -> Self {
         Self {
             lambda,
-            estimator: Estimator::Hutchinson {
-                probes,
-                probe: ProbeDistribution::Rademacher,
-            },
+            estimator: DivergenceEstimator::hutchinson(probes),
             schedule: Schedule::Constant,
             normalize: Normalize::None,
             seed,
@@ -67,7 +66,11 @@ impl ModeSeeking {
         if !self.lambda.is_finite() || self.lambda < 0.0 {
             return invalid("lambda", format!("{} must be finite and >= 0", self.lambda));
         }
-        self.estimator.validate()?;
+        self.estimator.validate().map_err(|err| match err {
+            // The estimator's own key (`estimator.probes`) is the key of this setting too.
+            ModelError::InvalidConfig { key, detail } => GuidanceError::InvalidConfig { key, detail },
+            other => GuidanceError::Model(other),
+        })?;
         self.schedule.validate()?;
         self.normalize.validate()
     }
@@ -75,53 +78,6 @@ impl ModeSeeking {
     /// The strength at time `t`: `lambda * schedule(t)`.
     pub fn lambda_at(&self, t: f64) -> f64 {
         self.lambda * self.schedule.factor(t)
-    }
-}
-
-/// How the divergence gradient is computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(tag = "kind", rename_all = "snake_case", try_from = "RawEstimator")]
-pub enum Estimator {
-    /// Exactly: `D` vector-Jacobian products with `create_graph`, then one backward pass.
-    #[default]
-    Exact,
-    /// Hutchinson's estimator: `probes` vector-Jacobian products, then one backward pass; unbiased.
-    Hutchinson {
-        /// Probes per evaluation, at least 1 (fresh probes at every field evaluation).
-        probes: usize,
-        /// Their distribution.
-        #[serde(default)]
-        probe: ProbeDistribution,
-    },
-}
-
-impl Estimator {
-    /// Checks the number of probes.
-    pub fn validate(&self) -> Result<(), GuidanceError> {
-        if let Estimator::Hutchinson { probes: 0, .. } = self {
-            return invalid("estimator.probes", "must be at least 1 (got 0)".into());
-        }
-        Ok(())
-    }
-}
-
-/// The distribution of Hutchinson probes (config form of [`ProbeKind`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeDistribution {
-    /// Entries +-1: the lowest variance.
-    #[default]
-    Rademacher,
-    /// Standard normal entries.
-    Gaussian,
-}
-
-impl From<ProbeDistribution> for ProbeKind {
-    fn from(value: ProbeDistribution) -> Self {
-        match value {
-            ProbeDistribution::Rademacher => ProbeKind::Rademacher,
-            ProbeDistribution::Gaussian => ProbeKind::Gaussian,
-        }
     }
 }
 
@@ -247,41 +203,9 @@ impl ClassifierFree {
     }
 }
 
-// serde ignores unknown fields next to the tag of a unit variant (`{ kind = "exact", probes = 3 }` would
-// parse), so the enums are read through flat structs that refuse unknown keys and keys of another kind.
-
-#[derive(Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum EstimatorKind {
-    Exact,
-    Hutchinson,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEstimator {
-    kind: EstimatorKind,
-    probes: Option<usize>,
-    probe: Option<ProbeDistribution>,
-}
-
-impl TryFrom<RawEstimator> for Estimator {
-    type Error = String;
-
-    fn try_from(raw: RawEstimator) -> Result<Self, String> {
-        match (raw.kind, raw.probes) {
-            (EstimatorKind::Exact, None) if raw.probe.is_none() => Ok(Estimator::Exact),
-            (EstimatorKind::Exact, _) => {
-                Err("`probes` and `probe` belong to kind = \"hutchinson\", not \"exact\"".into())
-            }
-            (EstimatorKind::Hutchinson, Some(probes)) => Ok(Estimator::Hutchinson {
-                probes,
-                probe: raw.probe.unwrap_or_default(),
-            }),
-            (EstimatorKind::Hutchinson, None) => Err("kind = \"hutchinson\" needs `probes`".into()),
-        }
-    }
-}
+// serde ignores unknown fields next to the tag of a unit variant (`{ kind = "constant", power = 2.0 }` would
+// parse), so the enums are read through flat structs that refuse unknown keys and keys of another kind (as
+// `DivergenceEstimator` is in the models crate).
 
 #[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -39,7 +39,7 @@ where
 }
 
 /// `g` by Hutchinson's estimator: the divergence estimated as `mean_k e_k^T (dv/dx) e_k` over `probes`
-/// (`[K, batch, ...]`, each shaped like `x`; draw them with `ferroflow_models::autograd::ProbeKind::draw`),
+/// (`[K, batch, ...]`, each shaped like `x`; draw them with `ferroflow_models::ProbeDistribution::draw`),
 /// then the gradient of minus that estimate. Unbiased for `g` when `E[e e^T] = I`: the estimate is linear in
 /// `e e^T`, and differentiation commutes with the expectation.
 pub fn divergence_gradient_hutchinson<F>(

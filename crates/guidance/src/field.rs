@@ -10,14 +10,14 @@
 //! random, which fixed-step methods average along the trajectory; adaptive methods see that noise in their
 //! error estimate, so prefer fixed steps (or the exact estimator) with them.
 
-use ferroflow_models::autograd::ProbeKind;
+use ferroflow_models::autograd::DivergenceEstimator;
 use ferroflow_solvers::{Field, SolverError};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Kind, Tensor};
 
 use crate::GuidanceError;
-use crate::config::{Estimator, ModeSeeking, Normalize};
+use crate::config::{ModeSeeking, Normalize};
 use crate::estimator::{divergence_gradient_exact, divergence_gradient_hutchinson};
 
 /// Counts of a [`ModeSeekingField`]'s work.
@@ -70,9 +70,9 @@ impl<V: FnMut(&Tensor, f64) -> Tensor> ModeSeekingField<V> {
         }
         self.stats.guided_evals += 1;
         let result = match self.config.estimator {
-            Estimator::Exact => divergence_gradient_exact(|x| velocity(x, t), x)?,
-            Estimator::Hutchinson { probes, probe } => {
-                let probes = ProbeKind::from(probe).draw(probes, x, &mut self.rng);
+            DivergenceEstimator::Exact => divergence_gradient_exact(|x| velocity(x, t), x)?,
+            DivergenceEstimator::Hutchinson { probes, distribution } => {
+                let probes = distribution.draw(probes, x, &mut self.rng);
                 divergence_gradient_hutchinson(|x| velocity(x, t), x, &probes)?
             }
         };

@@ -9,7 +9,8 @@
 //!   ([`divergence_gradient_hutchinson`], `K` probes, one backward pass each, then one more), batched over
 //!   samples, for any velocity closure `Fn(&Tensor) -> Tensor` at a fixed time.
 //! - [`config`]: the settings as serde structs (`deny_unknown_fields`), validated once: [`ModeSeeking`]
-//!   (lambda, [`Estimator`], [`Schedule`], [`Normalize`]) and [`ClassifierFree`].
+//!   (lambda, [`DivergenceEstimator`] (the models crate's, re-exported), [`Schedule`], [`Normalize`]) and
+//!   [`ClassifierFree`].
 //! - [`field`]: [`ModeSeekingField`], `v + lambda(t) g` as a `ferroflow_solvers::Field<Tensor>`, so every ODE
 //!   method of the solvers crate samples with it.
 //! - [`cfg`]: classifier-free guidance `(1 + w) v(x, t | c) - w v(x, t | null)` over a class-conditional
@@ -39,8 +40,11 @@ pub mod field;
 pub mod mixture;
 
 pub use cfg::{classifier_free_velocity, combine_classifier_free};
-pub use config::{ClassifierFree, Estimator, ModeSeeking, Normalize, ProbeDistribution, Schedule};
+pub use config::{ClassifierFree, ModeSeeking, Normalize, Schedule};
 pub use estimator::{DivergenceGradient, divergence_gradient_exact, divergence_gradient_hutchinson};
+// The estimator settings are the models crate's, shared with likelihoods; re-exported so guidance settings
+// can be written with this crate alone.
+pub use ferroflow_models::autograd::{DivergenceEstimator, ProbeDistribution};
 pub use field::{GuidanceStats, ModeSeekingField, normalize_gradient};
 pub use mixture::MixtureVelocity;
 

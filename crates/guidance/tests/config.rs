@@ -2,8 +2,8 @@
 //! a window that ends before it starts, bad scales and weights, and unknown keys.
 
 use ferroflow_guidance::{
-    ClassifierFree, Estimator, GuidanceError, ModeSeeking, ModeSeekingField, Normalize, ProbeDistribution,
-    Schedule,
+    ClassifierFree, DivergenceEstimator, GuidanceError, ModeSeeking, ModeSeekingField, Normalize,
+    ProbeDistribution, Schedule,
 };
 use tch::Tensor;
 
@@ -39,9 +39,9 @@ fn bad_lambda_is_refused_naming_the_key() {
 fn zero_probes_are_refused() {
     let mut config = ModeSeeking::hutchinson(0.1, 0, 0);
     assert_eq!(key_of(config.validate()), "estimator.probes");
-    config.estimator = Estimator::Hutchinson {
+    config.estimator = DivergenceEstimator::Hutchinson {
         probes: 1,
-        probe: ProbeDistribution::Gaussian,
+        distribution: ProbeDistribution::Gaussian,
     };
     assert!(config.validate().is_ok());
 }
@@ -105,9 +105,9 @@ fn toml_form_parses_and_refuses_unknown_keys() {
     .unwrap();
     assert_eq!(
         config.estimator,
-        Estimator::Hutchinson {
+        DivergenceEstimator::Hutchinson {
             probes: 4,
-            probe: ProbeDistribution::Gaussian
+            distribution: ProbeDistribution::Gaussian
         }
     );
     assert!(config.validate().is_ok());

@@ -1,9 +1,12 @@
 //! The divergence-gradient estimators against closed forms: finite differences of an analytic divergence,
 //! zero for linear fields (no crash on a root without a gradient), the Gaussian-mixture marginal field of
-//! ferroflow-paths, and Hutchinson's mean against the exact gradient.
+//! ferroflow-paths, Hutchinson's mean against the exact gradient, and one [`DivergenceEstimator`] value
+//! driving both a likelihood's divergence field and a guided field.
 
-use ferroflow_guidance::{MixtureVelocity, divergence_gradient_exact, divergence_gradient_hutchinson};
-use ferroflow_models::autograd::ProbeKind;
+use ferroflow_guidance::{
+    MixtureVelocity, ModeSeeking, ModeSeekingField, divergence_gradient_exact, divergence_gradient_hutchinson,
+};
+use ferroflow_models::autograd::{AutogradDivergence, DivergenceEstimator, ProbeDistribution, ProbeSchedule};
 use ferroflow_models::{Mlp, MlpConfig, VelocityNet};
 use ferroflow_paths::{AffinePath, CondOtScheduler, GaussianMixture, MixtureMarginal};
 use ndarray::{Array1, Array2, Array3, array};
@@ -87,7 +90,7 @@ fn linear_fields_have_zero_gradient_without_crashing() {
     // An analytic linear field: the divergence is a constant without a gradient.
     let linear = |x: &Tensor| x.matmul(&matrix(A).tr());
     let exact = divergence_gradient_exact(linear, &x).unwrap();
-    let probes = ProbeKind::Rademacher.draw(3, &x, &mut ChaCha8Rng::seed_from_u64(1));
+    let probes = ProbeDistribution::Rademacher.draw(3, &x, &mut ChaCha8Rng::seed_from_u64(1));
     let estimate = divergence_gradient_hutchinson(linear, &x, &probes).unwrap();
     for result in [&exact, &estimate] {
         assert_eq!(result.gradient.size(), x.size());
@@ -106,7 +109,7 @@ fn linear_fields_have_zero_gradient_without_crashing() {
     let layer = |x: &Tensor| x.matmul(&weight.tr()) + 1.0;
     let result = divergence_gradient_exact(layer, &x).unwrap();
     assert_eq!(result.gradient.abs().max().double_value(&[]), 0.0);
-    let probes = ProbeKind::Gaussian.draw(2, &x, &mut ChaCha8Rng::seed_from_u64(2));
+    let probes = ProbeDistribution::Gaussian.draw(2, &x, &mut ChaCha8Rng::seed_from_u64(2));
     let result = divergence_gradient_hutchinson(layer, &x, &probes).unwrap();
     assert_eq!(result.gradient.abs().max().double_value(&[]), 0.0);
 }
@@ -218,7 +221,10 @@ fn hutchinson_mean_is_within_four_standard_errors_of_the_exact_gradient() {
     let pts = points();
     let x = batch(&pts);
     let exact = values(&divergence_gradient_exact(nonlinear_field, &x).unwrap().gradient);
-    for (kind, seed) in [(ProbeKind::Rademacher, 11), (ProbeKind::Gaussian, 12)] {
+    for (kind, seed) in [
+        (ProbeDistribution::Rademacher, 11),
+        (ProbeDistribution::Gaussian, 12),
+    ] {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let n_runs = 400;
         let runs: Vec<Vec<f64>> = (0..n_runs)
@@ -259,11 +265,169 @@ fn hutchinson_mean_is_within_four_standard_errors_of_the_exact_gradient() {
 fn many_probes_at_once_average_like_separate_runs() {
     let x = batch(&points());
     let exact = divergence_gradient_exact(nonlinear_field, &x).unwrap();
-    let probes = ProbeKind::Rademacher.draw(4000, &x, &mut ChaCha8Rng::seed_from_u64(5));
+    let probes = ProbeDistribution::Rademacher.draw(4000, &x, &mut ChaCha8Rng::seed_from_u64(5));
     let estimate = divergence_gradient_hutchinson(nonlinear_field, &x, &probes).unwrap();
     let error = (&estimate.gradient - &exact.gradient)
         .abs()
         .max()
         .double_value(&[]);
     assert!(error < 0.05, "max error {error}");
+}
+
+/// The likelihood's use of an estimator: a divergence field with probes drawn once from `seed`, evaluated
+/// twice at `x` (the same probes both times).
+fn likelihood_divergences(estimator: DivergenceEstimator, seed: u64, x: &Tensor) -> [Vec<f64>; 2] {
+    let velocity = |x: &Tensor, _t: f64| nonlinear_field(x);
+    let mut field = AutogradDivergence::new(velocity, estimator, ProbeSchedule::fixed(seed)).unwrap();
+    [0, 1].map(|_| values(&field.velocity_and_divergence(0.0, x).unwrap().1))
+}
+
+/// Guidance's use of an estimator: a mode-seeking field with `lambda = 0.5`, probes drawn from `seed` afresh
+/// at every evaluation, evaluated twice at `x`.
+fn guided_velocities(estimator: DivergenceEstimator, seed: u64, x: &Tensor) -> [Vec<f64>; 2] {
+    let mut config = ModeSeeking::exact(0.5);
+    config.estimator = estimator;
+    config.seed = seed;
+    let velocity = |x: &Tensor, _t: f64| nonlinear_field(x);
+    let mut field = ModeSeekingField::new(velocity, config).unwrap();
+    [0, 1].map(|_| values(&field.guided_velocity(0.0, x).unwrap()))
+}
+
+fn assert_pinned(got: &[f64], pinned: &[f64], what: &str) {
+    assert_eq!(got.len(), pinned.len(), "{what}");
+    for (g, p) in got.iter().zip(pinned) {
+        assert!(
+            (g - p).abs() < 1e-12 * (1.0 + p.abs()),
+            "{what}: {got:?} vs {pinned:?}"
+        );
+    }
+}
+
+#[test]
+fn one_estimator_value_drives_likelihood_and_guidance_as_the_separate_types_did() {
+    // The numbers were computed, in f64, by the code before the estimator types were merged: the
+    // likelihood's `DivergenceMethod::Hutchinson(HutchinsonOptions { refresh: Fixed, seed: 11, .. })` and
+    // guidance's `Estimator::Hutchinson { .. }` with `seed = 11`. The probes come from the same ChaCha8 stream
+    // in both uses, so a change in how either draws them shows here.
+    let x = batch(&points()[..2]);
+    let gaussian = DivergenceEstimator::Hutchinson {
+        probes: 3,
+        distribution: ProbeDistribution::Gaussian,
+    };
+    let rademacher = DivergenceEstimator::Hutchinson {
+        probes: 2,
+        distribution: ProbeDistribution::Rademacher,
+    };
+    let cases: [(DivergenceEstimator, [f64; 2], [[f64; 6]; 2]); 2] = [
+        (
+            gaussian,
+            [3.560030756859636, 3.470048797221279],
+            [
+                [
+                    0.3203472057888623,
+                    -1.55052900398708,
+                    0.4319394453387084,
+                    -0.7897613030451809,
+                    -1.5194427897473775,
+                    0.42629151771111673,
+                ],
+                [
+                    0.4604128020611695,
+                    -0.6717157259039718,
+                    0.5995201299701196,
+                    -0.5702462304709619,
+                    -1.0905887799689826,
+                    0.6405754879849742,
+                ],
+            ],
+        ),
+        (
+            rademacher,
+            [1.7051705828601664, 2.9924401414219455],
+            [
+                [
+                    0.5994660910344614,
+                    -1.2500417851894223,
+                    0.8005636686413057,
+                    -0.6685783555395448,
+                    -1.3827048117464749,
+                    0.6469707098779056,
+                ],
+                [
+                    0.31189825891051987,
+                    -1.020580589823719,
+                    0.6021767313022699,
+                    -1.1401369194257998,
+                    -1.7365107646583589,
+                    0.6143359216148759,
+                ],
+            ],
+        ),
+    ];
+    for (estimator, divergence_pin, guided_pin) in cases {
+        let [first, second] = likelihood_divergences(estimator, 11, &x);
+        assert_pinned(&first, &divergence_pin, &format!("{estimator}: likelihood"));
+        assert_eq!(first, second, "{estimator}: fixed probes give one value");
+        // The guided field's first evaluation draws the likelihood's probes: the same divergence underlies it.
+        let probes = match estimator {
+            DivergenceEstimator::Hutchinson { probes, distribution } => {
+                distribution.draw(probes, &x, &mut ChaCha8Rng::seed_from_u64(11))
+            }
+            DivergenceEstimator::Exact => unreachable!("only Hutchinson cases are pinned"),
+        };
+        let direct = divergence_gradient_hutchinson(nonlinear_field, &x, &probes).unwrap();
+        assert_pinned(
+            &values(&direct.divergence),
+            &divergence_pin,
+            &format!("{estimator}: guidance"),
+        );
+        let guided = guided_velocities(estimator, 11, &x);
+        for (evaluation, pinned) in guided.iter().zip(&guided_pin) {
+            assert_pinned(evaluation, pinned, &format!("{estimator}: guided velocity"));
+        }
+        assert_ne!(
+            guided[0], guided[1],
+            "{estimator}: fresh probes at every evaluation"
+        );
+    }
+}
+
+/// `v_i(x) = tanh(r_i x_i) + 0.1 x_i^2`: nonlinear, with a diagonal Jacobian.
+fn diagonal_field(x: &Tensor) -> Tensor {
+    let rates = Tensor::from_slice(&[0.5f64, -0.3, 0.8]).reshape([1, 3]);
+    (x * rates).tanh() + x * x * 0.1
+}
+
+#[test]
+fn rademacher_hutchinson_is_exact_for_a_diagonal_jacobian_in_both_uses() {
+    // `e^T J e = sum_i J_ii e_i^2 = tr J` for a diagonal `J` and entries `e_i = +-1`, whatever the draw; so
+    // likelihood and guidance must both reproduce the exact estimator with one probe.
+    let x = batch(&points());
+    let velocity = |x: &Tensor, _t: f64| diagonal_field(x);
+    let divergence = |estimator| {
+        let mut field = AutogradDivergence::new(velocity, estimator, ProbeSchedule::fixed(3)).unwrap();
+        values(&field.velocity_and_divergence(0.0, &x).unwrap().1)
+    };
+    let guided = |estimator| {
+        let mut config = ModeSeeking::exact(0.5);
+        config.estimator = estimator;
+        config.seed = 3;
+        let mut field = ModeSeekingField::new(velocity, config).unwrap();
+        values(&field.guided_velocity(0.0, &x).unwrap())
+    };
+    let exact = DivergenceEstimator::Exact;
+    let rademacher = DivergenceEstimator::hutchinson(1);
+    let gaussian = DivergenceEstimator::Hutchinson {
+        probes: 1,
+        distribution: ProbeDistribution::Gaussian,
+    };
+    assert_pinned(&divergence(rademacher), &divergence(exact), "likelihood");
+    assert_pinned(&guided(rademacher), &guided(exact), "guidance");
+    // Gaussian probes have `e_i^2 != 1`: the same check has teeth.
+    let off: f64 = divergence(gaussian)
+        .iter()
+        .zip(divergence(exact))
+        .map(|(g, e)| (g - e).abs())
+        .sum();
+    assert!(off > 1e-3, "Gaussian probes should not be exact here ({off})");
 }

@@ -3,7 +3,8 @@
 //! guidance term per sample.
 
 use ferroflow_guidance::{
-    Estimator, ModeSeeking, ModeSeekingField, Normalize, ProbeDistribution, Schedule, normalize_gradient,
+    DivergenceEstimator, ModeSeeking, ModeSeekingField, Normalize, ProbeDistribution, Schedule,
+    normalize_gradient,
 };
 use ferroflow_models::{Mlp, MlpConfig, VelocityNet};
 use ferroflow_solvers::{Method, OdeOptions, SolverError, solve};
@@ -76,18 +77,18 @@ fn lambda_zero_is_bit_identical_to_plain_sampling_for_every_method() {
 #[test]
 fn positive_lambda_moves_samples_with_every_method() {
     let net = net();
-    let hutchinson = Estimator::Hutchinson {
+    let hutchinson = DivergenceEstimator::Hutchinson {
         probes: 2,
-        probe: ProbeDistribution::Gaussian,
+        distribution: ProbeDistribution::Gaussian,
     };
     for method in Method::ALL {
         let reference = plain(&net, method, 1e-3);
         // Fresh probes at every evaluation make the field random: adaptive step control is only given the
         // exact estimator (as the field's documentation advises).
         let estimators = if method.tableau().is_adaptive() {
-            vec![Estimator::Exact]
+            vec![DivergenceEstimator::Exact]
         } else {
-            vec![Estimator::Exact, hutchinson]
+            vec![DivergenceEstimator::Exact, hutchinson]
         };
         for estimator in estimators {
             let mut config = ModeSeeking::exact(0.2);

@@ -1,6 +1,7 @@
 //! Autograd helpers on tensors: vector-Jacobian products, divergences (exact, or Hutchinson's estimator with
 //! Rademacher or Gaussian probes) and a [`DivergenceField`] over a velocity closure, for likelihoods and
-//! divergence-based guidance.
+//! divergence-based guidance. [`DivergenceEstimator`] says which of the two a caller wants (and, for
+//! Hutchinson, how many probes of which [`ProbeDistribution`]); likelihoods and guidance share it.
 //!
 //! Conventions: dimension 0 is the batch and the rest of a sample is flattened, so an input of shape
 //! `[batch, c, h, w]` is treated as `[batch, D]` with `D = c h w`; divergences come back as `[batch]` in the
@@ -35,6 +36,10 @@ use rand_distr::StandardNormal;
 use tch::Tensor;
 
 use crate::ModelError;
+
+mod estimator;
+
+pub use estimator::{DivergenceEstimator, ProbeDistribution};
 
 /// `J^T c`, the vector-Jacobian product of `output` with respect to `input` along `cotangent` (shaped like
 /// `output`): the gradient of `(output * cotangent).sum()`. Comes back shaped like `input`.
@@ -96,9 +101,9 @@ where
 }
 
 /// Hutchinson's estimate of the divergence, `mean_k e_k^T (df/dx) e_k`, with the probes `e_k` given as
-/// `probes` (`[K, batch, ...]`, each probe shaped like `x`; draw them with [`rademacher_probes`] or
-/// [`gaussian_probes`]). One forward pass and `K` vector-Jacobian products through it. Returns `(f(x),
-/// estimate)`, the estimate shaped `[batch]`; it is unbiased when `E[e e^T] = I`.
+/// `probes` (`[K, batch, ...]`, each probe shaped like `x`; draw them with [`ProbeDistribution::draw`],
+/// [`rademacher_probes`] or [`gaussian_probes`]). One forward pass and `K` vector-Jacobian products through
+/// it. Returns `(f(x), estimate)`, the estimate shaped `[batch]`; it is unbiased when `E[e e^T] = I`.
 ///
 /// `create_graph` and the gradient with respect to `x` behave as in [`divergence_exact`].
 pub fn divergence_hutchinson<F>(
@@ -178,27 +183,7 @@ pub fn gaussian_probes<R: Rng + ?Sized>(n_probes: usize, like: &Tensor, rng: &mu
     probe_tensor(&values, n_probes, like)
 }
 
-/// The distribution of Hutchinson probes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum ProbeKind {
-    /// Entries +-1 ([`rademacher_probes`]): the lowest-variance choice.
-    #[default]
-    Rademacher,
-    /// Standard normal entries ([`gaussian_probes`]).
-    Gaussian,
-}
-
-impl ProbeKind {
-    /// Draws `n_probes` probes shaped like `like` (stacked on a new leading dimension).
-    pub fn draw<R: Rng + ?Sized>(self, n_probes: usize, like: &Tensor, rng: &mut R) -> Tensor {
-        match self {
-            ProbeKind::Rademacher => rademacher_probes(n_probes, like, rng),
-            ProbeKind::Gaussian => gaussian_probes(n_probes, like, rng),
-        }
-    }
-}
-
-/// When the probes of a [`HutchinsonOptions`] estimator are drawn.
+/// When the probes of a Hutchinson [`AutogradDivergence`] field are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ProbeRefresh {
     /// Once, at the first evaluation, then kept for the whole solve: the integrand is one smooth ODE, which
@@ -216,38 +201,38 @@ pub enum ProbeRefresh {
     },
 }
 
-/// Settings of Hutchinson's divergence estimator in an [`AutogradDivergence`] field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HutchinsonOptions {
-    /// Probes per evaluation (one forward pass, this many vector-Jacobian products).
-    pub n_probes: usize,
-    /// Their distribution.
-    pub kind: ProbeKind,
-    /// When they are drawn.
+/// When an [`AutogradDivergence`] field draws its Hutchinson probes, and from which seed. This is the part of
+/// a Hutchinson solve that is not the [`DivergenceEstimator`] itself: the same estimator value describes a
+/// likelihood (probes fixed per solve) and guidance (fresh probes at every evaluation). An exact field
+/// ignores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProbeSchedule {
+    /// When the probes are drawn.
     pub refresh: ProbeRefresh,
     /// Seed of the probes' generator (ChaCha8), so a solve is reproducible.
     pub seed: u64,
 }
 
-impl HutchinsonOptions {
-    /// `n_probes` Rademacher probes, fixed for the whole solve, drawn from `seed`.
-    pub fn fixed(n_probes: usize, seed: u64) -> Self {
+impl ProbeSchedule {
+    /// Probes drawn once from `seed` and kept for the whole solve.
+    pub fn fixed(seed: u64) -> Self {
         Self {
-            n_probes,
-            kind: ProbeKind::Rademacher,
             refresh: ProbeRefresh::Fixed,
             seed,
         }
     }
 
-    /// Checks the ranges.
-    pub fn validate(&self) -> Result<(), ModelError> {
-        if self.n_probes == 0 {
-            return Err(ModelError::InvalidConfig {
-                key: "n_probes",
-                detail: "must be at least 1".into(),
-            });
+    /// Probes drawn from `seed` anew every `evals_per_step` field evaluations (see
+    /// [`ProbeRefresh::EveryStep`]).
+    pub fn every_step(evals_per_step: usize, seed: u64) -> Self {
+        Self {
+            refresh: ProbeRefresh::EveryStep { evals_per_step },
+            seed,
         }
+    }
+
+    /// Checks the ranges: a refresh period of at least one evaluation.
+    pub fn validate(&self) -> Result<(), ModelError> {
         if let ProbeRefresh::EveryStep { evals_per_step: 0 } = self.refresh {
             return Err(ModelError::InvalidConfig {
                 key: "refresh.evals_per_step",
@@ -258,15 +243,6 @@ impl HutchinsonOptions {
     }
 }
 
-/// How an [`AutogradDivergence`] field computes the divergence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DivergenceMethod {
-    /// Exactly, by `D` vector-Jacobian products per evaluation ([`divergence_exact`]).
-    Exact,
-    /// Hutchinson's unbiased estimate ([`divergence_hutchinson`]).
-    Hutchinson(HutchinsonOptions),
-}
-
 /// A [`DivergenceField`] on tensors over a velocity closure `velocity(x, t)` that records the autograd graph
 /// (e.g. a network's forward pass): the velocity and its divergence by autograd, for
 /// `ferroflow_solvers::log_likelihood`.
@@ -274,26 +250,28 @@ pub enum DivergenceMethod {
 /// Values handed to the solver are detached, so the solve builds no graph across steps.
 pub struct AutogradDivergence<F> {
     velocity: F,
-    method: DivergenceMethod,
+    estimator: DivergenceEstimator,
+    schedule: ProbeSchedule,
     rng: ChaCha8Rng,
     probes: Option<Tensor>,
     evals: usize,
 }
 
 impl<F: FnMut(&Tensor, f64) -> Tensor> AutogradDivergence<F> {
-    /// A field with the divergence computed by `method`.
-    pub fn new(velocity: F, method: DivergenceMethod) -> Result<Self, ModelError> {
-        let seed = match method {
-            DivergenceMethod::Exact => 0,
-            DivergenceMethod::Hutchinson(options) => {
-                options.validate()?;
-                options.seed
-            }
-        };
+    /// A field with the divergence computed by `estimator`, Hutchinson's probes drawn as `schedule` says.
+    /// Refuses zero probes and a refresh period of zero evaluations.
+    pub fn new(
+        velocity: F,
+        estimator: DivergenceEstimator,
+        schedule: ProbeSchedule,
+    ) -> Result<Self, ModelError> {
+        estimator.validate()?;
+        schedule.validate()?;
         Ok(Self {
             velocity,
-            method,
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            estimator,
+            schedule,
+            rng: ChaCha8Rng::seed_from_u64(schedule.seed),
             probes: None,
             evals: 0,
         })
@@ -301,7 +279,13 @@ impl<F: FnMut(&Tensor, f64) -> Tensor> AutogradDivergence<F> {
 
     /// A field with the exact divergence.
     pub fn exact(velocity: F) -> Self {
-        Self::new(velocity, DivergenceMethod::Exact).expect("the exact method has no options to refuse")
+        Self::new(velocity, DivergenceEstimator::Exact, ProbeSchedule::default())
+            .expect("the exact estimator and the default schedule are valid")
+    }
+
+    /// How the divergence is computed.
+    pub fn estimator(&self) -> DivergenceEstimator {
+        self.estimator
     }
 
     /// The number of evaluations so far.
@@ -312,10 +296,13 @@ impl<F: FnMut(&Tensor, f64) -> Tensor> AutogradDivergence<F> {
     /// Evaluates the velocity and its divergence (exact or estimated) at `(t, x)`, both detached.
     pub fn velocity_and_divergence(&mut self, t: f64, x: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
         let velocity = &mut self.velocity;
-        let (v, divergence) = match self.method {
-            DivergenceMethod::Exact => divergence_exact(|x| velocity(x, t), x, false)?,
-            DivergenceMethod::Hutchinson(options) => {
-                let redraw = match (&self.probes, options.refresh) {
+        let (v, divergence) = match self.estimator {
+            DivergenceEstimator::Exact => divergence_exact(|x| velocity(x, t), x, false)?,
+            DivergenceEstimator::Hutchinson {
+                probes: n_probes,
+                distribution,
+            } => {
+                let redraw = match (&self.probes, self.schedule.refresh) {
                     (None, _) => true,
                     // A batch of another shape (not seen in a solve) needs probes of its shape.
                     (Some(probes), _) if probes.size()[1..] != x.size()[..] => true,
@@ -325,7 +312,7 @@ impl<F: FnMut(&Tensor, f64) -> Tensor> AutogradDivergence<F> {
                     }
                 };
                 if redraw {
-                    let probes = options.kind.draw(options.n_probes, x, &mut self.rng);
+                    let probes = distribution.draw(n_probes, x, &mut self.rng);
                     self.probes = Some(probes);
                 }
                 let probes = self.probes.as_ref().expect("drawn above");

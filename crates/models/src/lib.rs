@@ -16,6 +16,7 @@ use std::path::PathBuf;
 
 use tch::Tensor;
 
+pub use autograd::{DivergenceEstimator, ProbeDistribution};
 pub use mlp::{Activation, Mlp, MlpConfig, TimeEmbedding};
 pub use params::{Init, ParamBuilder, ParamId, ParamStore};
 

@@ -1,16 +1,17 @@
 //! Tests of the autograd helpers against closed forms and finite differences: divergences of linear fields
 //! (traces, including the constant-divergence case that must not crash), of nonlinear fields, Hutchinson's
-//! estimator within its standard error, gradients of divergences, and the divergence field in a likelihood
-//! solve.
+//! estimator within its standard error, gradients of divergences, the divergence field in a likelihood
+//! solve, and the [`DivergenceEstimator`] settings (TOML form, strict parsing, validation, display).
 
 use ferroflow_models::ModelError;
 use ferroflow_models::autograd::{
-    AutogradDivergence, DivergenceMethod, HutchinsonOptions, ProbeKind, ProbeRefresh, divergence_exact,
-    divergence_hutchinson, gaussian_probes, rademacher_probes, vjp,
+    AutogradDivergence, DivergenceEstimator, ProbeDistribution, ProbeRefresh, ProbeSchedule,
+    divergence_exact, divergence_hutchinson, gaussian_probes, rademacher_probes, vjp,
 };
 use ferroflow_solvers::{Method, OdeOptions, log_likelihood, standard_normal_log_density};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 const F64: (Kind, Device) = (Kind::Double, Device::Cpu);
@@ -206,7 +207,7 @@ fn hutchinson_is_unbiased_within_four_standard_errors() {
     let (_, exact) = divergence_exact(field, &x, false).unwrap();
     let exact = values(&exact);
     let n_probes = 4000;
-    for kind in [ProbeKind::Rademacher, ProbeKind::Gaussian] {
+    for kind in [ProbeDistribution::Rademacher, ProbeDistribution::Gaussian] {
         let mut rng = ChaCha8Rng::seed_from_u64(54);
         let probes = kind.draw(n_probes, &x, &mut rng);
         assert_eq!(probes.size(), vec![n_probes as i64, 3, dim]);
@@ -335,24 +336,22 @@ fn divergence_field_gives_the_closed_form_likelihood_of_a_linear_flow() {
     // Rademacher probes give e^T diag(a) e = sum a exactly, so every estimator must match here; the
     // divergence is a constant (no gradient), which the field must survive at every evaluation.
     let methods = [
-        DivergenceMethod::Exact,
-        DivergenceMethod::Hutchinson(HutchinsonOptions::fixed(1, 7)),
-        DivergenceMethod::Hutchinson(HutchinsonOptions {
-            n_probes: 2,
-            kind: ProbeKind::Rademacher,
-            refresh: ProbeRefresh::EveryStep { evals_per_step: 2 },
-            seed: 8,
-        }),
+        (DivergenceEstimator::Exact, ProbeSchedule::default()),
+        (DivergenceEstimator::hutchinson(1), ProbeSchedule::fixed(7)),
+        (
+            DivergenceEstimator::Hutchinson {
+                probes: 2,
+                distribution: ProbeDistribution::Rademacher,
+            },
+            ProbeSchedule::every_step(2, 8),
+        ),
     ];
-    for method in methods {
-        let options = match method {
-            DivergenceMethod::Hutchinson(HutchinsonOptions {
-                refresh: ProbeRefresh::EveryStep { .. },
-                ..
-            }) => OdeOptions::fixed(Method::Midpoint, 400),
-            _ => options.clone(),
+    for method @ (estimator, schedule) in methods {
+        let options = match schedule.refresh {
+            ProbeRefresh::EveryStep { .. } => OdeOptions::fixed(Method::Midpoint, 400),
+            ProbeRefresh::Fixed => options.clone(),
         };
-        let mut field = AutogradDivergence::new(velocity, method).unwrap();
+        let mut field = AutogradDivergence::new(velocity, estimator, schedule).unwrap();
         let result = log_likelihood(&mut field, &x1, standard_normal_log_density, &options).unwrap();
         assert_eq!(field.evals(), result.stats.field_evals, "{method:?}");
         assert_close(&values(&result.log_density), &want, 2e-4, &format!("{method:?}"));
@@ -365,17 +364,13 @@ fn every_step_refresh_redraws_and_fixed_does_not() {
     let a = Tensor::from_slice(&[0.0f32, 1.0, 1.0, 0.0]).reshape([2, 2]);
     let x = Tensor::ones([1, 2], (Kind::Float, Device::Cpu));
     let estimates = |refresh| {
-        let options = HutchinsonOptions {
-            n_probes: 1,
-            kind: ProbeKind::Gaussian,
-            refresh,
-            seed: 9,
+        let estimator = DivergenceEstimator::Hutchinson {
+            probes: 1,
+            distribution: ProbeDistribution::Gaussian,
         };
-        let mut field = AutogradDivergence::new(
-            |x: &Tensor, _t: f64| x.matmul(&a),
-            DivergenceMethod::Hutchinson(options),
-        )
-        .unwrap();
+        let schedule = ProbeSchedule { refresh, seed: 9 };
+        let mut field =
+            AutogradDivergence::new(|x: &Tensor, _t: f64| x.matmul(&a), estimator, schedule).unwrap();
         (0..4)
             .map(|_| values(&field.velocity_and_divergence(0.0, &x).unwrap().1)[0])
             .collect::<Vec<f64>>()
@@ -389,8 +384,127 @@ fn every_step_refresh_redraws_and_fixed_does_not() {
     assert!(
         AutogradDivergence::new(
             |x: &Tensor, _t: f64| x * 1.0,
-            DivergenceMethod::Hutchinson(HutchinsonOptions::fixed(0, 1))
+            DivergenceEstimator::hutchinson(0),
+            ProbeSchedule::fixed(1)
         )
         .is_err()
     );
+}
+
+/// The estimator as a key of a settings file, as likelihood and guidance settings hold it.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Settings {
+    estimator: DivergenceEstimator,
+}
+
+fn parse(estimator: &str) -> Result<DivergenceEstimator, toml::de::Error> {
+    toml::from_str::<Settings>(&format!("estimator = {estimator}")).map(|settings| settings.estimator)
+}
+
+#[test]
+fn every_estimator_round_trips_through_toml() {
+    let estimators = [
+        DivergenceEstimator::Exact,
+        DivergenceEstimator::hutchinson(1),
+        DivergenceEstimator::Hutchinson {
+            probes: 4,
+            distribution: ProbeDistribution::Gaussian,
+        },
+    ];
+    for estimator in estimators {
+        let text = toml::to_string(&Settings { estimator }).unwrap();
+        let back: Settings = toml::from_str(&text).unwrap();
+        assert_eq!(back.estimator, estimator, "{text}");
+    }
+    let text = toml::to_string(&Settings {
+        estimator: estimators[2],
+    })
+    .unwrap();
+    for key in [
+        "kind = \"hutchinson\"",
+        "probes = 4",
+        "distribution = \"gaussian\"",
+    ] {
+        assert!(text.contains(key), "{key} in {text}");
+    }
+    assert_eq!(parse("{ kind = \"exact\" }").unwrap(), DivergenceEstimator::Exact);
+    // Rademacher when the distribution is left out.
+    assert_eq!(
+        parse("{ kind = \"hutchinson\", probes = 2 }").unwrap(),
+        DivergenceEstimator::hutchinson(2)
+    );
+    assert_eq!(DivergenceEstimator::default(), DivergenceEstimator::Exact);
+}
+
+#[test]
+fn the_old_guidance_key_probe_still_parses() {
+    assert_eq!(
+        parse("{ kind = \"hutchinson\", probes = 3, probe = \"gaussian\" }").unwrap(),
+        DivergenceEstimator::Hutchinson {
+            probes: 3,
+            distribution: ProbeDistribution::Gaussian,
+        }
+    );
+}
+
+#[test]
+fn keys_of_another_kind_unknown_keys_and_missing_probes_are_refused() {
+    for bad in [
+        "{ kind = \"exact\", probes = 3 }",
+        "{ kind = \"exact\", distribution = \"gaussian\" }",
+        "{ kind = \"exact\", probe = \"gaussian\" }",
+        "{ kind = \"hutchinson\" }",
+        "{ kind = \"hutchinson\", distribution = \"rademacher\" }",
+        "{ kind = \"hutchinson\", probes = 2, n_probes = 2 }",
+        "{ kind = \"hutchinson\", probes = 2, distribution = \"uniform\" }",
+        "{ kind = \"hutchinson\", probes = 2, probe = \"gaussian\", distribution = \"gaussian\" }",
+        "{ kind = \"stochastic\" }",
+        "{ probes = 2 }",
+    ] {
+        assert!(parse(bad).is_err(), "{bad} should be refused");
+    }
+}
+
+#[test]
+fn zero_probes_are_refused_naming_the_key() {
+    let parsed = parse("{ kind = \"hutchinson\", probes = 0 }").unwrap();
+    let err = parsed.validate().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ModelError::InvalidConfig {
+                key: "estimator.probes",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("estimator.probes"), "{err}");
+    assert!(DivergenceEstimator::Exact.validate().is_ok());
+    assert!(DivergenceEstimator::hutchinson(1).validate().is_ok());
+    let err = ProbeSchedule::every_step(0, 1).validate().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ModelError::InvalidConfig {
+                key: "refresh.evals_per_step",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn estimators_read_well_in_reports() {
+    assert_eq!(DivergenceEstimator::Exact.to_string(), "exact");
+    assert_eq!(
+        DivergenceEstimator::hutchinson(1).to_string(),
+        "hutchinson K=1 (rademacher)"
+    );
+    let gaussian = DivergenceEstimator::Hutchinson {
+        probes: 16,
+        distribution: ProbeDistribution::Gaussian,
+    };
+    assert_eq!(gaussian.to_string(), "hutchinson K=16 (gaussian)");
 }

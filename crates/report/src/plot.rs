@@ -980,6 +980,28 @@ fn blend(a: RGBColor, b: RGBColor, t: f64) -> RGBColor {
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
+/// Writes an RGB image (`width * height * 3` bytes, row by row from the top) as a PNG, atomically.
+pub fn rgb_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<()> {
+    if rgb.len() != width * height * 3 {
+        bail!(
+            "{}: {} bytes for a {width} x {height} RGB image (needs {})",
+            path.display(),
+            rgb.len(),
+            width * height * 3
+        );
+    }
+    let size = (width as u32, height as u32);
+    png_atomic(path, size, |root| {
+        // Plotters draws pixels one by one here; the grids are a few hundred pixels a side.
+        for (pixel_idx, colour) in rgb.chunks_exact(3).enumerate() {
+            let (x, y) = ((pixel_idx % width) as i32, (pixel_idx / width) as i32);
+            root.draw_pixel((x, y), &RGBColor(colour[0], colour[1], colour[2]))
+                .drawn()?;
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1038,26 +1060,4 @@ mod tests {
         assert_eq!(short_number(0.5), "0.5");
         assert_eq!(short_number(1.5e-5), "1.50e-5");
     }
-}
-
-/// Writes an RGB image (`width * height * 3` bytes, row by row from the top) as a PNG, atomically.
-pub fn rgb_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<()> {
-    if rgb.len() != width * height * 3 {
-        bail!(
-            "{}: {} bytes for a {width} x {height} RGB image (needs {})",
-            path.display(),
-            rgb.len(),
-            width * height * 3
-        );
-    }
-    let size = (width as u32, height as u32);
-    png_atomic(path, size, |root| {
-        // Plotters draws pixels one by one here; the grids are a few hundred pixels a side.
-        for (pixel_idx, colour) in rgb.chunks_exact(3).enumerate() {
-            let (x, y) = ((pixel_idx % width) as i32, (pixel_idx / width) as i32);
-            root.draw_pixel((x, y), &RGBColor(colour[0], colour[1], colour[2]))
-                .drawn()?;
-        }
-        Ok(())
-    })
 }

@@ -33,10 +33,11 @@ use tch::Tensor;
 
 use ferroflow_engine::data::Dataset;
 use ferroflow_engine::files::{read_npy, write_atomic};
-use ferroflow_engine::likelihood::{Estimator, log_likelihood};
+use ferroflow_engine::likelihood::log_likelihood;
 use ferroflow_engine::metrics::RunMetrics;
 use ferroflow_engine::sample::{TrainedFlow, reference_samples, to_array};
 use ferroflow_engine::stream::Stream;
+use ferroflow_models::DivergenceEstimator;
 
 use crate::plot::{self, ArrowScale, Arrows, FieldPanel, Marker, Timing, Window};
 
@@ -343,8 +344,13 @@ fn density_picture(flow: &TrainedFlow, window: &Window) -> Result<Outcome> {
         || {
             let grid = window.grid(DENSITY_GRID);
             let options = OdeOptions::fixed(DENSITY_METHOD, DENSITY_STEPS);
-            let likelihood = log_likelihood(flow, &tensor_of(flow, grid.view()), Estimator::Exact, &options)
-                .context("density.png: exact log-likelihood on the grid")?;
+            let likelihood = log_likelihood(
+                flow,
+                &tensor_of(flow, grid.view()),
+                DivergenceEstimator::Exact,
+                &options,
+            )
+            .context("density.png: exact log-likelihood on the grid")?;
             let density: Vec<f64> = likelihood.log_density.iter().map(|v| v.exp()).collect();
             plot::density_png(
                 &flow.run_dir.join("density.png"),

@@ -54,9 +54,9 @@ impl LikelihoodBenchArgs {
     pub fn settings(&self) -> LikelihoodBenchSettings {
         LikelihoodBenchSettings {
             out_dir: self.out_dir.clone(),
-            train_steps: self.train_steps.clone(),
-            n_points: self.n_points.clone(),
-            repeats: self.repeats.clone(),
+            train_steps: self.train_steps,
+            n_points: self.n_points,
+            repeats: self.repeats,
             threads: self.threads.clone(),
         }
     }
@@ -83,8 +83,8 @@ impl TrainBenchArgs {
     /// The experiment's settings.
     pub fn settings(&self) -> TrainBenchSettings {
         TrainBenchSettings {
-            steps: self.steps.clone(),
-            repeats: self.repeats.clone(),
+            steps: self.steps,
+            repeats: self.repeats,
             threads: self.threads.clone(),
             peer_python: self.peer_python.clone(),
         }
@@ -128,14 +128,14 @@ impl GuidanceBenchArgs {
     pub fn settings(&self) -> GuidanceBenchSettings {
         GuidanceBenchSettings {
             dims: self.dims.clone(),
-            batch: self.batch.clone(),
-            width: self.width.clone(),
-            depth: self.depth.clone(),
-            repeats: self.repeats.clone(),
-            threads: self.threads.clone(),
-            unet_batch: self.unet_batch.clone(),
+            batch: self.batch,
+            width: self.width,
+            depth: self.depth,
+            repeats: self.repeats,
+            threads: self.threads,
+            unet_batch: self.unet_batch,
             study: self.study.clone(),
-            study_train_steps: self.study_train_steps.clone(),
+            study_train_steps: self.study_train_steps,
         }
     }
 }

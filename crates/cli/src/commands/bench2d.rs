@@ -34,9 +34,9 @@ impl Bench2dArgs {
     /// The experiment's settings.
     pub fn settings(&self) -> Bench2dSettings {
         Bench2dSettings {
-            seeds: self.seeds.clone(),
+            seeds: self.seeds,
             configs: self.configs.clone(),
-            steps: self.steps.clone(),
+            steps: self.steps,
             only: self.only.clone(),
             exclude: self.exclude.clone(),
             out_dir: self.out_dir.clone(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use ferroflow_experiments::image_eval::{ImageEvalSettings, evaluate, render};
-use ferroflow_guidance::{Estimator, ProbeDistribution};
+use ferroflow_models::{DivergenceEstimator, ProbeDistribution};
 use ferroflow_solvers::Method;
 
 use crate::flags::{EstimatorName, parse_method, parse_normalize, parse_schedule};
@@ -53,8 +53,6 @@ pub struct ImageEvalArgs {
     pub out: Option<PathBuf>,
 }
 
-/// One measured setting.
-
 impl ImageEvalArgs {
     /// The experiment's settings; a bad schedule, normalisation or solver name is refused with its flag.
     pub fn settings(&self) -> Result<ImageEvalSettings> {
@@ -66,10 +64,10 @@ impl ImageEvalArgs {
             cfg: self.cfg.clone(),
             lambda: self.lambda.clone(),
             estimator: match self.estimator {
-                EstimatorName::Exact => Estimator::Exact,
-                EstimatorName::Hutchinson => Estimator::Hutchinson {
+                EstimatorName::Exact => DivergenceEstimator::Exact,
+                EstimatorName::Hutchinson => DivergenceEstimator::Hutchinson {
                     probes: self.probes,
-                    probe: ProbeDistribution::Rademacher,
+                    distribution: ProbeDistribution::Rademacher,
                 },
             },
             normalize: parse_normalize(self.normalize.as_deref().unwrap_or("none"))?,

@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use ferroflow_engine::files::{read_npy, write_npy_1d};
-use ferroflow_engine::likelihood::{DEFAULT_CHUNK_SIZE, Estimator, LikelihoodSettings, log_likelihood_with};
+use ferroflow_engine::likelihood::{DEFAULT_CHUNK_SIZE, LikelihoodSettings, log_likelihood_with};
 use ferroflow_engine::sample::TrainedFlow;
+use ferroflow_models::DivergenceEstimator;
 use ferroflow_solvers::DataScaling;
 use tch::Tensor;
 
@@ -51,8 +52,8 @@ pub fn run(args: &LikelihoodArgs) -> Result<()> {
         other => bail!("unknown --scaling {other:?}; allowed: dequantized, unit_interval, symmetric"),
     };
     let estimator = match args.hutchinson {
-        Some(n_probes) => Estimator::Hutchinson { n_probes },
-        None => Estimator::Exact,
+        Some(n_probes) => DivergenceEstimator::hutchinson(n_probes),
+        None => DivergenceEstimator::Exact,
     };
     let flow = TrainedFlow::load(&args.run)?;
     let options = args.ode.apply(&mut flow.config.clone())?;

@@ -28,11 +28,12 @@ use tch::{Device, Kind, Tensor};
 use ferroflow_engine::RunConfig;
 use ferroflow_engine::data::Dataset;
 use ferroflow_engine::likelihood::{
-    Estimator, GaussianSource, LikelihoodSettings, log_likelihood_of_field, log_likelihood_with,
+    GaussianSource, LikelihoodSettings, log_likelihood_of_field, log_likelihood_with,
 };
 use ferroflow_engine::sample::TrainedFlow;
 use ferroflow_engine::stream::Stream;
 use ferroflow_engine::train::{MODEL_FILE, Observer};
+use ferroflow_models::DivergenceEstimator;
 
 use crate::timing::{Timing, load_average, median_time};
 
@@ -95,7 +96,7 @@ pub fn likelihood_bench(
     let (big_net, big_data) = random_image_sized_mlp()?;
     let big_options = OdeOptions::fixed(Method::Midpoint, 20);
     let big_settings = LikelihoodSettings {
-        estimator: Estimator::Hutchinson { n_probes: 1 },
+        estimator: DivergenceEstimator::hutchinson(1),
         chunk_size: 1000,
         seed: 0,
     };
@@ -105,7 +106,7 @@ pub fn likelihood_bench(
     for &threads in &args.threads {
         tch::set_num_threads(threads as i32);
         let (timing, exact) = median_time(args.repeats, || {
-            log_likelihood_with(&flow, &data, &settings(Estimator::Exact), &midpoint)
+            log_likelihood_with(&flow, &data, &settings(DivergenceEstimator::Exact), &midpoint)
         })?;
         rows.push(Row {
             name: "log-likelihood, exact divergence, 100 midpoint steps, D = 2".into(),
@@ -118,7 +119,7 @@ pub fn likelihood_bench(
             log_likelihood_with(
                 &flow,
                 &data,
-                &settings(Estimator::Hutchinson { n_probes: 1 }),
+                &settings(DivergenceEstimator::hutchinson(1)),
                 &midpoint,
             )
         })?;

@@ -108,7 +108,6 @@ pub fn euler_with_energy(
         &mut path_energy,
     )?
     .state;
-    drop(path_energy);
     Ok((end, energy))
 }
 

@@ -15,7 +15,8 @@ use ferroflow_engine::data::{Dataset, MixtureSpec};
 use ferroflow_engine::files::write_atomic;
 use ferroflow_engine::sample::{TrainedFlow, to_array};
 use ferroflow_guidance::{
-    Estimator, MixtureVelocity, ModeSeeking, ModeSeekingField, Normalize, ProbeDistribution, Schedule,
+    DivergenceEstimator, MixtureVelocity, ModeSeeking, ModeSeekingField, Normalize, ProbeDistribution,
+    Schedule,
 };
 use ferroflow_models::Activation;
 use ferroflow_models::optim::OptimizerConfig;
@@ -187,12 +188,12 @@ pub fn effect_study_with(out_dir: &Path, train_steps: usize) -> Result<Vec<Study
 fn run_study(out_dir: &Path, scratch: &Path, train_steps: usize) -> Result<Vec<StudyRow>> {
     tch::set_num_threads(1);
     let estimators = [
-        ("exact", Estimator::Exact),
+        ("exact", DivergenceEstimator::Exact),
         (
             "hutchinson K=1",
-            Estimator::Hutchinson {
+            DivergenceEstimator::Hutchinson {
                 probes: 1,
-                probe: ProbeDistribution::Rademacher,
+                distribution: ProbeDistribution::Rademacher,
             },
         ),
     ];

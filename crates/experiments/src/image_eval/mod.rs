@@ -35,10 +35,11 @@ use ferroflow_engine::images::{
     CLASS_NAMES, FashionMnist, NUM_CLASSES, class_probabilities, classifier_features, feature_statistics,
     frechet_distance_of, image_grid, load_classifier,
 };
-use ferroflow_engine::likelihood::{self, LikelihoodSettings, log_likelihood_with};
+use ferroflow_engine::likelihood::{LikelihoodSettings, log_likelihood_with};
 use ferroflow_engine::sample::{TrainedFlow, to_array};
 use ferroflow_engine::stream::{IMAGE_EVAL_MAX_CHUNKS, Stream};
-use ferroflow_guidance::{ClassifierFree, Estimator, ModeSeeking, Normalize, Schedule};
+use ferroflow_guidance::{ClassifierFree, ModeSeeking, Normalize, Schedule};
+use ferroflow_models::DivergenceEstimator;
 use ferroflow_report::plot::rgb_png;
 use ferroflow_solvers::Method;
 
@@ -59,7 +60,7 @@ pub struct ImageEvalSettings {
     /// Mode-seeking strengths to sweep (empty: 0, no mode seeking).
     pub lambda: Vec<f64>,
     /// Divergence-gradient estimator of mode seeking; its probes also serve bits/dim.
-    pub estimator: Estimator,
+    pub estimator: DivergenceEstimator,
     /// Mode-seeking normalisation.
     pub normalize: Normalize,
     /// Mode-seeking schedule.
@@ -78,8 +79,8 @@ impl ImageEvalSettings {
     /// Probes of Hutchinson's estimator for bits/dim (the mode-seeking estimator's, or 1 when it is exact).
     fn probes(&self) -> usize {
         match self.estimator {
-            Estimator::Hutchinson { probes, .. } => probes,
-            Estimator::Exact => 1,
+            DivergenceEstimator::Hutchinson { probes, .. } => probes,
+            DivergenceEstimator::Exact => 1,
         }
     }
 }
@@ -149,7 +150,7 @@ fn check_args(args: &ImageEvalSettings) -> Result<()> {
             args.n
         );
     }
-    if let Estimator::Hutchinson { probes: 0, .. } = args.estimator {
+    if let DivergenceEstimator::Hutchinson { probes: 0, .. } = args.estimator {
         bail!("--probes 0: Hutchinson's estimator needs at least 1 probe");
     }
     for &w in &args.cfg {
@@ -172,7 +173,7 @@ fn settings_for(
     class: Option<usize>,
     lambda: f64,
 ) -> Result<GuidanceSettings> {
-    let mode_seeking = (lambda > 0.0).then(|| ModeSeeking {
+    let mode_seeking = (lambda > 0.0).then_some(ModeSeeking {
         lambda,
         estimator: args.estimator,
         schedule: args.schedule,
@@ -385,8 +386,10 @@ pub fn evaluate(args: &ImageEvalSettings) -> Result<ImageEval> {
         sampler,
         estimator: match args.estimator {
             _ if lambdas.iter().all(|&l| l == 0.0) => "none (no mode seeking)".into(),
-            Estimator::Exact => format!("exact{}", mode_options(args)),
-            Estimator::Hutchinson { probes, .. } => format!("hutchinson K={probes}{}", mode_options(args)),
+            DivergenceEstimator::Exact => format!("exact{}", mode_options(args)),
+            DivergenceEstimator::Hutchinson { probes, .. } => {
+                format!("hutchinson K={probes}{}", mode_options(args))
+            }
         },
         settings,
         bits_per_dim,
@@ -450,9 +453,7 @@ fn measure_bits_per_dim(
     write_npy(&npy, to_array(&dequantised).view())?;
     let started = Instant::now();
     let settings = LikelihoodSettings::new(
-        likelihood::Estimator::Hutchinson {
-            n_probes: args.probes(),
-        },
+        DivergenceEstimator::hutchinson(args.probes()),
         flow.config.run.seed,
     );
     let likelihood = log_likelihood_with(flow, &dequantised, &settings, options)
@@ -545,9 +546,9 @@ mod tests {
             n: 100,
             cfg: vec![],
             lambda: vec![],
-            estimator: Estimator::Hutchinson {
+            estimator: DivergenceEstimator::Hutchinson {
                 probes: 1,
-                probe: ferroflow_guidance::ProbeDistribution::Rademacher,
+                distribution: ferroflow_models::ProbeDistribution::Rademacher,
             },
             normalize: Normalize::None,
             schedule: Schedule::Constant,
@@ -576,9 +577,9 @@ mod tests {
             ),
             (
                 Box::new(|a: &mut ImageEvalSettings| {
-                    a.estimator = Estimator::Hutchinson {
+                    a.estimator = DivergenceEstimator::Hutchinson {
                         probes: 0,
-                        probe: ferroflow_guidance::ProbeDistribution::Rademacher,
+                        distribution: ferroflow_models::ProbeDistribution::Rademacher,
                     }
                 }),
                 "--probes 0",
