@@ -21,18 +21,27 @@ struct Package {
     optional: BTreeSet<String>,
 }
 
-fn packages() -> BTreeMap<String, Package> {
-    let mut manifests: Vec<PathBuf> = fs::read_dir(root().join("crates"))
+/// Every workspace manifest (the crates and xtask), parsed, with its package name.
+fn manifests() -> Vec<(String, toml::Table)> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(root().join("crates"))
         .unwrap()
         .map(|e| e.unwrap().path().join("Cargo.toml"))
         .collect();
-    manifests.push(root().join("xtask/Cargo.toml"));
-    manifests
+    paths.push(root().join("xtask/Cargo.toml"));
+    paths
         .into_iter()
         .map(|path| {
-            let text = fs::read_to_string(&path).unwrap();
-            let manifest: toml::Table = text.parse().unwrap();
+            let manifest: toml::Table = fs::read_to_string(&path).unwrap().parse().unwrap();
             let name = manifest["package"]["name"].as_str().unwrap().to_owned();
+            (name, manifest)
+        })
+        .collect()
+}
+
+fn packages() -> BTreeMap<String, Package> {
+    manifests()
+        .into_iter()
+        .map(|(name, manifest)| {
             let mut required = BTreeSet::new();
             let mut optional = BTreeSet::new();
             // Build and normal dependencies decide what a crate links; dev-dependencies only its tests.
@@ -210,16 +219,9 @@ fn libraries_do_not_use_anyhow() {
 /// Which crates may name a dependency at all (in any dependency section, dev-dependencies included): one
 /// crate alone knows each outside protocol.
 fn crates_naming(dep: &str) -> BTreeSet<String> {
-    let mut manifests: Vec<PathBuf> = fs::read_dir(root().join("crates"))
-        .unwrap()
-        .map(|e| e.unwrap().path().join("Cargo.toml"))
-        .collect();
-    manifests.push(root().join("xtask/Cargo.toml"));
-    manifests
+    manifests()
         .into_iter()
-        .filter_map(|path| {
-            let manifest: toml::Table = fs::read_to_string(&path).unwrap().parse().unwrap();
-            let name = manifest["package"]["name"].as_str().unwrap().to_owned();
+        .filter_map(|(name, manifest)| {
             ["dependencies", "dev-dependencies", "build-dependencies"]
                 .iter()
                 .filter_map(|section| manifest.get(*section).and_then(|d| d.as_table()))

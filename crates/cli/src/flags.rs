@@ -4,9 +4,10 @@
 
 use anyhow::{Context, Result, bail};
 use ferroflow_engine::RunConfig;
+use ferroflow_engine::config::SolverOverrides;
 use ferroflow_engine::guided::GuidanceSettings;
 use ferroflow_guidance::{ClassifierFree, ModeSeeking, Normalize, Schedule};
-use ferroflow_models::{DivergenceEstimator, ProbeDistribution};
+use ferroflow_models::DivergenceEstimator;
 use ferroflow_solvers::{Method, OdeOptions};
 
 /// ODE options of a command that integrates a run's flow; each defaults to the run's `[sample]` section.
@@ -27,20 +28,22 @@ pub struct OdeArgs {
 }
 
 impl OdeArgs {
+    /// The engine's overrides of the run's `[sample]` solver keys.
+    pub fn overrides(&self) -> SolverOverrides {
+        SolverOverrides {
+            solver: self.solver,
+            steps: self.steps,
+            atol: self.atol,
+            rtol: self.rtol,
+        }
+    }
+
     /// Applies the flags to `config`'s `[sample]` section, validates the result and returns its solver
     /// options (a bad value is refused with the config key it overrides).
     pub fn apply(&self, config: &mut RunConfig) -> Result<OdeOptions> {
-        let sample = &mut config.sample;
-        if let Some(method) = self.solver {
-            sample.solver = method;
-        }
-        sample.steps = self.steps.unwrap_or(sample.steps);
-        sample.atol = self.atol.unwrap_or(sample.atol);
-        sample.rtol = self.rtol.unwrap_or(sample.rtol);
-        config
-            .validate()
-            .context("ODE options (--solver, --steps, --atol, --rtol)")?;
-        Ok(config.sample.ode_options())
+        self.overrides()
+            .apply(config)
+            .context("ODE options (--solver, --steps, --atol, --rtol)")
     }
 }
 
@@ -64,13 +67,14 @@ pub enum GuidanceKind {
     Mode,
 }
 
-/// The divergence-gradient estimator, as a command-line choice.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum EstimatorName {
-    /// D vector-Jacobian products per evaluation.
-    Exact,
-    /// Hutchinson's estimator with --probes Rademacher probes.
-    Hutchinson,
+/// The divergence estimator named on the command line: `exact`, or `hutchinson` (one Rademacher probe; the
+/// commands set the number of probes from `--probes`).
+pub fn parse_estimator(name: &str) -> Result<DivergenceEstimator> {
+    match name {
+        "exact" => Ok(DivergenceEstimator::Exact),
+        "hutchinson" => Ok(DivergenceEstimator::hutchinson(1)),
+        other => bail!("unknown --estimator {other:?}; allowed: exact, hutchinson"),
+    }
 }
 
 /// Guidance flags of `ferroflow sample`.
@@ -82,9 +86,10 @@ pub struct GuidanceArgs {
     /// Mode-seeking strength lambda >= 0 (with --guidance mode).
     #[arg(long, allow_hyphen_values = true)]
     pub lambda: Option<f64>,
-    /// Divergence-gradient estimator (default exact).
-    #[arg(long, value_enum)]
-    pub estimator: Option<EstimatorName>,
+    /// Divergence-gradient estimator: exact (D vector-Jacobian products per evaluation) or hutchinson
+    /// (--probes Rademacher probes); default exact.
+    #[arg(long, value_parser = parse_estimator)]
+    pub estimator: Option<DivergenceEstimator>,
     /// Probes per evaluation of Hutchinson's estimator (default 1).
     #[arg(long)]
     pub probes: Option<usize>,
@@ -125,13 +130,15 @@ impl GuidanceArgs {
             }
             GuidanceKind::Mode => {
                 let lambda = self.lambda.context("--guidance mode needs --lambda")?;
-                let estimator = match (self.estimator.unwrap_or(EstimatorName::Exact), self.probes) {
-                    (EstimatorName::Exact, Some(_)) => bail!("--probes needs --estimator hutchinson"),
-                    (EstimatorName::Exact, None) => DivergenceEstimator::Exact,
-                    (EstimatorName::Hutchinson, probes) => DivergenceEstimator::Hutchinson {
-                        probes: probes.unwrap_or(1),
-                        distribution: ProbeDistribution::Rademacher,
-                    },
+                let estimator = match (self.estimator.unwrap_or_default(), self.probes) {
+                    (DivergenceEstimator::Exact, Some(_)) => bail!("--probes needs --estimator hutchinson"),
+                    (DivergenceEstimator::Exact, None) => DivergenceEstimator::Exact,
+                    (DivergenceEstimator::Hutchinson { distribution, .. }, probes) => {
+                        DivergenceEstimator::Hutchinson {
+                            probes: probes.unwrap_or(1),
+                            distribution,
+                        }
+                    }
                 };
                 let config = ModeSeeking {
                     lambda,
@@ -221,7 +228,7 @@ mod tests {
     fn flags_become_validated_settings() {
         let mut mode = args(GuidanceKind::Mode);
         mode.lambda = Some(0.2);
-        mode.estimator = Some(EstimatorName::Hutchinson);
+        mode.estimator = Some(parse_estimator("hutchinson").unwrap());
         mode.probes = Some(4);
         mode.schedule = Some("window:0.1:0.9".into());
         mode.normalize = Some("clip:2".into());

@@ -10,13 +10,13 @@
 //! cheaper than a chain of tensor operations.
 
 use ferroflow_coupling::{Coupling, CouplingConfig, CouplingError, IndependentOrder};
-use ferroflow_paths::ConditionalPath;
+use ferroflow_paths::{ConditionalPath, Prediction};
 use ndarray::Array2;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
-use crate::config::{Prediction, RunConfig, TimeSampling};
+use crate::config::{RunConfig, TimeSampling};
 use crate::data::Dataset;
 use crate::stream::Stream;
 
@@ -69,6 +69,12 @@ pub struct BatchMaker {
 impl BatchMaker {
     /// A batch maker for a validated config.
     pub fn new(config: &RunConfig) -> Result<Self, crate::error::ConfigError> {
+        if config.flow.prediction == Prediction::Score {
+            return Err(crate::error::ConfigError::value(
+                "flow.prediction",
+                "score is not a training target here; allowed: velocity, target (x1), epsilon",
+            ));
+        }
         Ok(Self {
             source: config.data.source.clone(),
             target: config.data.target.clone(),
@@ -136,8 +142,9 @@ impl BatchMaker {
                 batch.x_t.push(a * x0 + b * x1 + s * eps);
                 batch.target.push(match self.prediction {
                     Prediction::Velocity => da * x0 + db * x1 + if s != 0.0 { ds * eps } else { 0.0 },
-                    Prediction::X1 => x1,
+                    Prediction::Target => x1,
                     Prediction::Epsilon => x0,
+                    Prediction::Score => unreachable!("RunConfig::validate refuses score prediction"),
                 });
             }
         }

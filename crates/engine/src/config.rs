@@ -10,7 +10,7 @@ use ferroflow_models::optim::OptimizerConfig;
 use ferroflow_models::unet::UnetConfig;
 use ferroflow_models::{Activation, TimeEmbedding};
 use ferroflow_paths::{
-    AffinePath, ConditionalPath, OneSidedGaussianPath, SchedulerKind, SchrodingerBridgePath,
+    AffinePath, ConditionalPath, OneSidedGaussianPath, Prediction, SchedulerKind, SchrodingerBridgePath,
     VariancePreservingPath,
 };
 use ferroflow_solvers::{Method, OdeOptions};
@@ -61,6 +61,19 @@ pub struct RunSection {
     pub threads: usize,
 }
 
+impl RunSection {
+    /// A run named `name` under `out_dir` with the defaults of every other key (seed 0, CPU, one thread).
+    pub fn named(name: impl Into<String>, out_dir: &Path) -> Self {
+        Self {
+            name: name.into(),
+            out_dir: out_dir.display().to_string(),
+            seed: 0,
+            device: default_device(),
+            threads: default_threads(),
+        }
+    }
+}
+
 fn default_out_dir() -> String {
     "runs".into()
 }
@@ -94,6 +107,11 @@ pub enum ModelKind {
 }
 
 /// `[model]`: an MLP for vector data or a U-Net for images.
+///
+/// The MLP keys (`width`, `depth`, `activation`, `time_embedding`) sit directly in `[model]`, so they cannot be
+/// the models crate's [`ferroflow_models::MlpConfig`] embedded with `#[serde(flatten)]`: serde does not
+/// support `deny_unknown_fields` together with flattening, and unknown keys must stay refused.
+/// [`ModelSection::mlp_config`] is the one place that turns them into that config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
@@ -124,6 +142,19 @@ fn default_depth() -> usize {
     3
 }
 
+impl ModelSection {
+    /// The models crate's MLP config of this section for points of dimension `dim`.
+    pub fn mlp_config(&self, dim: usize) -> ferroflow_models::MlpConfig {
+        ferroflow_models::MlpConfig {
+            dim,
+            width: self.width,
+            depth: self.depth,
+            activation: self.activation,
+            time_embedding: self.time_embedding,
+        }
+    }
+}
+
 impl Default for ModelSection {
     fn default() -> Self {
         Self {
@@ -150,19 +181,6 @@ pub enum PathKind {
     SchrodingerBridge,
     /// x_t = cos(pi t/2) x0 + sin(pi t/2) x1 (+ `sigma` eps) (VP-CFM).
     VariancePreserving,
-}
-
-/// What the network predicts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Prediction {
-    /// The conditional velocity u_t.
-    #[default]
-    Velocity,
-    /// The data point x1.
-    X1,
-    /// The source point x0 (the noise, for a Gaussian source).
-    Epsilon,
 }
 
 /// How training times are drawn.
@@ -199,14 +217,19 @@ pub struct FlowSection {
     /// `{ kind = "sinkhorn", ... }`, `{ kind = "schrodinger_bridge", sigma = ... }` (SB-CFM).
     #[serde(default = "default_coupling")]
     pub coupling: CouplingConfig,
-    /// What the network predicts.
-    #[serde(default)]
+    /// What the network predicts: `velocity`, `target` (the data point x1; `x1` is accepted too) or
+    /// `epsilon` (the source point x0, the noise for a Gaussian source). The paths crate's `score` is refused:
+    /// its regression target is singular where the path has no noise.
+    #[serde(default = "default_prediction")]
     pub prediction: Prediction,
     /// How training times are drawn.
     #[serde(default)]
     pub time_sampling: TimeSampling,
 }
 
+fn default_prediction() -> Prediction {
+    Prediction::Velocity
+}
 fn default_scheduler() -> SchedulerKind {
     SchedulerKind::CondOt
 }
@@ -371,6 +394,33 @@ impl SampleSection {
     }
 }
 
+/// Overrides of the solver keys of `[sample]` (from the command line); `None` keeps the run's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SolverOverrides {
+    /// `sample.solver`.
+    pub solver: Option<Method>,
+    /// `sample.steps`.
+    pub steps: Option<usize>,
+    /// `sample.atol`.
+    pub atol: Option<f64>,
+    /// `sample.rtol`.
+    pub rtol: Option<f64>,
+}
+
+impl SolverOverrides {
+    /// Applies the overrides to `config`, validates it and returns its solver options (a bad value is refused
+    /// with the key it overrides).
+    pub fn apply(&self, config: &mut RunConfig) -> Result<OdeOptions, ConfigError> {
+        let sample = &mut config.sample;
+        sample.solver = self.solver.unwrap_or(sample.solver);
+        sample.steps = self.steps.unwrap_or(sample.steps);
+        sample.atol = self.atol.unwrap_or(sample.atol);
+        sample.rtol = self.rtol.unwrap_or(sample.rtol);
+        config.validate()?;
+        Ok(config.sample.ode_options())
+    }
+}
+
 impl RunConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -496,6 +546,12 @@ impl RunConfig {
             PathKind::SchrodingerBridge => true,
             PathKind::OneSided => false,
         };
+        if flow.prediction == Prediction::Score {
+            return Err(ConfigError::value(
+                "flow.prediction",
+                "score is not a training target here; allowed: velocity, target (x1), epsilon",
+            ));
+        }
         if flow.prediction != Prediction::Velocity && noisy {
             return Err(ConfigError::value(
                 "flow.prediction",
@@ -625,6 +681,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("run.name"), "{err}");
+    }
+
+    #[test]
+    fn the_prediction_is_the_paths_crate_enum_and_x1_still_reads() {
+        let read = |value: &str| {
+            RunConfig::parse(
+                &format!("{MINIMAL}[flow]\nprediction = \"{value}\"\n"),
+                Path::new("c.toml"),
+            )
+        };
+        assert_eq!(read("x1").unwrap().flow.prediction, Prediction::Target);
+        assert_eq!(read("target").unwrap().flow.prediction, Prediction::Target);
+        assert_eq!(read("epsilon").unwrap().flow.prediction, Prediction::Epsilon);
+        let err = read("score").unwrap_err().to_string();
+        assert!(err.contains("flow.prediction"), "{err}");
+        // The resolved config names it the paths crate's way, and reads back.
+        let cfg = read("x1").unwrap();
+        assert_eq!(
+            RunConfig::parse(&cfg.to_toml(), Path::new("resolved.toml")).unwrap(),
+            cfg
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use ferroflow_models::VelocityNet;
 use ferroflow_solvers::{Field, OdeOptions, Solution, SolverError, solve, solve_with_trajectory};
 use tch::Tensor;
 
-use crate::config::Prediction;
 use crate::sample::TrainedFlow;
+use ferroflow_paths::Prediction;
 
 /// A velocity closure `(x, t) -> v` that records the autograd graph.
 type BoxedVelocity<'a> = Box<dyn Fn(&Tensor, f64) -> Tensor + 'a>;

@@ -23,6 +23,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::error::TrainError;
+use crate::train::{Journal, NanGuard, Trainable, execute};
+
 /// Side length of the images, in pixels.
 pub const IMAGE_SIDE: usize = 28;
 
@@ -359,6 +362,47 @@ impl ClassifierTraining {
     }
 }
 
+/// The classifier trainer of [`train_classifier`], run by the engine's one training loop: Adam on the
+/// cross-entropy of shuffled batches (a fresh order each epoch, the last partial batch of an epoch skipped).
+struct ClassifierTrainer<'a> {
+    classifier: Classifier,
+    adam: FlatAdam,
+    images: &'a LabelledImages,
+    rng: ChaCha8Rng,
+    order: Vec<i64>,
+    cursor: i64,
+    batch: i64,
+}
+
+impl Trainable for ClassifierTrainer<'_> {
+    type Model = Classifier;
+
+    fn model(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    fn step(&mut self, _step: usize) -> Result<f64, TrainError> {
+        let n_train = self.order.len() as i64;
+        if self.cursor + self.batch > n_train {
+            self.order.shuffle(&mut self.rng);
+            self.cursor = 0;
+        }
+        let (first, end) = (self.cursor as usize, (self.cursor + self.batch) as usize);
+        let idx = Tensor::from_slice(&self.order[first..end]).to_device(self.images.images.device());
+        self.cursor += self.batch;
+        let images = self.images.images.index_select(0, &idx);
+        let labels = self.images.labels.index_select(0, &idx);
+        let loss = self.classifier.logits(&images).cross_entropy_for_logits(&labels);
+        loss.backward();
+        let value = loss.double_value(&[]);
+        // As in the flow trainer, a non-finite loss never reaches the weights; the NaN guard stops the run.
+        if value.is_finite() {
+            self.adam.step(self.classifier.params().flat());
+        }
+        Ok(value)
+    }
+}
+
 /// Trains a [`Classifier`] (of `training.classifier`) on `data.train` with Adam and cross-entropy, visiting the
 /// training images in a fresh random order each epoch (the last partial batch of an epoch is skipped); returns it with its accuracy on `data.test`.
 /// Runs on the device of the images.
@@ -383,35 +427,35 @@ pub fn train_classifier(
         lr: training.lr,
         ..OptimizerConfig::default()
     };
-    let mut adam = FlatAdam::new(optimizer, classifier.params().flat())?;
+    let adam = FlatAdam::new(optimizer, classifier.params().flat())?;
     // The order of the images comes from a generator of our own, so it depends on the seed only; the
     // initial weights come from tch's global generator, seeded above (other threads drawing from it
     // meanwhile would change them).
-    let mut rng = ChaCha8Rng::seed_from_u64(training.seed);
-    let mut order: Vec<i64> = (0..n_train).collect();
-    let mut cursor = n_train;
-    for step in 1..=training.steps {
-        if cursor + batch > n_train {
-            order.shuffle(&mut rng);
-            cursor = 0;
-        }
-        let idx = Tensor::from_slice(&order[cursor as usize..(cursor + batch) as usize]).to_device(device);
-        cursor += batch;
-        let images = data.train.images.index_select(0, &idx);
-        let labels = data.train.labels.index_select(0, &idx);
-        let loss = classifier.logits(&images).cross_entropy_for_logits(&labels);
-        loss.backward();
-        adam.step(classifier.params().flat());
-        // One host round trip every 100 steps is enough to stop a diverged run early.
-        if step % 100 == 0 {
-            let value = loss.double_value(&[]);
-            if !value.is_finite() {
-                return Err(ImageError::NonFinite {
-                    what: format!("the classifier's loss at step {step} ({value})"),
-                });
-            }
-        }
-    }
+    let mut trainer = ClassifierTrainer {
+        classifier,
+        adam,
+        images: &data.train,
+        rng: ChaCha8Rng::seed_from_u64(training.seed),
+        order: (0..n_train).collect(),
+        cursor: n_train,
+        batch,
+    };
+    execute(
+        &mut trainer,
+        0,
+        training.steps,
+        &mut Journal::default(),
+        &mut [&mut NanGuard],
+    )
+    .map_err(|e| match e {
+        TrainError::NonFiniteLoss { step, value, .. } => ImageError::NonFinite {
+            what: format!("the classifier's loss at step {step} ({value})"),
+        },
+        other => ImageError::NonFinite {
+            what: format!("the classifier's training: {other}"),
+        },
+    })?;
+    let classifier = trainer.classifier;
     let accuracy = accuracy(&classifier, &data.test)?;
     Ok((classifier, accuracy))
 }

@@ -13,7 +13,9 @@ use ferroflow_paths::ConditionalPath;
 use ferroflow_solvers::{OdeOptions, Solution, SolverError, solve, solve_with_trajectory};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{Prediction, RunConfig};
+use ferroflow_paths::Prediction;
+
+use crate::config::RunConfig;
 use crate::error::TrainError;
 use crate::stream::Stream;
 use crate::train::{MODEL_FILE, apply_threads, build_model};
@@ -93,7 +95,7 @@ impl TrainedFlow {
             prediction => {
                 let c = self.path.coefficients(t.clamp(1e-4, 1.0 - 1e-4));
                 let (x0_hat, x1_hat) = match prediction {
-                    Prediction::X1 => ((x - &out * c.target) / c.source, out),
+                    Prediction::Target => ((x - &out * c.target) / c.source, out),
                     _ => (out.shallow_clone(), (x - &out * c.source) / c.target),
                 };
                 x0_hat * c.d_source + x1_hat * c.d_target

@@ -116,8 +116,7 @@ fn image_eval_measures_the_run(dir: &Path, run_dir: &Path) {
         },
         normalize: Normalize::Clip { scale: 1.0 },
         schedule: Schedule::Constant,
-        solver: None,
-        steps: None,
+        ode: ferroflow_engine::config::SolverOverrides::default(),
         bpd_images: 3,
         out: Some(out.clone()),
     };

@@ -35,7 +35,8 @@ use crate::{PathsError, TimeEnd, check};
 pub enum Prediction {
     /// The velocity `v = d_alpha x1 + d_sigma z`.
     Velocity,
-    /// The data sample `x1`.
+    /// The data sample `x1` (`"x1"` is accepted for it in configs).
+    #[serde(alias = "x1")]
     Target,
     /// The standardised noise `z` (the source sample `x0` for a standard Gaussian source).
     Epsilon,

@@ -4,10 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use ferroflow_experiments::image_eval::{ImageEvalSettings, evaluate, render};
-use ferroflow_models::{DivergenceEstimator, ProbeDistribution};
-use ferroflow_solvers::Method;
+use ferroflow_models::DivergenceEstimator;
 
-use crate::flags::{EstimatorName, parse_method, parse_normalize, parse_schedule};
+use crate::flags::{OdeArgs, parse_estimator, parse_normalize, parse_schedule};
 
 /// Arguments of `ferroflow image-eval`.
 #[derive(Clone, Debug, clap::Args)]
@@ -28,8 +27,8 @@ pub struct ImageEvalArgs {
     #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     pub lambda: Vec<f64>,
     /// Divergence-gradient estimator of mode seeking (exact needs 784 backward passes per evaluation).
-    #[arg(long, value_enum, default_value_t = EstimatorName::Hutchinson)]
-    pub estimator: EstimatorName,
+    #[arg(long, default_value = "hutchinson", value_parser = parse_estimator)]
+    pub estimator: DivergenceEstimator,
     /// Probes of Hutchinson's estimator (mode seeking and bits/dim).
     #[arg(long, default_value_t = 1)]
     pub probes: usize,
@@ -39,12 +38,9 @@ pub struct ImageEvalArgs {
     /// Mode-seeking schedule: constant, window:T_START:T_END or decay:POWER.
     #[arg(long)]
     pub schedule: Option<String>,
-    /// ODE method (euler, midpoint, heun, rk4, bosh3, dopri5); default: the run's.
-    #[arg(long)]
-    pub solver: Option<String>,
-    /// Steps of a fixed-step method; default: the run's.
-    #[arg(long)]
-    pub steps: Option<usize>,
+    /// ODE options (default: the run's sampling options).
+    #[command(flatten)]
+    pub ode: OdeArgs,
     /// Test images whose bits/dim to measure (0: skip).
     #[arg(long, default_value_t = 0)]
     pub bpd_images: usize,
@@ -56,7 +52,6 @@ pub struct ImageEvalArgs {
 impl ImageEvalArgs {
     /// The experiment's settings; a bad schedule, normalisation or solver name is refused with its flag.
     pub fn settings(&self) -> Result<ImageEvalSettings> {
-        let solver: Option<Method> = self.solver.as_deref().map(parse_method).transpose()?;
         Ok(ImageEvalSettings {
             run: self.run.clone(),
             classifier: self.classifier.clone(),
@@ -64,16 +59,15 @@ impl ImageEvalArgs {
             cfg: self.cfg.clone(),
             lambda: self.lambda.clone(),
             estimator: match self.estimator {
-                EstimatorName::Exact => DivergenceEstimator::Exact,
-                EstimatorName::Hutchinson => DivergenceEstimator::Hutchinson {
+                DivergenceEstimator::Exact => DivergenceEstimator::Exact,
+                DivergenceEstimator::Hutchinson { distribution, .. } => DivergenceEstimator::Hutchinson {
                     probes: self.probes,
-                    distribution: ProbeDistribution::Rademacher,
+                    distribution,
                 },
             },
             normalize: parse_normalize(self.normalize.as_deref().unwrap_or("none"))?,
             schedule: parse_schedule(self.schedule.as_deref().unwrap_or("constant"))?,
-            solver,
-            steps: self.steps,
+            ode: self.ode.overrides(),
             bpd_images: self.bpd_images,
             out: self.out.clone(),
         })

@@ -14,7 +14,7 @@ use std::time::Instant;
 use ferroflow_models::checkpoint::{load_tensors, save_tensors};
 use ferroflow_models::optim::{Ema, FlatAdam};
 use ferroflow_models::unet::Unet;
-use ferroflow_models::{Mlp, MlpConfig, VelocityNet};
+use ferroflow_models::{Mlp, VelocityNet};
 use tch::{Device, Kind, Tensor};
 
 use crate::batch::{Batch, BatchMaker};
@@ -70,13 +70,7 @@ pub fn build_model(config: &RunConfig) -> Result<Box<dyn VelocityNet>, TrainErro
     let device = parse_device(&config.run.device);
     Ok(match model.kind {
         ModelKind::Mlp => {
-            let mlp = MlpConfig {
-                dim: config.data.target.dim(),
-                width: model.width,
-                depth: model.depth,
-                activation: model.activation,
-                time_embedding: model.time_embedding,
-            };
+            let mlp = model.mlp_config(config.data.target.dim());
             Box::new(Mlp::new(mlp, device)?)
         }
         ModelKind::Unet => Box::new(Unet::new(model.unet.clone(), device)?),

@@ -26,6 +26,9 @@ use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
 use ferroflow_engine::RunConfig;
+use ferroflow_engine::config::{
+    DataSection, FlowSection, ModelSection, RunSection, SampleSection, TrainSection,
+};
 use ferroflow_engine::data::Dataset;
 use ferroflow_engine::likelihood::{
     GaussianSource, LikelihoodSettings, log_likelihood_of_field, log_likelihood_with,
@@ -242,37 +245,29 @@ fn trained_flow(
         // An interrupted earlier training: this folder belongs to the benchmark, so start it again.
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
-    let text = format!(
-        r#"
-[run]
-name = "{name}"
-out_dir = "{}"
-seed = 0
-threads = 1
-
-[data]
-source = {{ kind = "gaussian" }}
-target = {{ kind = "8gaussians" }}
-
-[model]
-width = 64
-depth = 3
-activation = "selu"
-
-[train]
-steps = {train_steps}
-batch_size = 256
-checkpoint_every = 0
-
-[sample]
-n_samples = 2000
-solver = "euler"
-steps = 100
-w2_samples = 2000
-"#,
-        out_dir.display()
-    );
-    let config = RunConfig::parse(&text, Path::new("<bench likelihood config>"))?;
+    let config = RunConfig {
+        run: RunSection::named(name, out_dir),
+        data: DataSection {
+            source: Dataset::Gaussian { dim: 2, std: 1.0 },
+            target: Dataset::EightGaussians,
+        },
+        model: ModelSection::default(),
+        flow: FlowSection::default(),
+        train: TrainSection {
+            steps: train_steps,
+            batch_size: 256,
+            checkpoint_every: 0,
+            ..TrainSection::default()
+        },
+        sample: SampleSection {
+            n_samples: 2000,
+            solver: Method::Euler,
+            steps: 100,
+            w2_samples: 2000,
+            ..SampleSection::default()
+        },
+    };
+    config.validate()?;
     eprintln!("bench: training {train_steps} steps into {}", run_dir.display());
     let run_dir = ferroflow_engine::run::train_new(&config, observers)?;
     TrainedFlow::load(&run_dir)

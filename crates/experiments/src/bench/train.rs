@@ -8,29 +8,56 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
+use ferroflow_coupling::{CouplingConfig, IndependentOrder, SolverKind};
 use ferroflow_engine::RunConfig;
+use ferroflow_engine::config::{
+    DataSection, FlowSection, ModelSection, RunSection, SampleSection, TrainSection,
+};
+use ferroflow_engine::data::Dataset;
 
 use crate::timing::median;
 
 /// torchcfm 1.0.7's steps/s measured on this kind of machine (../shared/reference.md).
 const TORCHCFM_REFERENCE: [(&str, f64); 2] = [("I-CFM", 307.0), ("OT-CFM", 109.0)];
 
+/// torchcfm's 2D training setting as a typed config: 8gaussians -> moons, sigma 0.1, batch 256, MLP 3 x 64.
 fn bench_config(
     name: &str,
-    coupling: &str,
+    coupling: CouplingConfig,
     steps: usize,
     threads: usize,
     out_dir: &Path,
 ) -> Result<RunConfig> {
-    let text = format!(
-        "[run]\nname = \"{name}\"\nout_dir = \"{}\"\nthreads = {threads}\n\n\
-         [data]\nsource = {{ kind = \"8gaussians\" }}\ntarget = {{ kind = \"moons\" }}\n\n\
-         [flow]\nsigma = 0.1\ncoupling = {{ kind = \"{coupling}\" }}\n\n\
-         [train]\nsteps = {steps}\nbatch_size = 256\ncheckpoint_every = 0\nlog_every = 1000\n\n\
-         [sample]\nn_samples = 16\nsteps = 2\n",
-        out_dir.display()
-    );
-    Ok(RunConfig::parse(&text, Path::new("<bench train>"))?)
+    let config = RunConfig {
+        run: RunSection {
+            threads,
+            ..RunSection::named(name, out_dir)
+        },
+        data: DataSection {
+            source: Dataset::EightGaussians,
+            target: Dataset::Moons,
+        },
+        model: ModelSection::default(),
+        flow: FlowSection {
+            sigma: 0.1,
+            coupling,
+            ..FlowSection::default()
+        },
+        train: TrainSection {
+            steps,
+            batch_size: 256,
+            checkpoint_every: 0,
+            log_every: 1000,
+            ..TrainSection::default()
+        },
+        sample: SampleSection {
+            n_samples: 16,
+            steps: 2,
+            ..SampleSection::default()
+        },
+    };
+    config.validate()?;
+    Ok(config)
 }
 
 /// Settings of `ferroflow bench train`.
@@ -59,11 +86,33 @@ pub fn run(args: &TrainBenchSettings) -> Result<()> {
     }
     let out_dir = std::env::temp_dir().join(format!("ferroflow-bench-train-{}", std::process::id()));
     let mut rows = Vec::new();
-    for (label, coupling) in [("I-CFM", "independent"), ("OT-CFM", "exact_ot")] {
+    let couplings = [
+        (
+            "I-CFM",
+            "independent",
+            CouplingConfig::Independent {
+                order: IndependentOrder::Identity,
+            },
+        ),
+        (
+            "OT-CFM",
+            "exact_ot",
+            CouplingConfig::ExactOt {
+                solver: SolverKind::Jv,
+            },
+        ),
+    ];
+    for (label, coupling_name, coupling) in couplings {
         for &t in threads {
             let mut rates = Vec::new();
             for rep in 0..repeats {
-                let config = bench_config(&format!("{coupling}-{t}-{rep}"), coupling, steps, t, &out_dir)?;
+                let config = bench_config(
+                    &format!("{coupling_name}-{t}-{rep}"),
+                    coupling.clone(),
+                    steps,
+                    t,
+                    &out_dir,
+                )?;
                 let run_dir = ferroflow_engine::files::create_run_dir(&out_dir, &config.run.name)?;
                 let summary = ferroflow_engine::train::train(&config, &run_dir, false, &mut [])?;
                 rates.push(summary.steps_per_second());

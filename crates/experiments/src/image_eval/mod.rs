@@ -28,6 +28,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
+use ferroflow_engine::config::SolverOverrides;
 use ferroflow_engine::data::Dataset;
 use ferroflow_engine::files::{write_atomic, write_npy};
 use ferroflow_engine::guided::{GuidanceSettings, sample_guided};
@@ -41,7 +42,6 @@ use ferroflow_engine::stream::{IMAGE_EVAL_MAX_CHUNKS, Stream};
 use ferroflow_guidance::{ClassifierFree, ModeSeeking, Normalize, Schedule};
 use ferroflow_models::DivergenceEstimator;
 use ferroflow_report::plot::rgb_png;
-use ferroflow_solvers::Method;
 
 /// Samples integrated at once (bounds the memory of the autograd graphs of mode seeking).
 const SAMPLE_CHUNK: usize = 250;
@@ -65,10 +65,8 @@ pub struct ImageEvalSettings {
     pub normalize: Normalize,
     /// Mode-seeking schedule.
     pub schedule: Schedule,
-    /// ODE method; `None`: the run's.
-    pub solver: Option<Method>,
-    /// Steps of a fixed-step method; `None`: the run's.
-    pub steps: Option<usize>,
+    /// Overrides of the run's sampling solver (`--solver`, `--steps`, `--atol`, `--rtol`).
+    pub ode: SolverOverrides,
     /// Test images whose bits/dim to measure (0: skip).
     pub bpd_images: usize,
     /// Output folder (`None`: RUN/image-eval).
@@ -215,17 +213,11 @@ pub fn evaluate(args: &ImageEvalSettings) -> Result<ImageEval> {
             args.run.display()
         );
     }
-    let mut sample = flow.config.sample.clone();
-    if let Some(method) = args.solver {
-        sample.solver = method;
-    }
-    sample.steps = args.steps.unwrap_or(sample.steps);
     let mut config = flow.config.clone();
-    config.sample = sample;
-    config
-        .validate()
-        .context("sampling options (--solver, --steps)")?;
-    let options = config.sample.ode_options();
+    let options = args
+        .ode
+        .apply(&mut config)
+        .context("sampling options (--solver, --steps, --atol, --rtol)")?;
     let sampler = format!("{:?}, {} steps", config.sample.solver, config.sample.steps).to_lowercase();
 
     let out_dir = args.out.clone().unwrap_or_else(|| args.run.join("image-eval"));
@@ -552,8 +544,7 @@ mod tests {
             },
             normalize: Normalize::None,
             schedule: Schedule::Constant,
-            solver: None,
-            steps: None,
+            ode: SolverOverrides::default(),
             bpd_images: 0,
             out: None,
         }
