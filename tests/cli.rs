@@ -199,3 +199,48 @@ fn an_overflowing_loss_stops_the_run_and_names_the_step() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn every_command_declares_its_flags_to_clap() {
+    // `bench guidance` used to take its flags as leftover strings for a second parser; now each command's
+    // flags are clap's, so `--help` lists them and a wrong value is refused before any work.
+    let out = ferroflow(&["bench", "guidance", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && help.contains("--study") && help.contains("--dims"),
+        "{help}"
+    );
+    for (command, flag) in [
+        ("sample", "--atol"),
+        ("likelihood", "--rtol"),
+        ("image-eval", "--atol"),
+    ] {
+        let out = ferroflow(&[command, "--help"]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains(flag), "{command} --help lacks {flag}: {help}");
+    }
+    let out = ferroflow(&[
+        "sample",
+        "--run",
+        "nowhere",
+        "--out",
+        "x.npy",
+        "--guidance",
+        "mode",
+        "--lambda",
+        "1",
+        "--estimator",
+        "bogus",
+    ]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("allowed: exact, hutchinson"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ferroflow(&["ot", "--x0", "a.npy", "--x1", "b.npy", "--solver", "simplex"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("allowed: fast (jv), hungarian"),
+        "{}",
+        stderr(&out)
+    );
+}
