@@ -69,12 +69,7 @@ pub struct BatchMaker {
 impl BatchMaker {
     /// A batch maker for a validated config.
     pub fn new(config: &RunConfig) -> Result<Self, crate::error::ConfigError> {
-        if config.flow.prediction == Prediction::Score {
-            return Err(crate::error::ConfigError::value(
-                "flow.prediction",
-                "score is not a training target here; allowed: velocity, target (x1), epsilon",
-            ));
-        }
+        config.flow.check_training_target()?;
         Ok(Self {
             source: config.data.source.clone(),
             target: config.data.target.clone(),
@@ -144,7 +139,7 @@ impl BatchMaker {
                     Prediction::Velocity => da * x0 + db * x1 + if s != 0.0 { ds * eps } else { 0.0 },
                     Prediction::Target => x1,
                     Prediction::Epsilon => x0,
-                    Prediction::Score => unreachable!("RunConfig::validate refuses score prediction"),
+                    Prediction::Score => unreachable!("BatchMaker::new refuses score prediction"),
                 });
             }
         }

@@ -253,6 +253,17 @@ impl Default for FlowSection {
 }
 
 impl FlowSection {
+    /// Refuses a prediction the trainer has no regression target for (the paths crate's `score`).
+    pub fn check_training_target(&self) -> Result<(), ConfigError> {
+        if self.prediction == Prediction::Score {
+            return Err(ConfigError::value(
+                "flow.prediction",
+                "score is not a training target here; allowed: velocity, target (x1), epsilon",
+            ));
+        }
+        Ok(())
+    }
+
     /// Builds the conditional path this section describes.
     pub fn build_path(&self) -> Result<Box<dyn ConditionalPath + Send + Sync>, ConfigError> {
         let err = |e: ferroflow_paths::PathsError| ConfigError::value("flow.sigma", e.to_string());
@@ -546,12 +557,7 @@ impl RunConfig {
             PathKind::SchrodingerBridge => true,
             PathKind::OneSided => false,
         };
-        if flow.prediction == Prediction::Score {
-            return Err(ConfigError::value(
-                "flow.prediction",
-                "score is not a training target here; allowed: velocity, target (x1), epsilon",
-            ));
-        }
+        flow.check_training_target()?;
         if flow.prediction != Prediction::Velocity && noisy {
             return Err(ConfigError::value(
                 "flow.prediction",

@@ -5,11 +5,11 @@
 use anyhow::{Context, Result, bail};
 use ferroflow_guidance::{ClassifierFree, ModeSeeking, ModeSeekingField, classifier_free_velocity};
 use ferroflow_models::VelocityNet;
-use ferroflow_solvers::{Field, OdeOptions, Solution, SolverError, solve, solve_with_trajectory};
+use ferroflow_paths::Prediction;
+use ferroflow_solvers::{OdeOptions, Solution, SolverError};
 use tch::Tensor;
 
-use crate::sample::TrainedFlow;
-use ferroflow_paths::Prediction;
+use crate::sample::{TrainedFlow, integrate_unit_interval};
 
 /// A velocity closure `(x, t) -> v` that records the autograd graph.
 type BoxedVelocity<'a> = Box<dyn Fn(&Tensor, f64) -> Tensor + 'a>;
@@ -54,27 +54,15 @@ pub fn sample_guided(
     let solution = match &settings.mode_seeking {
         Some(config) => {
             let mut field = ModeSeekingField::new(&velocity, config.clone())?;
-            integrate(&mut field, x0, options, times)?
+            integrate_unit_interval(&mut field, x0, options, times)?
         }
         None => {
             let mut field =
                 |t: f64, x: &Tensor| -> Result<Tensor, SolverError> { Ok(tch::no_grad(|| velocity(x, t))) };
-            integrate(&mut field, x0, options, times)?
+            integrate_unit_interval(&mut field, x0, options, times)?
         }
     };
     Ok(solution)
-}
-
-fn integrate<F: Field<Tensor>>(
-    field: &mut F,
-    x0: Tensor,
-    options: &OdeOptions,
-    times: Option<&[f64]>,
-) -> Result<Solution<Tensor>, SolverError> {
-    match times {
-        Some(times) => solve_with_trajectory(field, x0, times, options),
-        None => solve(field, x0, 0.0, 1.0, options),
-    }
 }
 
 #[cfg(test)]

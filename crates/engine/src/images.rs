@@ -148,6 +148,9 @@ pub enum ImageError {
     /// An error of the models crate.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A failure of the training loop other than a non-finite loss (which is [`ImageError::NonFinite`]).
+    #[error(transparent)]
+    Train(TrainError),
 }
 
 /// Images `[n, 1, 28, 28]` (float, in [-1, 1]) with their labels `[n]` (int64, in `0..10`).
@@ -451,9 +454,7 @@ pub fn train_classifier(
         TrainError::NonFiniteLoss { step, value, .. } => ImageError::NonFinite {
             what: format!("the classifier's loss at step {step} ({value})"),
         },
-        other => ImageError::NonFinite {
-            what: format!("the classifier's training: {other}"),
-        },
+        other => ImageError::Train(other),
     })?;
     let classifier = trainer.classifier;
     let accuracy = accuracy(&classifier, &data.test)?;

@@ -9,11 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use ferroflow_models::VelocityNet;
-use ferroflow_paths::ConditionalPath;
-use ferroflow_solvers::{OdeOptions, Solution, SolverError, solve, solve_with_trajectory};
+use ferroflow_paths::{ConditionalPath, Prediction};
+use ferroflow_solvers::{Field, OdeOptions, Solution, SolverError, solve, solve_with_trajectory};
 use tch::{Device, Kind, Tensor};
-
-use ferroflow_paths::Prediction;
 
 use crate::config::RunConfig;
 use crate::error::TrainError;
@@ -34,7 +32,7 @@ pub struct TrainedFlow {
 impl TrainedFlow {
     /// Loads `run_dir/config.toml` and `run_dir/model.safetensors`.
     pub fn load(run_dir: &Path) -> Result<Self, anyhow::Error> {
-        let config_path = run_dir.join("config.toml");
+        let config_path = run_dir.join(crate::run::CONFIG_FILE);
         let config = RunConfig::load(&config_path)?;
         Self::from_config(config, run_dir)
     }
@@ -120,10 +118,20 @@ impl TrainedFlow {
         times: Option<&[f64]>,
     ) -> Result<Solution<Tensor>, SolverError> {
         let mut field = |t: f64, x: &Tensor| -> Result<Tensor, SolverError> { Ok(self.velocity(x, t)) };
-        match times {
-            Some(times) => solve_with_trajectory(&mut field, x0, times, options),
-            None => solve(&mut field, x0, 0.0, 1.0, options),
-        }
+        integrate_unit_interval(&mut field, x0, options, times)
+    }
+}
+
+/// Integrates `field` from t = 0 to 1 starting at `x0`; with `times`, also returns the states at those times.
+pub fn integrate_unit_interval<F: Field<Tensor>>(
+    field: &mut F,
+    x0: Tensor,
+    options: &OdeOptions,
+    times: Option<&[f64]>,
+) -> Result<Solution<Tensor>, SolverError> {
+    match times {
+        Some(times) => solve_with_trajectory(field, x0, times, options),
+        None => solve(field, x0, 0.0, 1.0, options),
     }
 }
 

@@ -84,13 +84,11 @@ pub fn apply_threads(config: &RunConfig) {
     }
 }
 
-/// A flow being trained: the network, its flat weights, the optimizer and the EMA of the weights. Observers
-/// of the flow trainer see this.
+/// A flow being trained: the network (its weights are `net.params().flat()`), the optimizer and the EMA of
+/// the weights. Observers of the flow trainer see this.
 pub struct FlowModel {
     /// The velocity network.
     pub net: Box<dyn VelocityNet>,
-    /// Its parameters as one flat tensor (shared with the network's views).
-    pub flat: Tensor,
     /// Adam's state.
     pub adam: FlatAdam,
     /// The EMA of the weights, when `train.ema_decay > 0`.
@@ -133,9 +131,10 @@ impl Trainable for FlowTrainer<'_> {
         // A non-finite loss must not reach the weights: the NaN guard stops the run after this step, and
         // the weights it leaves are never saved.
         if loss_value.is_finite() {
-            self.model.adam.step(&self.model.flat);
+            let weights = self.model.net.params().flat();
+            self.model.adam.step(weights);
             if let Some(ema) = self.model.ema.as_mut() {
-                ema.update(&self.model.flat);
+                ema.update(weights);
             }
         }
         Ok(loss_value)
@@ -180,14 +179,13 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     apply_threads(config);
     let net = build_model(config)?;
-    let flat = net.params().flat().shallow_clone();
-    let adam = FlatAdam::new(config.train.optimizer.clone(), &flat)?;
+    let adam = FlatAdam::new(config.train.optimizer.clone(), net.params().flat())?;
     let ema = if config.train.ema_decay > 0.0 {
-        Some(Ema::new(config.train.ema_decay, &flat)?)
+        Some(Ema::new(config.train.ema_decay, net.params().flat())?)
     } else {
         None
     };
-    let mut model = FlowModel { net, flat, adam, ema };
+    let mut model = FlowModel { net, adam, ema };
     let mut journal = Journal::default();
     let checkpoint_path = run_dir.join(CHECKPOINT_FILE);
     if resume {
@@ -249,7 +247,10 @@ pub fn train(
             Ok(trainer.model)
         })?;
     let seconds = started.elapsed().as_secs_f64();
-    let sampling_weights = model.ema.as_ref().map_or(&model.flat, |e| &e.weights);
+    let sampling_weights = model
+        .ema
+        .as_ref()
+        .map_or(model.net.params().flat(), |e| &e.weights);
     save_tensors(
         &model.net.params().named_of(sampling_weights),
         &run_dir.join(MODEL_FILE),

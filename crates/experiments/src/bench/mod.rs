@@ -33,6 +33,7 @@ use ferroflow_engine::data::Dataset;
 use ferroflow_engine::likelihood::{
     GaussianSource, LikelihoodSettings, log_likelihood_of_field, log_likelihood_with,
 };
+use ferroflow_engine::run::CONFIG_FILE;
 use ferroflow_engine::sample::TrainedFlow;
 use ferroflow_engine::stream::Stream;
 use ferroflow_engine::train::{MODEL_FILE, Observer};
@@ -237,7 +238,7 @@ fn trained_flow(
 ) -> Result<TrainedFlow> {
     let name = format!("likelihood-8gaussians-{train_steps}");
     let run_dir = out_dir.join(&name);
-    if run_dir.join(MODEL_FILE).exists() && run_dir.join("config.toml").exists() {
+    if run_dir.join(MODEL_FILE).exists() && run_dir.join(CONFIG_FILE).exists() {
         eprintln!("bench: loading {}", run_dir.display());
         return TrainedFlow::load(&run_dir);
     }

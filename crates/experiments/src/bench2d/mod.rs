@@ -19,10 +19,11 @@ use tch::{Kind, Tensor};
 
 use ferroflow_engine::config::{DataSection, RunConfig};
 use ferroflow_engine::files::write_atomic;
-use ferroflow_engine::metrics::RunMetrics;
-use ferroflow_engine::run::w2_f32;
+use ferroflow_engine::metrics::{METRICS_FILE, RunMetrics};
+use ferroflow_engine::run::{CONFIG_FILE, w2_f32};
 use ferroflow_engine::sample::{TrainedFlow, reference_samples, source_sample, to_array};
 use ferroflow_engine::stream::Stream;
+use ferroflow_engine::train::MODEL_FILE;
 
 /// Settings of `ferroflow bench2d`.
 #[derive(Clone, Debug)]
@@ -200,8 +201,8 @@ fn train_or_reuse(config: &RunConfig) -> Result<PathBuf> {
     let run_dir = Path::new(&config.run.out_dir).join(&config.run.name);
     // Reuse a finished run only if it was trained with exactly this config (another `--steps`, an edited
     // config file or another Sinkhorn cap must not be mistaken for it).
-    let same_config = RunConfig::load(&run_dir.join("config.toml")).is_ok_and(|saved| saved == *config);
-    if same_config && run_dir.join("model.safetensors").is_file() && run_dir.join("metrics.json").is_file() {
+    let same_config = RunConfig::load(&run_dir.join(CONFIG_FILE)).is_ok_and(|saved| saved == *config);
+    if same_config && run_dir.join(MODEL_FILE).is_file() && run_dir.join(METRICS_FILE).is_file() {
         return Ok(run_dir);
     }
     if run_dir.exists() {
