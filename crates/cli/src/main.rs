@@ -48,6 +48,10 @@ enum Command {
 
 fn main() {
     if let Err(err) = run(Cli::parse()) {
+        if let Some(interrupted) = err.downcast_ref::<train::Interrupted>() {
+            eprintln!("ferroflow: {interrupted}");
+            std::process::exit(130);
+        }
         eprintln!("ferroflow: error: {err:#}");
         std::process::exit(1);
     }

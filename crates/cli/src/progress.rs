@@ -90,3 +90,18 @@ impl<M: ?Sized> Observer<M> for Progress {
         }
     }
 }
+
+/// Prints the engine's notes about a run (a lock taken over, leftovers removed, ...) on stderr, also with
+/// `--quiet`.
+#[derive(Debug, Default)]
+pub struct Notes;
+
+impl<M: ?Sized> Observer<M> for Notes {
+    fn on_step(&mut self, _: &M, _: &StepInfo, _: &mut Journal) -> Result<(), TrainError> {
+        Ok(())
+    }
+
+    fn on_note(&mut self, note: &str) {
+        eprintln!("{note}");
+    }
+}

@@ -58,7 +58,7 @@ w2_samples = 200
         out_dir.display()
     );
     let config = RunConfig::parse(&text, std::path::Path::new("<test>")).unwrap();
-    let run_dir = ferroflow_engine::run::train_new(&config, &mut []).unwrap();
+    let run_dir = ferroflow_engine::run::train_new(&config, &mut [], None).unwrap();
     let flow = TrainedFlow::load(&run_dir).unwrap();
 
     let data = points(100, 6);

@@ -31,7 +31,7 @@ const ROWS_PER_TASK: usize = 16;
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum GroundCost {
     /// `|x - y|_2^2`.
-    SquaredEuclidean,
+    SquaredEuclidean {},
     /// `|x - y|_p`, `p >= 1` (`p = inf` gives the maximum norm).
     Minkowski {
         /// The norm's exponent.
@@ -51,7 +51,7 @@ impl GroundCost {
     /// Checks the exponent.
     pub fn validate(&self) -> Result<()> {
         match *self {
-            GroundCost::SquaredEuclidean => Ok(()),
+            GroundCost::SquaredEuclidean {} => Ok(()),
             GroundCost::Minkowski { p } if p >= 1.0 && !p.is_nan() => Ok(()),
             GroundCost::MinkowskiPowered { p } if p >= 1.0 && p.is_finite() => Ok(()),
             GroundCost::Minkowski { p } => Err(CouplingError::InvalidParameter {
@@ -70,7 +70,7 @@ impl GroundCost {
     /// The cost between two points given as slices (reference implementation, used by tests).
     pub fn between(&self, x: &[f64], y: &[f64]) -> f64 {
         match *self {
-            GroundCost::SquaredEuclidean => x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum(),
+            GroundCost::SquaredEuclidean {} => x.iter().zip(y).map(|(a, b)| (a - b) * (a - b)).sum(),
             GroundCost::Minkowski { p } if p.is_infinite() => {
                 x.iter().zip(y).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max)
             }
@@ -137,7 +137,7 @@ pub fn cost_matrix(x0: ArrayView2<f64>, x1: ArrayView2<f64>, cost: GroundCost) -
 
 /// The `(n0, n1)` matrix of squared Euclidean distances.
 pub fn squared_euclidean(x0: ArrayView2<f64>, x1: ArrayView2<f64>) -> Result<Array2<f64>> {
-    cost_matrix(x0, x1, GroundCost::SquaredEuclidean)
+    cost_matrix(x0, x1, GroundCost::SquaredEuclidean {})
 }
 
 /// Writes `cost(x0_i, x1_j)` into `out`, which must have shape `(n0, n1)`.
@@ -168,7 +168,7 @@ pub fn cost_matrix_into(
     }
     let dim = x0.ncols();
     let parallel = x0.nrows() * x1.nrows() * dim >= PARALLEL_WORK_THRESHOLD;
-    if cost == GroundCost::SquaredEuclidean && dim >= GEMM_MIN_DIM {
+    if matches!(cost, GroundCost::SquaredEuclidean {}) && dim >= GEMM_MIN_DIM {
         squared_by_product(x0, x1, out.view_mut(), parallel);
     } else {
         // Coordinates of x1 as rows of a (d, n1) standard-layout array, so that the inner loop runs over targets.
@@ -215,7 +215,7 @@ fn direct_row(x: ndarray::ArrayView1<f64>, x1_t: ArrayView2<f64>, cost: GroundCo
     out.fill(0.0);
     let coords = x1_t.rows().into_iter();
     match cost {
-        GroundCost::SquaredEuclidean => {
+        GroundCost::SquaredEuclidean {} => {
             for (&xk, y_k) in x.iter().zip(coords) {
                 let y_k = y_k.to_slice().expect("standard layout");
                 for (o, &y) in out.iter_mut().zip(y_k) {

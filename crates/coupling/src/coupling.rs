@@ -224,7 +224,7 @@ pub struct ExactOt {
 
 impl Coupling for ExactOt {
     fn pair(&self, x0: ArrayView2<f64>, x1: ArrayView2<f64>, _rng: &mut dyn RngCore) -> Result<Pairing> {
-        let cost = cost_matrix(x0, x1, GroundCost::SquaredEuclidean)?;
+        let cost = cost_matrix(x0, x1, GroundCost::SquaredEuclidean {})?;
         if x0.nrows() <= x1.nrows() {
             let a = self.solver.solve(cost.view())?;
             Ok(Pairing {
@@ -250,7 +250,7 @@ pub struct OtPlanSampling {
 
 impl Coupling for OtPlanSampling {
     fn pair(&self, x0: ArrayView2<f64>, x1: ArrayView2<f64>, rng: &mut dyn RngCore) -> Result<Pairing> {
-        let cost = cost_matrix(x0, x1, GroundCost::SquaredEuclidean)?;
+        let cost = cost_matrix(x0, x1, GroundCost::SquaredEuclidean {})?;
         let plan = exact_plan(cost.view(), self.max_replicated)?;
         sample_plan(plan.view(), x0.nrows(), rng)
     }
@@ -267,7 +267,7 @@ pub struct SinkhornCoupling {
 
 impl Coupling for SinkhornCoupling {
     fn pair(&self, x0: ArrayView2<f64>, x1: ArrayView2<f64>, rng: &mut dyn RngCore) -> Result<Pairing> {
-        let mut cost = cost_matrix(x0, x1, GroundCost::SquaredEuclidean)?;
+        let mut cost = cost_matrix(x0, x1, GroundCost::SquaredEuclidean {})?;
         if self.scaling == CostScaling::Max {
             let max = cost.fold(0.0f64, |m, &c| m.max(c));
             if max > 0.0 {

@@ -149,7 +149,7 @@ impl BatchMaker {
     fn draw_time(&self, rng: &mut ChaCha8Rng) -> f64 {
         // Open interval: the Schrödinger-bridge path's noise derivative is singular at both ends.
         let t = match self.time_sampling {
-            TimeSampling::Uniform => rng.random::<f64>(),
+            TimeSampling::Uniform {} => rng.random::<f64>(),
             TimeSampling::LogitNormal { mean, std } => {
                 let z: f64 = rng.sample(StandardNormal);
                 1.0 / (1.0 + (-(mean + std * z)).exp())

@@ -53,7 +53,8 @@ pub struct RunSection {
     /// Seed of every random draw (model initialisation, batches, sampling).
     #[serde(default)]
     pub seed: u64,
-    /// `cpu`, `cuda` or `cuda:N`.
+    /// `cpu`, `cuda`, `cuda:N` (an error when that GPU is not there) or `auto` (CUDA when present, else the
+    /// CPU, said when training starts).
     #[serde(default = "default_device")]
     pub device: String,
     /// libtorch intra-op threads (0 = libtorch's choice). One thread is fastest for small MLPs.
@@ -162,7 +163,7 @@ impl Default for ModelSection {
             width: default_width(),
             depth: default_depth(),
             activation: Activation::Selu,
-            time_embedding: TimeEmbedding::Concat,
+            time_embedding: TimeEmbedding::Concat {},
             unet: UnetConfig::default(),
         }
     }
@@ -184,12 +185,12 @@ pub enum PathKind {
 }
 
 /// How training times are drawn.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum TimeSampling {
-    /// t ~ U(0, 1).
-    #[default]
-    Uniform,
+    /// t ~ U(0, 1). (Kinds without fields are written `Kind {}`: serde ignores unknown keys beside the tag
+    /// of a unit variant, and unknown keys must be refused.)
+    Uniform {},
     /// t = sigmoid(m + s z), z ~ N(0, 1) (Esser et al. 2024).
     LogitNormal {
         /// m.
@@ -197,6 +198,12 @@ pub enum TimeSampling {
         /// s > 0.
         std: f64,
     },
+}
+
+impl Default for TimeSampling {
+    fn default() -> Self {
+        TimeSampling::Uniform {}
+    }
 }
 
 /// `[flow]`.
@@ -247,7 +254,7 @@ impl Default for FlowSection {
             sigma: 0.0,
             coupling: default_coupling(),
             prediction: Prediction::Velocity,
-            time_sampling: TimeSampling::Uniform,
+            time_sampling: TimeSampling::Uniform {},
         }
     }
 }
@@ -433,12 +440,24 @@ impl SolverOverrides {
 }
 
 impl RunConfig {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file (at most [`MAX_CONFIG_BYTES`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        let read_error = |detail: String| ConfigError::Read {
             path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
+            detail,
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| {
+                use std::io::Read;
+                file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text)
+            })
+            .map_err(|e| read_error(e.to_string()))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(read_error(format!(
+                "larger than {MAX_CONFIG_BYTES} bytes; a config is a short TOML file"
+            )));
+        }
         Self::parse(&text, path)
     }
 
@@ -452,9 +471,10 @@ impl RunConfig {
         Ok(config)
     }
 
-    /// The resolved config as TOML, defaults included.
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).expect("a validated config serialises")
+    /// The resolved config as TOML, defaults included. Fails only for values TOML cannot hold (integers
+    /// beyond 2^63 - 1, which [`RunConfig::validate`] refuses).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::value("config", e.to_string()))
     }
 
     /// Checks every value once; the message names the key and the allowed range.
@@ -470,10 +490,17 @@ impl RunConfig {
                 format!("{:?} must be a plain folder name", run.name),
             ));
         }
-        if !(run.device == "cpu" || run.device == "cuda" || run.device.starts_with("cuda:")) {
+        let cuda_index = run.device.strip_prefix("cuda:");
+        if !(matches!(run.device.as_str(), "cpu" | "auto" | "cuda")
+            || cuda_index
+                .is_some_and(|n| !n.is_empty() && n.len() <= 4 && n.bytes().all(|b| b.is_ascii_digit())))
+        {
             return Err(ConfigError::value(
                 "run.device",
-                format!("{:?}: allowed are cpu, cuda, cuda:N", run.device),
+                format!(
+                    "{:?}: allowed are cpu, auto (CUDA when present), cuda, cuda:N",
+                    run.device
+                ),
             ));
         }
         if run.threads > 1024 {
@@ -577,9 +604,9 @@ impl RunConfig {
             }
         }
         let train = &self.train;
-        if train.steps == 0 {
-            return Err(ConfigError::value("train.steps", "must be at least 1"));
-        }
+        check_count("train.steps", train.steps, 1, MAX_STEPS)?;
+        check_count("train.checkpoint_every", train.checkpoint_every, 0, MAX_STEPS)?;
+        check_count("train.log_every", train.log_every, 1, MAX_STEPS)?;
         if !(1..=1 << 20).contains(&train.batch_size) {
             return Err(ConfigError::value(
                 "train.batch_size",
@@ -596,13 +623,8 @@ impl RunConfig {
                 format!("{} is outside [0, 1)", train.ema_decay),
             ));
         }
-        if train.log_every == 0 {
-            return Err(ConfigError::value("train.log_every", "must be at least 1"));
-        }
         let sample = &self.sample;
-        if sample.n_samples == 0 {
-            return Err(ConfigError::value("sample.n_samples", "must be at least 1"));
-        }
+        check_sample_count("sample.n_samples", sample.n_samples, self.data.target.dim())?;
         if !(1..=100_000).contains(&sample.steps) {
             return Err(ConfigError::value(
                 "sample.steps",
@@ -610,14 +632,68 @@ impl RunConfig {
             ));
         }
         for (key, tol) in [("sample.atol", sample.atol), ("sample.rtol", sample.rtol)] {
-            if !(tol.is_finite() && tol > 0.0) {
-                return Err(ConfigError::value(key, format!("{tol} must be > 0")));
+            if !(MIN_TOLERANCE..=1.0).contains(&tol) {
+                return Err(ConfigError::value(
+                    key,
+                    format!(
+                        "{tol} is outside [{MIN_TOLERANCE:e}, 1]: sampling runs in float32, where a smaller \
+                         tolerance cannot be met"
+                    ),
+                ));
             }
         }
-        if sample.w2_samples < 2 {
-            return Err(ConfigError::value("sample.w2_samples", "must be at least 2"));
+        if !(2..=MAX_W2_SAMPLES).contains(&sample.w2_samples) {
+            return Err(ConfigError::value(
+                "sample.w2_samples",
+                format!(
+                    "{} is outside 2..={MAX_W2_SAMPLES}: the exact W2 holds an n x n float64 cost matrix \
+                     (3.2 GB at the bound)",
+                    sample.w2_samples
+                ),
+            ));
         }
         Ok(())
+    }
+}
+
+/// The largest config file read.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+/// The most optimizer steps a run may ask for (also the bound of the step counts of `[train]`).
+pub const MAX_STEPS: usize = 1_000_000_000;
+/// The most coordinates (points x dimension) one array of samples may hold: 512 MiB of float32. Sampling
+/// integrates in chunks of [`crate::sample::CHUNK_ROWS`] points, so the network's activations stay bounded too.
+pub const MAX_SAMPLE_ELEMENTS: usize = 1 << 27;
+/// The most samples of the exact 2-Wasserstein distance (its cost matrix is n x n float64).
+pub const MAX_W2_SAMPLES: usize = 20_000;
+/// The smallest ODE tolerance: sampling runs in float32 (relative precision about 6e-8).
+pub const MIN_TOLERANCE: f64 = 1e-10;
+
+/// Refuses a count outside `min..=max`, naming `key`.
+pub fn check_count(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::value(
+            key,
+            format!("{value} is outside {min}..={max}"),
+        ))
+    }
+}
+
+/// Refuses a number of samples of dimension `dim` that is zero or holds more than [`MAX_SAMPLE_ELEMENTS`]
+/// coordinates, naming `key` and the bound.
+pub fn check_sample_count(key: &str, n: usize, dim: usize) -> Result<(), ConfigError> {
+    let max = MAX_SAMPLE_ELEMENTS / dim.max(1);
+    if (1..=max).contains(&n) {
+        Ok(())
+    } else {
+        Err(ConfigError::value(
+            key,
+            format!(
+                "{n} is outside 1..={max} (at most {MAX_SAMPLE_ELEMENTS} coordinates, 512 MiB of float32, of \
+                 dimension {dim})"
+            ),
+        ))
     }
 }
 
@@ -642,7 +718,7 @@ mod tests {
         let cfg = RunConfig::parse(MINIMAL, Path::new("x.toml")).unwrap();
         assert_eq!(cfg.data.source, Dataset::Gaussian { dim: 2, std: 1.0 });
         assert_eq!(cfg.train.batch_size, 256);
-        let again = RunConfig::parse(&cfg.to_toml(), Path::new("resolved.toml")).unwrap();
+        let again = RunConfig::parse(&cfg.to_toml().unwrap(), Path::new("resolved.toml")).unwrap();
         assert_eq!(cfg, again);
     }
 
@@ -705,7 +781,7 @@ mod tests {
         // The resolved config names it the paths crate's way, and reads back.
         let cfg = read("x1").unwrap();
         assert_eq!(
-            RunConfig::parse(&cfg.to_toml(), Path::new("resolved.toml")).unwrap(),
+            RunConfig::parse(&cfg.to_toml().unwrap(), Path::new("resolved.toml")).unwrap(),
             cfg
         );
     }
@@ -718,5 +794,143 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("flow.path"), "{err}");
+    }
+
+    fn refusal(extra: &str) -> String {
+        RunConfig::parse(&format!("{MINIMAL}{extra}"), Path::new("c.toml"))
+            .map(|_| format!("accepted: {extra}"))
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn every_kind_refuses_unknown_keys_also_kinds_without_fields() {
+        // Issue 15, cause 1: serde ignores keys beside the tag of a unit variant.
+        for target in [
+            "moons",
+            "8gaussians",
+            "scurve",
+            "checkerboard",
+            "ring",
+            "gaussian",
+        ] {
+            let text = MINIMAL.replace(
+                "target = { kind = \"moons\" }",
+                &format!("target = {{ kind = \"{target}\", bogus = \"x\" }}"),
+            );
+            let err = RunConfig::parse(&text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("bogus") && err.contains("c.toml"), "{target}: {err}");
+        }
+        for extra in [
+            "[flow]\ntime_sampling = { kind = \"uniform\", mean = 0.5 }\n",
+            "[model]\ntime_embedding = { kind = \"concat\", dim = 64 }\n",
+            "[flow]\ncoupling = { kind = \"exact_ot\", epsilon = 1.0 }\n",
+            "[flow]\ncoupling = { kind = \"independent\", cost = 1 }\n",
+            "[flow]\nscheduler = { kind = \"cond_ot\", exponent = 1.0 }\n",
+        ] {
+            let err = refusal(extra);
+            assert!(!err.starts_with("accepted"), "{err}");
+        }
+        // The kinds still read and write back the same.
+        let text = format!(
+            "{MINIMAL}[flow]\ntime_sampling = {{ kind = \"uniform\" }}\n[model]\ntime_embedding = {{ kind = \"concat\" }}\n"
+        );
+        let cfg = RunConfig::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(cfg.flow.time_sampling, TimeSampling::Uniform {});
+        assert_eq!(
+            RunConfig::parse(&cfg.to_toml().unwrap(), Path::new("r.toml")).unwrap(),
+            cfg
+        );
+    }
+
+    #[test]
+    fn device_names_are_checked_and_auto_is_allowed() {
+        // Issue 15, cause 2 (the part that needs no GPU: the syntax).
+        for bad in ["cuda:abc", "cuda:", "gpu", "cuda:-1", "cuda:99999"] {
+            let text = MINIMAL.replace("name = \"t\"", &format!("name = \"t\"\ndevice = \"{bad}\""));
+            let err = RunConfig::parse(&text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("run.device") && err.contains(bad), "{bad}: {err}");
+        }
+        for good in ["cpu", "auto", "cuda", "cuda:0", "cuda:7"] {
+            let text = MINIMAL.replace("name = \"t\"", &format!("name = \"t\"\ndevice = \"{good}\""));
+            RunConfig::parse(&text, Path::new("c.toml")).unwrap();
+        }
+    }
+
+    #[test]
+    fn mixture_parameters_are_bounded_and_finite() {
+        // Issue 15, cause 3.
+        let mixture = |weights: &str, mean: &str| {
+            MINIMAL.replace(
+                "target = { kind = \"moons\" }",
+                &format!(
+                    "target = {{ kind = \"mixture\", weights = {weights}, means = [[{mean}, 0.0], [1.0, 1.0]], \
+                     covariances = [[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]] }}"
+                ),
+            )
+        };
+        let parse = |text: String| RunConfig::parse(&text, Path::new("c.toml"));
+        parse(mixture("[1.0, 2.0]", "0.0")).unwrap();
+        let err = parse(mixture("[1.0, 2.0]", "nan")).unwrap_err().to_string();
+        assert!(
+            err.contains("data.target.means[0][0]") && err.contains("NaN"),
+            "{err}"
+        );
+        let err = parse(mixture("[1.0, 2.0]", "1e300")).unwrap_err().to_string();
+        assert!(
+            err.contains("data.target.means[0][0]") && err.contains("1e6"),
+            "{err}"
+        );
+        let err = parse(mixture("[1e308, 1e308]", "0.0")).unwrap_err().to_string();
+        assert!(
+            err.contains("data.target.weights") && err.contains("overflow"),
+            "{err}"
+        );
+        let text = MINIMAL.replace(
+            "[data]\n",
+            "[data]\nsource = { kind = \"gaussian\", std = 1e300 }\n",
+        );
+        let err = parse(text).unwrap_err().to_string();
+        assert!(err.contains("data.source.std"), "{err}");
+    }
+
+    #[test]
+    fn counts_that_size_work_or_memory_are_bounded_and_say_their_bound() {
+        // Issue 15, causes 5, 11 and 16: each refused by key, with the bound, before anything runs.
+        for (extra, key, bound) in [
+            (
+                "[train]\nsteps = 9223372036854775807\n",
+                "train.steps",
+                "1000000000",
+            ),
+            (
+                "[train]\ncheckpoint_every = 9223372036854775807\n",
+                "train.checkpoint_every",
+                "1000000000",
+            ),
+            (
+                "[sample]\nn_samples = 300000000\n",
+                "sample.n_samples",
+                "67108864",
+            ),
+            ("[sample]\nw2_samples = 1000000\n", "sample.w2_samples", "20000"),
+            (
+                "[sample]\nsolver = \"dopri5\"\natol = 1e-300\n",
+                "sample.atol",
+                "1e-10",
+            ),
+            ("[sample]\nrtol = 0.0\n", "sample.rtol", "1e-10"),
+        ] {
+            let err = refusal(extra);
+            assert!(err.contains(key) && err.contains(bound), "{extra}: {err}");
+        }
+        // A value beyond what TOML holds (from a command-line override) is refused, never a panic.
+        let mut cfg = RunConfig::parse(MINIMAL, Path::new("c.toml")).unwrap();
+        cfg.train.steps = usize::MAX;
+        assert!(cfg.validate().unwrap_err().to_string().contains("train.steps"));
+        assert!(cfg.to_toml().is_err());
     }
 }

@@ -30,15 +30,15 @@ pub enum Dataset {
     },
     /// Eight Gaussians of std 0.1^(1/4) on a circle of radius 5.
     #[serde(rename = "8gaussians")]
-    EightGaussians,
+    EightGaussians {},
     /// Two interleaved half circles, scaled by 3 and shifted by -1.
-    Moons,
+    Moons {},
     /// The S curve, scaled by 1.5.
-    Scurve,
+    Scurve {},
     /// The 4x4 checkerboard on [-2, 2]^2, uniform on the squares with i + j even.
-    Checkerboard,
+    Checkerboard {},
     /// A ring of radius N(3, 0.1^2).
-    Ring,
+    Ring {},
     /// A Gaussian mixture with full covariances.
     Mixture(MixtureSpec),
     /// Fashion-MNIST training images (1 x 28 x 28, scaled to [-1, 1], flattened to 784 coordinates) with
@@ -127,11 +127,11 @@ impl Dataset {
     pub fn name(&self) -> String {
         match self {
             Dataset::Gaussian { .. } => "gaussian".into(),
-            Dataset::EightGaussians => "8gaussians".into(),
-            Dataset::Moons => "moons".into(),
-            Dataset::Scurve => "scurve".into(),
-            Dataset::Checkerboard => "checkerboard".into(),
-            Dataset::Ring => "ring".into(),
+            Dataset::EightGaussians {} => "8gaussians".into(),
+            Dataset::Moons {} => "moons".into(),
+            Dataset::Scurve {} => "scurve".into(),
+            Dataset::Checkerboard {} => "checkerboard".into(),
+            Dataset::Ring {} => "ring".into(),
             Dataset::Mixture(_) => "mixture".into(),
             Dataset::FashionMnist { .. } => "fashion_mnist".into(),
         }
@@ -149,8 +149,8 @@ impl Dataset {
     pub fn num_classes(&self) -> usize {
         match self {
             Dataset::FashionMnist { .. } => 10,
-            Dataset::EightGaussians => 8,
-            Dataset::Moons => 2,
+            Dataset::EightGaussians {} => 8,
+            Dataset::Moons {} => 2,
             Dataset::Mixture(spec) => spec.weights.len(),
             _ => 1,
         }
@@ -163,7 +163,7 @@ impl Dataset {
                 if *dim == 0 {
                     return Err(ConfigError::value(format!("{key}.dim"), "must be at least 1"));
                 }
-                ensure_finite(&format!("{key}.std"), *std)?;
+                check_scale(&format!("{key}.std"), *std, MAX_COORDINATE)?;
                 if *std <= 0.0 {
                     return Err(ConfigError::value(
                         format!("{key}.std"),
@@ -212,7 +212,7 @@ impl Dataset {
             Dataset::Gaussian { dim, std } => {
                 out.extend((0..n_samples * dim).map(|_| (normal() * std) as f32));
             }
-            Dataset::EightGaussians => {
+            Dataset::EightGaussians {} => {
                 let spread = 0.1f64.powf(0.25);
                 for _ in 0..n_samples {
                     let k = rng.random_range(0..8u32);
@@ -222,7 +222,7 @@ impl Dataset {
                     out.push((5.0 * s + spread * rng.sample::<f64, _>(StandardNormal)) as f32);
                 }
             }
-            Dataset::Moons => {
+            Dataset::Moons {} => {
                 for _ in 0..n_samples {
                     let upper = rng.random_bool(0.5);
                     label(i64::from(!upper));
@@ -238,7 +238,7 @@ impl Dataset {
                     out.push((3.0 * (y + 0.1 * ny) - 1.0) as f32);
                 }
             }
-            Dataset::Scurve => {
+            Dataset::Scurve {} => {
                 for _ in 0..n_samples {
                     let a = rng.random_range(-1.5 * PI..1.5 * PI);
                     let x = a.sin();
@@ -249,7 +249,7 @@ impl Dataset {
                     out.push((1.5 * (y + 0.05 * ny)) as f32);
                 }
             }
-            Dataset::Checkerboard => {
+            Dataset::Checkerboard {} => {
                 // The eight unit squares [i, i+1] x [j, j+1] with i, j in {-2, ..., 1} and i + j even.
                 for _ in 0..n_samples {
                     let square = rng.random_range(0..8i32);
@@ -260,7 +260,7 @@ impl Dataset {
                     out.push((j as f64 + rng.random::<f64>()) as f32);
                 }
             }
-            Dataset::Ring => {
+            Dataset::Ring {} => {
                 for _ in 0..n_samples {
                     let a = rng.random_range(0.0..2.0 * PI);
                     let r = 3.0 + 0.1 * rng.sample::<f64, _>(StandardNormal);
@@ -282,7 +282,10 @@ impl Dataset {
         }
         if !matches!(
             self,
-            Dataset::EightGaussians | Dataset::Moons | Dataset::Mixture(_) | Dataset::FashionMnist { .. }
+            Dataset::EightGaussians {}
+                | Dataset::Moons {}
+                | Dataset::Mixture(_)
+                | Dataset::FashionMnist { .. }
         ) {
             for _ in 0..n_samples {
                 label(0);
@@ -327,10 +330,17 @@ impl MixtureSpec {
                 ));
             }
         }
-        if self.weights.iter().sum::<f64>() <= 0.0 {
+        let total = self.weights.iter().sum::<f64>();
+        if total <= 0.0 {
             return Err(ConfigError::value(
                 format!("{key}.weights"),
                 "weights sum to zero",
+            ));
+        }
+        if !total.is_finite() {
+            return Err(ConfigError::value(
+                format!("{key}.weights"),
+                "their sum overflows; scale them down (they are normalised when used)",
             ));
         }
         for (idx, (mean, cov)) in self.means.iter().zip(&self.covariances).enumerate() {
@@ -341,6 +351,22 @@ impl MixtureSpec {
                         "component {idx} does not have dimension {dim} in its mean and {dim}x{dim} covariance"
                     ),
                 ));
+            }
+            for (coordinate, value) in mean.iter().enumerate() {
+                check_scale(
+                    &format!("{key}.means[{idx}][{coordinate}]"),
+                    *value,
+                    MAX_COORDINATE,
+                )?;
+            }
+            for (row, values) in cov.iter().enumerate() {
+                for (column, value) in values.iter().enumerate() {
+                    check_scale(
+                        &format!("{key}.covariances[{idx}][{row}][{column}]"),
+                        *value,
+                        MAX_COORDINATE * MAX_COORDINATE,
+                    )?;
+                }
             }
             if cholesky(cov).is_none() {
                 return Err(ConfigError::value(
@@ -390,6 +416,22 @@ impl MixtureSpec {
     }
 }
 
+/// The largest mean coordinate or standard deviation a data set may have: training runs in `f32`, where
+/// squares of larger values lose all precision long before they overflow.
+pub const MAX_COORDINATE: f64 = 1e6;
+
+/// Refuses a value that is not finite or larger than `bound` in magnitude, naming `key`.
+fn check_scale(key: &str, value: f64, bound: f64) -> Result<(), ConfigError> {
+    ensure_finite(key, value)?;
+    if value.abs() > bound {
+        return Err(ConfigError::value(
+            key,
+            format!("{value} is larger than {bound:e} in magnitude (training runs in float32)"),
+        ));
+    }
+    Ok(())
+}
+
 /// The lower Cholesky factor of a small symmetric matrix, or `None` if it is not positive definite.
 fn cholesky(a: &[Vec<f64>]) -> Option<Vec<Vec<f64>>> {
     let n = a.len();
@@ -437,7 +479,7 @@ mod tests {
     #[test]
     fn eight_gaussians_has_its_closed_form_moments() {
         // Mean 0; variance per axis = 25 * E[cos^2] + s^2 = 12.5 + sqrt(0.1).
-        let pts = Dataset::EightGaussians.sample(200_000, &mut ChaCha8Rng::seed_from_u64(1));
+        let pts = Dataset::EightGaussians {}.sample(200_000, &mut ChaCha8Rng::seed_from_u64(1));
         let (mean, var) = moments(&pts);
         let expected = 12.5 + 0.1f64.sqrt();
         for axis in 0..2 {
@@ -451,11 +493,11 @@ mod tests {
 
     #[test]
     fn ring_radius_and_checkerboard_support() {
-        let pts = Dataset::Ring.sample(50_000, &mut ChaCha8Rng::seed_from_u64(2));
+        let pts = Dataset::Ring {}.sample(50_000, &mut ChaCha8Rng::seed_from_u64(2));
         let radii: Vec<f64> = pts.chunks(2).map(|p| (p[0] as f64).hypot(p[1] as f64)).collect();
         let mean_r = radii.iter().sum::<f64>() / radii.len() as f64;
         assert!((mean_r - 3.0).abs() < 0.005, "mean radius {mean_r}");
-        let pts = Dataset::Checkerboard.sample(20_000, &mut ChaCha8Rng::seed_from_u64(3));
+        let pts = Dataset::Checkerboard {}.sample(20_000, &mut ChaCha8Rng::seed_from_u64(3));
         for p in pts.chunks(2) {
             let (i, j) = (p[0].floor() as i32, p[1].floor() as i32);
             assert!(
@@ -471,14 +513,14 @@ mod tests {
     #[test]
     fn moons_and_scurve_match_their_definitions() {
         // Moons: E[x] = 3 * 0.5 - 1 = 0.5; E[y] = 3 * (0.5 * 2/pi + 0.5 * (0.5 - 2/pi)) - 1 = -0.25.
-        let pts = Dataset::Moons.sample(200_000, &mut ChaCha8Rng::seed_from_u64(4));
+        let pts = Dataset::Moons {}.sample(200_000, &mut ChaCha8Rng::seed_from_u64(4));
         let (mean, _) = moments(&pts);
         assert!(
             (mean[0] - 0.5).abs() < 0.02 && (mean[1] + 0.25).abs() < 0.02,
             "{mean:?}"
         );
         // S curve: E[x] = 0 by symmetry, E[y] = 1.5 * E[sign(a)(cos a - 1)] = 0 by symmetry; var x = 1.5^2 (1/2 + 0.05^2 - ...).
-        let pts = Dataset::Scurve.sample(200_000, &mut ChaCha8Rng::seed_from_u64(5));
+        let pts = Dataset::Scurve {}.sample(200_000, &mut ChaCha8Rng::seed_from_u64(5));
         let (mean, var) = moments(&pts);
         assert!(mean[0].abs() < 0.02 && mean[1].abs() < 0.03, "{mean:?}");
         // E[sin^2 a] for a ~ U(-1.5 pi, 1.5 pi) is 1/2.
@@ -515,8 +557,8 @@ mod tests {
 
     #[test]
     fn same_seed_same_samples() {
-        let a = Dataset::Moons.sample(100, &mut ChaCha8Rng::seed_from_u64(7));
-        let b = Dataset::Moons.sample(100, &mut ChaCha8Rng::seed_from_u64(7));
+        let a = Dataset::Moons {}.sample(100, &mut ChaCha8Rng::seed_from_u64(7));
+        let b = Dataset::Moons {}.sample(100, &mut ChaCha8Rng::seed_from_u64(7));
         assert_eq!(a, b);
     }
 }

@@ -54,6 +54,12 @@ pub fn ensure_finite(key: &str, value: f64) -> Result<(), ConfigError> {
 /// A failure while training or sampling.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    /// The run was asked to stop (Ctrl-C, SIGTERM); the checkpoint of this step was written.
+    #[error("interrupted at step {step}; its checkpoint is saved")]
+    Interrupted {
+        /// The last step taken and checkpointed.
+        step: usize,
+    },
     /// The loss became NaN or infinite.
     #[error("the loss became {value} at step {step}; the last good checkpoint (step {last_good}) is kept")]
     NonFiniteLoss {
@@ -70,6 +76,14 @@ pub enum TrainError {
         /// The step.
         step: usize,
         /// The coupling crate's message.
+        detail: String,
+    },
+    /// The configured device is not on this machine.
+    #[error("run.device = {requested:?}: {detail}")]
+    Device {
+        /// The config's value.
+        requested: String,
+        /// What is missing and how to get it.
         detail: String,
     },
     /// A model error (shapes, checkpoints).

@@ -86,7 +86,7 @@ mod tests {
             dir.display().to_string()
         );
         let config = RunConfig::parse(&text, Path::new("tiny.toml")).unwrap();
-        let run_dir = crate::run::train_new(&config, &mut []).unwrap();
+        let run_dir = crate::run::train_new(&config, &mut [], None).unwrap();
         TrainedFlow::load(&run_dir).unwrap()
     }
 

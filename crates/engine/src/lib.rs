@@ -12,7 +12,8 @@
 //! - [`likelihood`]: log-likelihood of points under a trained run (exact or Hutchinson divergence), bits/dim.
 //! - [`images`]: Fashion-MNIST files, the project's classifier, its Frechet distance, image grids as pixels.
 //! - [`metrics`]: a run's typed metrics (`metrics.json`).
-//! - [`run`]: whole runs (train, finish, evaluate) in run folders.
+//! - [`run`]: whole runs (train, finish, evaluate) in run folders, each a transaction under [`lock`].
+//! - [`lock`]: one process at a time in a run folder; leftovers of killed writers removed.
 //! - [`files`]: atomic writes, `.npy` arrays and run folders.
 
 pub mod batch;
@@ -23,6 +24,7 @@ pub mod files;
 pub mod guided;
 pub mod images;
 pub mod likelihood;
+pub mod lock;
 pub mod metrics;
 pub mod run;
 pub mod sample;

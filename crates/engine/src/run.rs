@@ -7,15 +7,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, anyhow, bail};
 use ndarray::{Array2, ArrayView2};
 
 use crate::config::RunConfig;
-use crate::files::{create_run_dir, write_atomic, write_npy};
+use crate::files::{write_atomic, write_npy};
+use crate::lock::{LOCK_FILE, LockError, RunLock, is_temporary, remove_temporaries};
 use crate::metrics::RunMetrics;
 use crate::sample::{TrainedFlow, reference_samples, to_array};
 use crate::stream::Stream;
-use crate::train::{FlowModel, Observer, TrainSummary, train};
+use crate::train::{CHECKPOINT_FILE, FlowModel, Observer, Start, TrainSummary, train};
 
 /// The file holding the samples drawn after training (`[n_samples, dim]` float32).
 pub const SAMPLES_FILE: &str = "samples.npy";
@@ -25,33 +28,144 @@ pub const LOSS_FILE: &str = "loss.csv";
 pub const CONFIG_FILE: &str = "config.toml";
 
 /// Trains `config` into a new folder `out_dir/name` and finishes it (loss curve, samples, metrics).
-/// `observers` watch the training loop (progress display, ...) besides the engine's own.
-pub fn train_new(config: &RunConfig, observers: &mut [&mut dyn Observer<FlowModel>]) -> Result<PathBuf> {
-    let run_dir = create_run_dir(Path::new(&config.run.out_dir), &config.run.name)?;
-    write_atomic(&run_dir.join(CONFIG_FILE), config.to_toml().as_bytes())?;
-    let summary = train(config, &run_dir, false, observers)?;
+/// `observers` watch the training loop (progress display, ...) besides the engine's own; raising `stop`
+/// (Ctrl-C) checkpoints the current step and ends with [`crate::error::TrainError::Interrupted`].
+///
+/// The folder is locked while this runs. A folder that exists is refused unless it holds nothing but what
+/// an interrupted start leaves before its config is written (its lock file, temporaries, and the step-0
+/// checkpoint written just before the config): then it is taken and started afresh.
+pub fn train_new(
+    config: &RunConfig,
+    observers: &mut [&mut dyn Observer<FlowModel>],
+    stop: Option<&AtomicBool>,
+) -> Result<PathBuf> {
+    config.validate()?;
+    config.to_toml()?;
+    crate::train::resolve_device(&config.run.device)?;
+    let (run_dir, lock) = claim_new_run_dir(Path::new(&config.run.out_dir), &config.run.name)?;
+    tell(observers, lock.note());
+    let trained = clean_temporaries(&run_dir, observers)
+        .and_then(|()| Ok(train(config, &run_dir, Start::Fresh, stop, observers)?));
+    let summary = match trained {
+        Ok(summary) => summary,
+        Err(err) => {
+            // Failed before its first checkpoint: leave no empty folder behind.
+            if !run_dir.join(CHECKPOINT_FILE).exists() && !run_dir.join(CONFIG_FILE).exists() {
+                let _ = remove_temporaries(&run_dir);
+                drop(lock);
+                let _ = std::fs::remove_dir(&run_dir);
+            }
+            return Err(err);
+        }
+    };
     finish(config, &run_dir, &summary)?;
+    drop(lock);
     Ok(run_dir)
 }
 
-/// Continues the run in `run_dir` from its last checkpoint to `config.train.steps`, or to `steps` when
-/// given (the run's `config.toml` is then updated to say so).
+/// Continues the run in `run_dir` from its last checkpoint (or from step 0 when it has a config but no
+/// checkpoint yet) to `config.train.steps`, or to `steps` when given: the run's `config.toml` then says so,
+/// but only once the checkpoint has loaded and fits (a refused resume changes nothing).
 pub fn resume(
     run_dir: &Path,
     steps: Option<usize>,
     observers: &mut [&mut dyn Observer<FlowModel>],
+    stop: Option<&AtomicBool>,
 ) -> Result<PathBuf> {
+    if !run_dir.is_dir() {
+        bail!("{} is not a run folder", run_dir.display());
+    }
+    let lock = RunLock::acquire(run_dir)?;
+    tell(observers, lock.note());
     let config_path = run_dir.join(CONFIG_FILE);
+    if !config_path.exists() {
+        bail!(
+            "{} has no {CONFIG_FILE}: training never started there (it is written after the first checkpoint); \
+             start it again with `ferroflow train --config ...`",
+            run_dir.display()
+        );
+    }
     let mut config = RunConfig::load(&config_path)?;
     if let Some(steps) = steps {
         config.train.steps = steps;
         config.validate().context("--steps")?;
-        write_atomic(&config_path, config.to_toml().as_bytes())?;
+        config.to_toml().context("--steps")?;
     }
-    let summary = train(&config, run_dir, true, observers)
+    clean_temporaries(run_dir, observers)?;
+    if !run_dir.join(CHECKPOINT_FILE).exists() {
+        tell(
+            observers,
+            Some(&format!(
+                "{} has no checkpoint yet: training from step 0",
+                run_dir.display()
+            )),
+        );
+    }
+    let summary = train(&config, run_dir, Start::Resume, stop, observers)
         .with_context(|| format!("cannot resume {}", run_dir.display()))?;
     finish(&config, run_dir, &summary)?;
+    drop(lock);
     Ok(run_dir.to_path_buf())
+}
+
+/// Creates `out_dir/name` and locks it, or takes an existing one that holds only the leftovers of a start
+/// that died before its first checkpoint. Exactly one of several processes racing for one name wins.
+fn claim_new_run_dir(out_dir: &Path, name: &str) -> Result<(PathBuf, RunLock)> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let dir = out_dir.join(name);
+    let exists = |detail: &str| {
+        anyhow!(
+            "run folder {} exists already (key run.name = {name:?}){detail}: choose another name, remove it, \
+             or continue it with `ferroflow train --resume {}`",
+            dir.display(),
+            dir.display()
+        )
+    };
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
+    let lock = match RunLock::acquire(&dir) {
+        Ok(lock) => lock,
+        Err(LockError::Busy { .. }) => return Err(exists(" and another process is training in it")),
+        Err(e) => return Err(e.into()),
+    };
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if file_name != LOCK_FILE && file_name != CHECKPOINT_FILE && !is_temporary(&file_name) {
+            return Err(exists(""));
+        }
+    }
+    Ok((dir, lock))
+}
+
+/// Removes the temporaries that a process killed while writing left in the (locked) folder, saying so.
+fn clean_temporaries(run_dir: &Path, observers: &mut [&mut dyn Observer<FlowModel>]) -> Result<()> {
+    let removed =
+        remove_temporaries(run_dir).with_context(|| format!("cannot clean {}", run_dir.display()))?;
+    if removed > 0 {
+        tell(
+            observers,
+            Some(&format!(
+                "{}: removed {removed} temporary file(s) left by an interrupted write",
+                run_dir.display()
+            )),
+        );
+    }
+    Ok(())
+}
+
+/// Hands a message to every observer.
+fn tell(observers: &mut [&mut dyn Observer<FlowModel>], note: Option<&str>) {
+    if let Some(note) = note {
+        for observer in observers.iter_mut() {
+            observer.on_note(note);
+        }
+    }
 }
 
 /// Writes the loss curve, the samples and the training metrics.
@@ -69,7 +183,7 @@ fn finish(config: &RunConfig, run_dir: &Path, summary: &TrainSummary) -> Result<
     write_npy(&run_dir.join(SAMPLES_FILE), to_array(&solution.state).view())?;
     RunMetrics {
         train_steps: Some(summary.total_steps),
-        train_seconds: Some(summary.seconds),
+        train_seconds: Some(summary.total_seconds),
         train_steps_per_second: Some(summary.steps_per_second()),
         final_loss: summary.loss_curve.last().map(|p| p.loss),
         sample_seconds: Some(sample_seconds),
@@ -90,6 +204,7 @@ pub fn w2_f32(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Result<f64> {
 /// Samples `sample.w2_samples` points from the run (source points from [`Stream::EvalSource`]) and measures
 /// W2 against as many fresh target samples ([`Stream::EvalTarget`]); merges the result into `metrics.json`.
 pub fn evaluate(run_dir: &Path) -> Result<RunMetrics> {
+    let _lock = RunLock::acquire(run_dir)?;
     let flow = TrainedFlow::load(run_dir)?;
     let config = flow.config.clone();
     let n_samples = config.sample.w2_samples;

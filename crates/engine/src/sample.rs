@@ -122,17 +122,48 @@ impl TrainedFlow {
     }
 }
 
-/// Integrates `field` from t = 0 to 1 starting at `x0`; with `times`, also returns the states at those times.
+/// The most points integrated at once: larger batches are integrated in chunks of this many rows, so the
+/// network's activations stay bounded whatever the number of samples (each chunk is an independent solve;
+/// an adaptive method picks its own steps per chunk).
+pub const CHUNK_ROWS: i64 = 1 << 16;
+
+/// Integrates `field` from t = 0 to 1 starting at `x0` (`[n, ...]`, in chunks of [`CHUNK_ROWS`] rows); with
+/// `times`, also returns the states at those times. The stats add up the chunks' steps and evaluations.
 pub fn integrate_unit_interval<F: Field<Tensor>>(
     field: &mut F,
     x0: Tensor,
     options: &OdeOptions,
     times: Option<&[f64]>,
 ) -> Result<Solution<Tensor>, SolverError> {
-    match times {
+    let mut solve_chunk = |x0: Tensor| match times {
         Some(times) => solve_with_trajectory(field, x0, times, options),
         None => solve(field, x0, 0.0, 1.0, options),
+    };
+    let rows = x0.size().first().copied().unwrap_or(0);
+    if rows <= CHUNK_ROWS {
+        return solve_chunk(x0);
     }
+    let mut parts = Vec::new();
+    for chunk in x0.split(CHUNK_ROWS, 0) {
+        parts.push(solve_chunk(chunk)?);
+    }
+    let states: Vec<&Tensor> = parts.iter().map(|p| &p.state).collect();
+    let state = Tensor::cat(&states, 0);
+    let trajectory = (0..parts[0].trajectory.len())
+        .map(|k| Tensor::cat(&parts.iter().map(|p| &p.trajectory[k]).collect::<Vec<_>>(), 0))
+        .collect();
+    let mut stats = parts[0].stats;
+    for part in &parts[1..] {
+        stats.steps += part.stats.steps;
+        stats.rejected_steps += part.stats.rejected_steps;
+        stats.field_evals += part.stats.field_evals;
+    }
+    Ok(Solution {
+        state,
+        times: parts[0].times.clone(),
+        trajectory,
+        stats,
+    })
 }
 
 /// The source points [`TrainedFlow::source_points`] starts from, row-major, drawn from the run's stream for

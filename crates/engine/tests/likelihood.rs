@@ -252,7 +252,7 @@ fn hutchinson_is_unbiased_within_its_standard_error() {
 
 #[test]
 fn non_gaussian_sources_and_bad_settings_are_refused() {
-    let err = GaussianSource::of(&Dataset::Moons).unwrap_err();
+    let err = GaussianSource::of(&Dataset::Moons {}).unwrap_err();
     assert!(matches!(err, LikelihoodError::UnsupportedSource { .. }));
     assert!(
         err.to_string().contains("moons") && err.to_string().contains("data.source"),

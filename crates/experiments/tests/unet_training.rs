@@ -58,7 +58,7 @@ fn a_conditional_unet_trains_and_samples_through_the_engine() {
         data = dir.display()
     );
     let config = RunConfig::parse(&text, Path::new("unet.toml")).unwrap();
-    let run_dir = ferroflow_engine::run::train_new(&config, &mut []).unwrap();
+    let run_dir = ferroflow_engine::run::train_new(&config, &mut [], None).unwrap();
     ferroflow_report::write_samples_picture(&run_dir).unwrap();
     for file in [
         "model.safetensors",

@@ -46,12 +46,12 @@ impl Activation {
 }
 
 /// How time enters the network.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum TimeEmbedding {
-    /// t appended to the input as one more coordinate (torchcfm's `time_varying=True`).
-    #[default]
-    Concat,
+    /// t appended to the input as one more coordinate (torchcfm's `time_varying=True`). (Written `Concat {}`:
+    /// serde ignores unknown keys beside the tag of a unit variant, and unknown keys must be refused.)
+    Concat {},
     /// sin and cos of 2 pi 2^k t for k in 0..n_freq, appended to the input.
     Fourier {
         /// Number of frequencies.
@@ -59,10 +59,16 @@ pub enum TimeEmbedding {
     },
 }
 
+impl Default for TimeEmbedding {
+    fn default() -> Self {
+        TimeEmbedding::Concat {}
+    }
+}
+
 impl TimeEmbedding {
     fn width(self) -> i64 {
         match self {
-            TimeEmbedding::Concat => 1,
+            TimeEmbedding::Concat {} => 1,
             TimeEmbedding::Fourier { n_freq } => 2 * n_freq as i64,
         }
     }
@@ -71,7 +77,7 @@ impl TimeEmbedding {
     pub fn embed(self, t: &Tensor) -> Tensor {
         let t = t.reshape([-1, 1]);
         match self {
-            TimeEmbedding::Concat => t,
+            TimeEmbedding::Concat {} => t,
             TimeEmbedding::Fourier { n_freq } => {
                 let freqs: Vec<f32> = (0..n_freq)
                     .map(|k| 2.0 * std::f32::consts::PI * 2f32.powi(k as i32))
@@ -119,7 +125,7 @@ impl MlpConfig {
             width: default_width(),
             depth: default_depth(),
             activation: Activation::Selu,
-            time_embedding: TimeEmbedding::Concat,
+            time_embedding: TimeEmbedding::Concat {},
         }
     }
 

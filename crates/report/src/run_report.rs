@@ -372,7 +372,7 @@ fn conditional_picture(flow: &TrainedFlow, window: &Window, samples_at_t: &Array
     let file = "conditional_vs_marginal.png";
     let config = &flow.config;
     let source_std = match (&config.data.source, &config.data.target) {
-        (Dataset::Gaussian { std, .. }, Dataset::Ring) => *std,
+        (Dataset::Gaussian { std, .. }, Dataset::Ring {}) => *std,
         _ => {
             return Ok(Outcome::Skipped {
                 file,
@@ -637,7 +637,10 @@ fn markdown(flow: &TrainedFlow, metrics: &Map<String, Value>, outcomes: &[Outcom
     let _ = writeln!(
         page,
         "## Resolved config\n\n```toml\n{}```\n\nReport written by `ferroflow` in {seconds:.2} s.",
-        config.to_toml()
+        // A config read from a run folder was validated, so it serialises; say so if it ever does not.
+        config
+            .to_toml()
+            .unwrap_or_else(|e| format!("# the config could not be written out: {e}\n"))
     );
     page
 }

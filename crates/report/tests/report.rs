@@ -54,7 +54,7 @@ w2_samples = 200
         out_dir.display()
     );
     let config = RunConfig::parse(&text, Path::new("<test>")).unwrap();
-    let run_dir = ferroflow_engine::run::train_new(&config, &mut []).unwrap();
+    let run_dir = ferroflow_engine::run::train_new(&config, &mut [], None).unwrap();
     ferroflow_report::write_samples_picture(&run_dir).unwrap();
     run_dir
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Result, bail};
+use ferroflow_engine::config::check_sample_count;
 use ferroflow_engine::files::write_npy;
 use ferroflow_engine::guided::sample_guided;
 use ferroflow_engine::sample::{TrainedFlow, to_array};
@@ -38,15 +39,20 @@ pub struct SampleArgs {
 /// Runs `ferroflow sample`.
 pub fn run(args: &SampleArgs) -> Result<()> {
     let n = args.n;
-    if n == 0 {
-        bail!("--n must be at least 1");
-    }
     let guidance = args.guidance.settings()?;
     let flow = TrainedFlow::load(&args.run)?;
+    check_sample_count("--n", n, flow.dim())?;
+    if let Some(k) = args.trajectory {
+        if k < 2 {
+            bail!("--trajectory {k}: a trajectory needs at least 2 times (the start and the end)");
+        }
+        // The trajectory holds k states of n points.
+        check_sample_count("--trajectory x --n", k.saturating_mul(n), flow.dim())?;
+    }
     let options = args.ode.apply(&mut flow.config.clone())?;
     let times: Option<Vec<f64>> = args
         .trajectory
-        .map(|k| (0..k.max(2)).map(|i| i as f64 / (k.max(2) - 1) as f64).collect());
+        .map(|k| (0..k).map(|i| i as f64 / (k - 1) as f64).collect());
     let started = Instant::now();
     let solution = sample_guided(
         &flow,

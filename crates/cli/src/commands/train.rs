@@ -1,13 +1,16 @@
 //! `ferroflow train`: trains a config into `runs/NAME` (or continues a run with `--resume`), then draws the
 //! samples' picture.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
-use ferroflow_engine::RunConfig;
 use ferroflow_engine::metrics::RunMetrics;
+use ferroflow_engine::train::{FlowModel, Observer};
+use ferroflow_engine::{RunConfig, TrainError};
 
-use crate::progress::Progress;
+use crate::progress::{Notes, Progress};
 
 /// Arguments of `ferroflow train`.
 #[derive(Debug, clap::Args)]
@@ -15,8 +18,8 @@ pub struct TrainArgs {
     /// The run config (TOML).
     #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
     pub config: Option<PathBuf>,
-    /// Override `run.name`.
-    #[arg(long)]
+    /// Override `run.name` (a resumed run keeps its folder's name).
+    #[arg(long, conflicts_with = "resume")]
     pub name: Option<String>,
     /// Override `train.steps`.
     #[arg(long)]
@@ -29,16 +32,58 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
+/// A training stopped by Ctrl-C or SIGTERM after checkpointing its current step; the program exits with
+/// status 130.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "interrupted at step {step}; the checkpoint of that step is saved. Continue with:\n  ferroflow train --resume {}",
+    dir.display()
+)]
+pub struct Interrupted {
+    /// The run folder.
+    pub dir: PathBuf,
+    /// The step checkpointed.
+    pub step: usize,
+}
+
+/// Raises the returned flag on the first SIGINT or SIGTERM (the training loop then checkpoints and stops);
+/// a second one ends the process at once with status 130.
+fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // Registered first, so it sees the flag as the previous signal left it.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&stop))
+            .context("cannot install the signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install the signal handler")?;
+    }
+    Ok(stop)
+}
+
+/// Turns the engine's interruption into [`Interrupted`] naming the folder to resume.
+fn name_interruption(err: anyhow::Error, dir: &Path) -> anyhow::Error {
+    match err.chain().find_map(|e| e.downcast_ref::<TrainError>()) {
+        Some(TrainError::Interrupted { step }) => Interrupted {
+            dir: dir.to_path_buf(),
+            step: *step,
+        }
+        .into(),
+        _ => err,
+    }
+}
+
 /// Runs `ferroflow train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    let stop = stop_on_signals()?;
     let mut progress = Progress::auto();
-    let mut observers: Vec<&mut dyn ferroflow_engine::train::Observer<ferroflow_engine::train::FlowModel>> =
-        Vec::new();
+    let mut notes = Notes;
+    let mut observers: Vec<&mut dyn Observer<FlowModel>> = vec![&mut notes];
     if !args.quiet {
         observers.push(&mut progress);
     }
     let run_dir = match (&args.resume, &args.config) {
-        (Some(dir), _) => ferroflow_engine::run::resume(dir, args.steps, &mut observers)?,
+        (Some(dir), _) => ferroflow_engine::run::resume(dir, args.steps, &mut observers, Some(&stop))
+            .map_err(|e| name_interruption(e, dir))?,
         (None, Some(path)) => {
             let mut config = RunConfig::load(path)?;
             if let Some(name) = &args.name {
@@ -50,7 +95,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             config
                 .validate()
                 .with_context(|| format!("{} with the command-line overrides", path.display()))?;
-            ferroflow_engine::run::train_new(&config, &mut observers)?
+            if let Some(note) = ferroflow_engine::train::resolve_device(&config.run.device)
+                .ok()
+                .and_then(|device| ferroflow_engine::train::device_note(&config.run.device, device))
+            {
+                eprintln!("{note}");
+            }
+            let dir = Path::new(&config.run.out_dir).join(&config.run.name);
+            ferroflow_engine::run::train_new(&config, &mut observers, Some(&stop))
+                .map_err(|e| name_interruption(e, &dir))?
         }
         (None, None) => unreachable!("clap requires --config without --resume"),
     };

@@ -8,6 +8,7 @@
 //! atomically, so resuming from it reproduces the uninterrupted run's loss curve exactly on the CPU.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -39,27 +40,74 @@ pub struct TrainSummary {
     pub total_steps: usize,
     /// Wall time of the steps in this invocation.
     pub seconds: f64,
+    /// Wall time of all the run's steps, over every invocation (each earlier one counted up to the
+    /// checkpoint this one resumed from: steps redone after a crash are counted once).
+    pub total_seconds: f64,
     /// The loss curve from step 1.
     pub loss_curve: Vec<LossPoint>,
 }
 
 impl TrainSummary {
-    /// Steps per second in this invocation.
+    /// Steps per second over the whole run.
     pub fn steps_per_second(&self) -> f64 {
-        self.steps_run as f64 / self.seconds.max(1e-9)
+        self.total_steps as f64 / self.total_seconds.max(1e-9)
     }
 }
 
-/// Parses `cpu`, `cuda`, `cuda:N`.
-pub fn parse_device(name: &str) -> Device {
-    match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::cuda_if_available(),
+/// Where a call of [`train`] starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// From the seeded initialisation, in a folder that holds no checkpoint.
+    Fresh,
+    /// From the folder's checkpoint, or from step 0 when the folder has a config but no checkpoint yet.
+    Resume,
+}
+
+/// The device `name` (`cpu`, `auto`, `cuda`, `cuda:N`) names on this machine. A requested GPU that is not
+/// there is an error, never a silent fall back to the CPU; only `auto` falls back (see [`device_note`]).
+pub fn resolve_device(name: &str) -> Result<Device, TrainError> {
+    let missing = |detail: String| TrainError::Device {
+        requested: name.to_owned(),
+        detail,
+    };
+    let index = match name {
+        "cpu" => return Ok(Device::Cpu),
+        "auto" => return Ok(Device::cuda_if_available()),
+        "cuda" => 0,
         other => other
             .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .filter(|_| tch::Cuda::is_available())
-            .map_or(Device::Cpu, Device::Cuda),
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| missing("allowed are cpu, auto, cuda, cuda:N".into()))?,
+    };
+    if !tch::Cuda::is_available() {
+        return Err(missing(
+            "this build of libtorch has no CUDA or sees no GPU; on a machine with an NVIDIA GPU run \
+             `cargo xtask setup --cuda`, or set run.device = \"cpu\" (or \"auto\")"
+                .into(),
+        ));
+    }
+    let count = tch::Cuda::device_count() as usize;
+    if index >= count {
+        return Err(missing(format!(
+            "this machine has {count} CUDA device(s): cuda:0 to cuda:{}",
+            count.saturating_sub(1)
+        )));
+    }
+    Ok(Device::Cuda(index))
+}
+
+/// What to tell the user about the device `name` resolved to, when it is not what they might assume: `auto`
+/// without CUDA runs on the CPU.
+pub fn device_note(name: &str, device: Device) -> Option<String> {
+    (name == "auto" && device == Device::Cpu)
+        .then(|| "run.device = \"auto\": no CUDA device here, running on the CPU".to_owned())
+}
+
+/// The name of a device as the config writes it (`cpu`, `cuda:N`).
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cuda(n) => format!("cuda:{n}"),
+        _ => "cpu".to_owned(),
     }
 }
 
@@ -67,7 +115,7 @@ pub fn parse_device(name: &str) -> Device {
 pub fn build_model(config: &RunConfig) -> Result<Box<dyn VelocityNet>, TrainError> {
     tch::manual_seed(config.run.seed as i64);
     let model = &config.model;
-    let device = parse_device(&config.run.device);
+    let device = resolve_device(&config.run.device)?;
     Ok(match model.kind {
         ModelKind::Mlp => {
             let mlp = model.mlp_config(config.data.target.dim());
@@ -141,40 +189,69 @@ impl Trainable for FlowTrainer<'_> {
     }
 }
 
-/// Writes the full training state every `every` steps (0: only at the end) and at the last step.
-pub struct Checkpoints {
+/// Writes the full training state every `every` steps (0: only at the end), at the last step, and at the
+/// current step when the stop flag is raised (Ctrl-C), after which it ends the run with
+/// [`TrainError::Interrupted`].
+pub struct Checkpoints<'a> {
     path: PathBuf,
     every: usize,
+    stop: Option<&'a AtomicBool>,
+    seconds_before: f64,
+    started: Instant,
 }
 
-impl Checkpoints {
-    /// Checkpoints at `path` every `every` steps.
-    pub fn new(path: PathBuf, every: usize) -> Self {
-        Self { path, every }
+impl<'a> Checkpoints<'a> {
+    /// Checkpoints at `path` every `every` steps; `seconds_before` is the training time of the steps before
+    /// this invocation (recorded in each checkpoint with this invocation's time added).
+    pub fn new(path: PathBuf, every: usize, stop: Option<&'a AtomicBool>, seconds_before: f64) -> Self {
+        Self {
+            path,
+            every,
+            stop,
+            seconds_before,
+            started: Instant::now(),
+        }
     }
 }
 
-impl Observer<FlowModel> for Checkpoints {
+impl Observer<FlowModel> for Checkpoints<'_> {
+    fn on_start(&mut self, _: usize, _: usize) -> Result<(), TrainError> {
+        self.started = Instant::now();
+        Ok(())
+    }
+
     fn on_step(
         &mut self,
         model: &FlowModel,
         info: &StepInfo,
         journal: &mut Journal,
     ) -> Result<(), TrainError> {
-        if (self.every > 0 && info.step.is_multiple_of(self.every)) || info.step == info.total {
-            save_checkpoint(&self.path, model, &journal.loss_curve)?;
+        let stop = self.stop.is_some_and(|flag| flag.load(Ordering::SeqCst));
+        if stop || (self.every > 0 && info.step.is_multiple_of(self.every)) || info.step == info.total {
+            journal.train_seconds = self.seconds_before + self.started.elapsed().as_secs_f64();
+            save_checkpoint(&self.path, model, journal)?;
             journal.last_checkpoint = info.step;
+        }
+        if stop && info.step < info.total {
+            return Err(TrainError::Interrupted { step: info.step });
         }
         Ok(())
     }
 }
 
-/// Trains (or resumes training of) the run in `run_dir`, writing checkpoints there. The engine's own
-/// observers (NaN guard, loss curve, checkpoints) run first, then `observers` (progress display, ...).
+/// Trains (or resumes training of) the run in `run_dir`, writing checkpoints there; the caller holds the
+/// folder's lock ([`crate::lock::RunLock`]).
+///
+/// The folder stays a valid run at every moment: a fresh run (or a resumed folder without a checkpoint)
+/// first writes its step-0 checkpoint, and only then the config (`config.toml`, rewritten only when it
+/// changed, as after `--steps`), so a config always describes a checkpoint that loaded or was written. When
+/// `stop` is raised the current step is checkpointed and the run ends with [`TrainError::Interrupted`].
+/// The engine's own observers (NaN guard, loss curve, checkpoints) run first, then `observers`.
 pub fn train(
     config: &RunConfig,
     run_dir: &Path,
-    resume: bool,
+    start: Start,
+    stop: Option<&AtomicBool>,
     observers: &mut [&mut dyn Observer<FlowModel>],
 ) -> Result<TrainSummary, TrainError> {
     apply_threads(config);
@@ -188,28 +265,43 @@ pub fn train(
     let mut model = FlowModel { net, adam, ema };
     let mut journal = Journal::default();
     let checkpoint_path = run_dir.join(CHECKPOINT_FILE);
-    if resume {
-        journal.loss_curve = load_checkpoint(&checkpoint_path, &mut model)?;
+    let resumed = start == Start::Resume && checkpoint_path.exists();
+    if resumed {
+        load_checkpoint(&checkpoint_path, &mut model, &mut journal)?;
     }
+    let seconds_before = journal.train_seconds;
     let start_step = model.adam.step;
     let total = config.train.steps;
     if start_step > total {
         return Err(TrainError::Io {
             path: checkpoint_path,
-            detail: format!("the checkpoint is at step {start_step}, beyond train.steps = {total}"),
+            detail: format!(
+                "the checkpoint is at step {start_step}, beyond train.steps = {total}: ask for at least \
+                 {start_step} steps"
+            ),
         });
     }
     let mut maker = BatchMaker::new(config).map_err(|e| TrainError::Io {
         path: run_dir.to_path_buf(),
         detail: e.to_string(),
     })?;
+    if !resumed {
+        save_checkpoint(&checkpoint_path, &model, &journal)?;
+    }
+    journal.last_checkpoint = start_step;
+    commit_config(config, run_dir)?;
     let shape: Vec<i64> = std::iter::once(config.train.batch_size as i64)
         .chain(model.net.sample_shape())
         .collect();
     let started = Instant::now();
     let mut nan_guard = NanGuard;
     let mut loss_curve = LossCurve::new(config.train.log_every);
-    let mut checkpoints = Checkpoints::new(checkpoint_path, config.train.checkpoint_every);
+    let mut checkpoints = Checkpoints::new(
+        checkpoint_path,
+        config.train.checkpoint_every,
+        stop,
+        seconds_before,
+    );
     let mut all: Vec<&mut dyn Observer<FlowModel>> = vec![&mut nan_guard, &mut loss_curve, &mut checkpoints];
     all.extend(
         observers
@@ -259,11 +351,30 @@ pub fn train(
         steps_run: total - start_step,
         total_steps: total,
         seconds,
+        // The last step always writes a checkpoint, which records the run's time up to it.
+        total_seconds: journal.train_seconds,
         loss_curve: journal.loss_curve,
     })
 }
 
-fn save_checkpoint(path: &Path, model: &FlowModel, loss_curve: &[LossPoint]) -> Result<(), TrainError> {
+/// Writes `config` as the run's `config.toml` unless the file already says exactly that.
+fn commit_config(config: &RunConfig, run_dir: &Path) -> Result<(), TrainError> {
+    let path = run_dir.join(crate::run::CONFIG_FILE);
+    let text = config.to_toml().map_err(|e| TrainError::Io {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    if std::fs::read_to_string(&path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    crate::files::write_atomic(&path, text.as_bytes()).map_err(|e| TrainError::Io {
+        path,
+        detail: format!("{e:#}"),
+    })
+}
+
+fn save_checkpoint(path: &Path, model: &FlowModel, journal: &Journal) -> Result<(), TrainError> {
+    let loss_curve = &journal.loss_curve;
     let (adam, ema) = (&model.adam, model.ema.as_ref());
     let params = model.net.params();
     let mut named: Vec<(String, Tensor)> = params
@@ -286,11 +397,22 @@ fn save_checkpoint(path: &Path, model: &FlowModel, loss_curve: &[LossPoint]) -> 
     let losses: Vec<f64> = loss_curve.iter().map(|p| p.loss).collect();
     named.push(("state.loss_steps".into(), Tensor::from_slice(&steps)));
     named.push(("state.loss_values".into(), Tensor::from_slice(&losses)));
+    let (window_sum, window_len) = journal.loss_window;
+    named.push(("state.loss_window_sum".into(), Tensor::from_slice(&[window_sum])));
+    named.push((
+        "state.loss_window_len".into(),
+        Tensor::from_slice(&[window_len as i64]),
+    ));
+    named.push((
+        "state.train_seconds".into(),
+        Tensor::from_slice(&[journal.train_seconds]),
+    ));
     Ok(save_tensors(&named, path)?)
 }
 
-/// Restores weights, EMA, optimizer moments and step; returns the loss curve so far.
-fn load_checkpoint(path: &Path, model: &mut FlowModel) -> Result<Vec<LossPoint>, TrainError> {
+/// Restores weights, EMA, optimizer moments, step, the loss curve, its open window and the training seconds
+/// (0 for checkpoints older than that key) into `model` and `journal`.
+fn load_checkpoint(path: &Path, model: &mut FlowModel, journal: &mut Journal) -> Result<(), TrainError> {
     let (net, adam, ema) = (&model.net, &mut model.adam, model.ema.as_mut());
     let named = load_tensors(path)?;
     let mismatch = |detail: String| {
@@ -337,15 +459,55 @@ fn load_checkpoint(path: &Path, model: &mut FlowModel) -> Result<Vec<LossPoint>,
     let device = params.device();
     adam.exp_avg = exp_avg.to(device);
     adam.exp_avg_sq = exp_avg_sq.to(device);
-    adam.step = take("state.step")?.int64_value(&[0]) as usize;
+    let scalar_i64 = |tensor: Tensor, key: &str| -> Result<i64, TrainError> {
+        let values = Vec::<i64>::try_from(tensor).map_err(|e| mismatch(format!("`{key}`: {e}")))?;
+        match values.as_slice() {
+            [value] => Ok(*value),
+            _ => Err(mismatch(format!(
+                "`{key}` holds {} values, not one",
+                values.len()
+            ))),
+        }
+    };
+    let scalar_f64 = |tensor: Tensor, key: &str| -> Result<f64, TrainError> {
+        let values = Vec::<f64>::try_from(tensor).map_err(|e| mismatch(format!("`{key}`: {e}")))?;
+        match values.as_slice() {
+            [value] if value.is_finite() => Ok(*value),
+            _ => Err(mismatch(format!("`{key}` is not one finite number"))),
+        }
+    };
+    let step = scalar_i64(take("state.step")?, "state.step")?;
+    adam.step = usize::try_from(step).map_err(|_| mismatch(format!("`state.step` is {step}")))?;
     let steps = Vec::<i64>::try_from(take("state.loss_steps")?).map_err(|e| mismatch(e.to_string()))?;
     let losses = Vec::<f64>::try_from(take("state.loss_values")?).map_err(|e| mismatch(e.to_string()))?;
-    Ok(steps
+    if steps.len() != losses.len() {
+        return Err(mismatch(format!(
+            "{} loss steps but {} loss values",
+            steps.len(),
+            losses.len()
+        )));
+    }
+    journal.loss_curve = steps
         .into_iter()
         .zip(losses)
         .map(|(s, l)| LossPoint {
-            step: s as usize,
+            step: s.max(0) as usize,
             loss: l,
         })
-        .collect())
+        .collect();
+    // Keys added later: a checkpoint without them had no open loss window and no recorded time.
+    if let (Some(sum), Some(len)) = (
+        rest.remove("state.loss_window_sum"),
+        rest.remove("state.loss_window_len"),
+    ) {
+        let len = scalar_i64(len, "state.loss_window_len")?;
+        journal.loss_window = (
+            scalar_f64(sum, "state.loss_window_sum")?,
+            usize::try_from(len).map_err(|_| mismatch(format!("`state.loss_window_len` is {len}")))?,
+        );
+    }
+    journal.train_seconds = rest
+        .remove("state.train_seconds")
+        .map_or(Ok(0.0), |t| scalar_f64(t, "state.train_seconds"))?;
+    Ok(())
 }

@@ -25,6 +25,11 @@ pub struct Journal {
     pub loss_curve: Vec<LossPoint>,
     /// The step of the last checkpoint written (the first step's predecessor until one is written).
     pub last_checkpoint: usize,
+    /// The loss window not yet recorded: sum and count of the losses since the last point of the curve.
+    /// Checkpoints keep it, so a run interrupted in the middle of a window resumes to the same curve.
+    pub loss_window: (f64, usize),
+    /// Training seconds of the run up to the last checkpoint, over every invocation (recorded in it).
+    pub train_seconds: f64,
 }
 
 /// The step just taken.
@@ -60,6 +65,11 @@ pub trait Observer<M: ?Sized = ()> {
 
     /// Called after every step, with the model in its state after the step.
     fn on_step(&mut self, model: &M, info: &StepInfo, journal: &mut Journal) -> Result<(), TrainError>;
+
+    /// A message about the run for the user (a lock taken over, leftovers removed, ...), before it starts.
+    fn on_note(&mut self, note: &str) {
+        let _ = note;
+    }
 
     /// Called once at the end, also when a step or an observer failed (`completed` is false then).
     fn on_finish(&mut self, model: &M, journal: &Journal, completed: bool) {
@@ -114,13 +124,12 @@ impl<M: ?Sized> Observer<M> for NanGuard {
     }
 }
 
-/// Records the mean loss of every window of `log_every` steps (and of the last, shorter one) in the
-/// journal's loss curve.
+/// Records the mean loss of every window of `log_every` steps (windows end at multiples of `log_every`; the
+/// last one ends at the last step and may be shorter) in the journal's loss curve. The window being filled
+/// lives in the journal ([`Journal::loss_window`]), so it survives a checkpoint and resume.
 #[derive(Clone, Debug)]
 pub struct LossCurve {
     log_every: usize,
-    window_sum: f64,
-    window_len: usize,
 }
 
 impl LossCurve {
@@ -128,23 +137,22 @@ impl LossCurve {
     pub fn new(log_every: usize) -> Self {
         Self {
             log_every: log_every.max(1),
-            window_sum: 0.0,
-            window_len: 0,
         }
     }
 }
 
 impl<M: ?Sized> Observer<M> for LossCurve {
     fn on_step(&mut self, _: &M, info: &StepInfo, journal: &mut Journal) -> Result<(), TrainError> {
-        self.window_sum += info.loss;
-        self.window_len += 1;
-        if self.window_len == self.log_every || info.step == info.total {
+        let (sum, len) = &mut journal.loss_window;
+        *sum += info.loss;
+        *len += 1;
+        if info.step.is_multiple_of(self.log_every) || info.step == info.total {
+            let loss = *sum / *len as f64;
             journal.loss_curve.push(LossPoint {
                 step: info.step,
-                loss: self.window_sum / self.window_len as f64,
+                loss,
             });
-            self.window_sum = 0.0;
-            self.window_len = 0;
+            journal.loss_window = (0.0, 0);
         }
         Ok(())
     }

@@ -66,7 +66,7 @@ pub fn run(args: &GuidanceBenchSettings) -> Result<()> {
                 width: args.width,
                 depth: args.depth,
                 activation: Activation::Selu,
-                time_embedding: TimeEmbedding::Concat,
+                time_embedding: TimeEmbedding::Concat {},
             },
             Device::Cpu,
         )?;

@@ -85,7 +85,7 @@ pub fn likelihood_bench(
     let flow = trained_flow(&args.out_dir, args.train_steps, observers)?;
     let load_at_start = load_average();
     let mut rng = ChaCha8Rng::seed_from_u64(2024);
-    let points = Dataset::EightGaussians.sample(args.n_points, &mut rng);
+    let points = Dataset::EightGaussians {}.sample(args.n_points, &mut rng);
     let data = Tensor::from_slice(&points).view([args.n_points as i64, 2]);
     let x0 = flow.source_points(args.n_points, Stream::Benchmark);
     let midpoint = OdeOptions::fixed(Method::Midpoint, 100);
@@ -250,7 +250,7 @@ fn trained_flow(
         run: RunSection::named(name, out_dir),
         data: DataSection {
             source: Dataset::Gaussian { dim: 2, std: 1.0 },
-            target: Dataset::EightGaussians,
+            target: Dataset::EightGaussians {},
         },
         model: ModelSection::default(),
         flow: FlowSection::default(),
@@ -270,7 +270,7 @@ fn trained_flow(
     };
     config.validate()?;
     eprintln!("bench: training {train_steps} steps into {}", run_dir.display());
-    let run_dir = ferroflow_engine::run::train_new(&config, observers)?;
+    let run_dir = ferroflow_engine::run::train_new(&config, observers, None)?;
     TrainedFlow::load(&run_dir)
 }
 

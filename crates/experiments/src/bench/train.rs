@@ -34,8 +34,8 @@ fn bench_config(
             ..RunSection::named(name, out_dir)
         },
         data: DataSection {
-            source: Dataset::EightGaussians,
-            target: Dataset::Moons,
+            source: Dataset::EightGaussians {},
+            target: Dataset::Moons {},
         },
         model: ModelSection::default(),
         flow: FlowSection {
@@ -113,8 +113,15 @@ pub fn run(args: &TrainBenchSettings) -> Result<()> {
                     t,
                     &out_dir,
                 )?;
-                let run_dir = ferroflow_engine::files::create_run_dir(&out_dir, &config.run.name)?;
-                let summary = ferroflow_engine::train::train(&config, &run_dir, false, &mut [])?;
+                let run_dir = out_dir.join(&config.run.name);
+                std::fs::create_dir_all(&run_dir)?;
+                let summary = ferroflow_engine::train::train(
+                    &config,
+                    &run_dir,
+                    ferroflow_engine::train::Start::Fresh,
+                    None,
+                    &mut [],
+                )?;
                 rates.push(summary.steps_per_second());
             }
             rows.push((label, t, median(&mut rates)));

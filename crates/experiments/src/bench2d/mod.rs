@@ -210,7 +210,7 @@ fn train_or_reuse(config: &RunConfig) -> Result<PathBuf> {
         // it again.
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
-    ferroflow_engine::run::train_new(config, &mut [])
+    ferroflow_engine::run::train_new(config, &mut [], None)
 }
 
 /// A line in the report below which everything is written by hand: a new run replaces the tables above it and

@@ -207,7 +207,8 @@ fn run_study(out_dir: &Path, scratch: &Path, train_steps: usize) -> Result<Vec<S
             "guidance study: training the MLP on {} ({train_steps} steps)",
             mixture.name
         );
-        let run_dir = ferroflow_engine::run::train_new(&mixture.run_config(scratch, train_steps)?, &mut [])?;
+        let run_dir =
+            ferroflow_engine::run::train_new(&mixture.run_config(scratch, train_steps)?, &mut [], None)?;
         let flow = TrainedFlow::load(&run_dir)?;
         tch::manual_seed(2024);
         let x0 = Tensor::randn([STUDY_SAMPLES, 2], (Kind::Float, Device::Cpu));
