@@ -22,12 +22,16 @@ pub struct RunMetrics {
     /// Total optimizer steps of the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_steps: Option<usize>,
-    /// Wall time of the last training invocation, in seconds.
+    /// Training wall time of the whole run, in seconds, summed over resumed invocations (each counted up to
+    /// the checkpoint the next one resumed from).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_seconds: Option<f64>,
-    /// Steps per second of the last training invocation.
+    /// Steps per second of the whole run (`train_steps / train_seconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_steps_per_second: Option<f64>,
+    /// The device the run trained on (`cpu`, `cuda:N`), which `run.device = "auto"` leaves to the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// The last recorded window of the training loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_loss: Option<f64>,

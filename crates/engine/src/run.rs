@@ -185,6 +185,7 @@ fn finish(config: &RunConfig, run_dir: &Path, summary: &TrainSummary) -> Result<
         train_steps: Some(summary.total_steps),
         train_seconds: Some(summary.total_seconds),
         train_steps_per_second: Some(summary.steps_per_second()),
+        device: Some(crate::train::device_name(flow.device())),
         final_loss: summary.loss_curve.last().map(|p| p.loss),
         sample_seconds: Some(sample_seconds),
         sample_field_evals: Some(solution.stats.field_evals),
