@@ -53,6 +53,19 @@ pub(crate) fn batch<M: Manifold + ?Sized>(
     Ok(())
 }
 
+/// Refuses a second batch (or per-sample vector) whose number of rows differs from the first's.
+pub(crate) fn same_rows(what: &'static str, found: &[usize], n_samples: usize) -> Result<()> {
+    if found.first() == Some(&n_samples) {
+        Ok(())
+    } else {
+        Err(ManifoldError::ShapeMismatch {
+            what,
+            found: found.to_vec(),
+            expected: format!("{n_samples} rows, one per sample"),
+        })
+    }
+}
+
 /// Refuses a scalar parameter that does not satisfy `valid` (NaN never does).
 pub(crate) fn parameter(
     name: &'static str,

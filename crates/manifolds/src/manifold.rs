@@ -177,6 +177,17 @@ pub trait Manifold {
     }
 }
 
+/// Checks a whole batch of points against [`ON_MANIFOLD_TOLERANCE`], with `what` naming the argument when the
+/// batch has the wrong width.
+pub(crate) fn check_on_manifold<M: Manifold + ?Sized>(
+    manifold: &M,
+    what: &'static str,
+    x: ArrayView2<f64>,
+) -> Result<()> {
+    check::batch(manifold, what, x)?;
+    manifold.check_points(x, ON_MANIFOLD_TOLERANCE)
+}
+
 /// Refuses an empty list of parts: shared by products and mixtures, which need at least one.
 pub(crate) fn non_empty<T>(items: &[T], what: &'static str, item: &'static str) -> Result<()> {
     if items.is_empty() {
