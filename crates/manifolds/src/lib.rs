@@ -10,6 +10,7 @@
 //! - [`path`]: the geodesic conditional path `x_t = exp_{x0}(kappa_t log_{x0}(x1))`, its conditional velocity
 //!   and the Riemannian conditional flow-matching loss;
 //! - [`cost`]: squared geodesic distances between two point sets, for the OT solvers of `ferroflow-coupling`;
+//! - [`ode`]: Euler, midpoint and RK4 steps through the exponential map, and [`solve`];
 //!
 //! The crate depends on no other workspace crate: schedules enter paths as two numbers ([`Kappa`]), cost
 //! matrices leave as plain arrays. Every failure is a [`ManifoldError`]; nothing panics on user input.
@@ -32,6 +33,7 @@ mod check;
 pub mod cost;
 pub mod error;
 pub mod manifold;
+pub mod ode;
 pub mod path;
 pub mod product;
 mod special;
@@ -41,6 +43,7 @@ pub mod torus;
 pub use cost::cost_matrix;
 pub use error::{ManifoldError, Result};
 pub use manifold::{GeodesicPoint, Manifold, ON_MANIFOLD_TOLERANCE};
+pub use ode::{BatchFn, ManifoldOdeMethod, ManifoldSolution, PointFn, TangentField, solve, step};
 pub use path::{
     ConditionalBatch, ConditionalPoint, Kappa, cfm_loss, cfm_loss_per_sample, conditional_batch,
     conditional_point,
