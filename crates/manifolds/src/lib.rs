@@ -11,6 +11,7 @@
 //!   and the Riemannian conditional flow-matching loss;
 //! - [`cost`]: squared geodesic distances between two point sets, for the OT solvers of `ferroflow-coupling`;
 //! - [`ode`]: Euler, midpoint and RK4 steps through the exponential map, and [`solve`];
+//! - [`divergence`]: the Riemannian divergence of a tangent field (exact, finite differences, Hutchinson);
 //!
 //! The crate depends on no other workspace crate: schedules enter paths as two numbers ([`Kappa`]), cost
 //! matrices leave as plain arrays. Every failure is a [`ManifoldError`]; nothing panics on user input.
@@ -31,6 +32,7 @@
 
 mod check;
 pub mod cost;
+pub mod divergence;
 pub mod error;
 pub mod manifold;
 pub mod ode;
@@ -41,6 +43,9 @@ pub mod sphere;
 pub mod torus;
 
 pub use cost::cost_matrix;
+pub use divergence::{
+    directional_derivative, divergence_finite_difference, divergence_from_jacobian, hutchinson_divergence,
+};
 pub use error::{ManifoldError, Result};
 pub use manifold::{GeodesicPoint, Manifold, ON_MANIFOLD_TOLERANCE};
 pub use ode::{BatchFn, ManifoldOdeMethod, ManifoldSolution, PointFn, TangentField, solve, step};
