@@ -12,6 +12,8 @@
 //! - [`cost`]: squared geodesic distances between two point sets, for the OT solvers of `ferroflow-coupling`;
 //! - [`ode`]: Euler, midpoint and RK4 steps through the exponential map, and [`solve`];
 //! - [`divergence`]: the Riemannian divergence of a tangent field (exact, finite differences, Hutchinson);
+//! - [`density`]: von Mises-Fisher, wrapped Gaussian, checkerboard, mixtures and products, each with samples,
+//!   log-densities and entropies.
 //!
 //! The crate depends on no other workspace crate: schedules enter paths as two numbers ([`Kappa`]), cost
 //! matrices leave as plain arrays. Every failure is a [`ManifoldError`]; nothing panics on user input.
@@ -32,6 +34,7 @@
 
 mod check;
 pub mod cost;
+pub mod density;
 pub mod divergence;
 pub mod error;
 pub mod manifold;
@@ -43,6 +46,10 @@ pub mod sphere;
 pub mod torus;
 
 pub use cost::cost_matrix;
+pub use density::{
+    BoxedDensity, Checkerboard, ManifoldDensity, Mixture, MonteCarloEstimate, ProductDensity, VonMisesFisher,
+    WrappedGaussian, wrapped_normal_terms,
+};
 pub use divergence::{
     directional_derivative, divergence_finite_difference, divergence_from_jacobian, hutchinson_divergence,
 };
