@@ -10,6 +10,8 @@
 //! cheaper than a chain of tensor operations.
 
 use ferroflow_coupling::{Coupling, CouplingConfig, CouplingError, IndependentOrder};
+use ferroflow_manifolds::ManifoldError;
+use ferroflow_manifolds::product::BoxedManifold;
 use ferroflow_paths::{ConditionalPath, Prediction};
 use ndarray::Array2;
 use rand::Rng;
@@ -30,6 +32,17 @@ pub fn conditional_of(config: &RunConfig) -> Option<(usize, f64)> {
             .map(|c| (c, config.train.label_dropout)),
         crate::config::ModelKind::Mlp => None,
     }
+}
+
+/// Why a batch could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The coupling failed (non-finite points, ...).
+    #[error(transparent)]
+    Coupling(#[from] CouplingError),
+    /// A geodesic path could not be built (antipodal endpoints on a sphere, ...).
+    #[error(transparent)]
+    Manifold(#[from] ManifoldError),
 }
 
 /// One batch, row-major, ready to hand to libtorch.
@@ -64,6 +77,8 @@ pub struct BatchMaker {
     labels: Vec<i64>,
     /// `Some((num_classes, label_dropout))` for a class-conditional network.
     conditional: Option<(usize, f64)>,
+    /// The manifold of a Riemannian flow: geodesic paths instead of the affine interpolation.
+    manifold: Option<BoxedManifold>,
 }
 
 impl BatchMaker {
@@ -89,6 +104,7 @@ impl BatchMaker {
             x1: Vec::new(),
             labels: Vec::new(),
             conditional: conditional_of(config),
+            manifold: config.data.manifold.as_ref().map(|m| m.build()).transpose()?,
         })
     }
 
@@ -98,7 +114,7 @@ impl BatchMaker {
     }
 
     /// Fills `batch` with the batch of step `step` (a pure function of the seed and the step).
-    pub fn make(&mut self, step: u64, batch: &mut Batch) -> Result<(), CouplingError> {
+    pub fn make(&mut self, step: u64, batch: &mut Batch) -> Result<(), BatchError> {
         let (n, dim) = (self.batch_size, self.dim);
         let mut rng = Stream::Batch { step }.rng(self.seed);
         self.x0.clear();
@@ -107,6 +123,9 @@ impl BatchMaker {
         self.source.sample_into(n, &mut rng, &mut self.x0);
         self.target
             .sample_labelled_into(n, &mut rng, &mut self.x1, Some(&mut self.labels));
+        if self.manifold.is_some() {
+            return self.make_geodesic(&mut rng, batch);
+        }
         self.couple(&mut rng)?;
         batch.x_t.clear();
         batch.t.clear();
@@ -143,6 +162,52 @@ impl BatchMaker {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The batch of a flow on a manifold: points projected onto it (the f32 buffers round), coupled by the
+    /// squared geodesic distance when the coupling is exact OT, then `x_t` and `u_t` on the geodesic path with
+    /// `kappa_t` the path's data coefficient.
+    fn make_geodesic(&mut self, rng: &mut ChaCha8Rng, batch: &mut Batch) -> Result<(), BatchError> {
+        let manifold = self.manifold.as_ref().expect("make_geodesic runs on manifolds");
+        let (n, dim) = (self.batch_size, self.dim);
+        let on_manifold = |v: &[f32]| -> Result<Array2<f64>, ManifoldError> {
+            manifold.project_batch(Array2::from_shape_fn((n, dim), |(r, c)| f64::from(v[r * dim + c])).view())
+        };
+        let x0 = on_manifold(&self.x0)?;
+        let mut x1 = on_manifold(&self.x1)?;
+        match &self.coupling_config {
+            CouplingConfig::ExactOt { solver } => {
+                let cost = ferroflow_manifolds::cost_matrix(manifold.as_ref(), x0.view(), x1.view())?;
+                let assignment = solver.build().solve(cost.view())?;
+                x1 = x1.select(ndarray::Axis(0), &assignment.row_to_col);
+            }
+            CouplingConfig::Independent {
+                order: IndependentOrder::Shuffle,
+            } => {
+                let pairing = self.coupling.pair(x0.view(), x1.view(), rng)?;
+                x1 = x1.select(ndarray::Axis(0), &pairing.target_idx);
+            }
+            _ => {}
+        }
+        let times: Vec<f64> = (0..n).map(|_| self.draw_time(rng)).collect();
+        let coefficients: Vec<_> = times.iter().map(|&t| self.path.coefficients(t)).collect();
+        let kappa = ndarray::Array1::from_iter(coefficients.iter().map(|c| c.target));
+        let d_kappa = ndarray::Array1::from_iter(coefficients.iter().map(|c| c.d_target));
+        let path = ferroflow_manifolds::conditional_batch(
+            manifold.as_ref(),
+            x0.view(),
+            x1.view(),
+            kappa.view(),
+            d_kappa.view(),
+        )?;
+        batch.x_t.clear();
+        batch.t.clear();
+        batch.target.clear();
+        batch.labels.clear();
+        batch.t.extend(times.iter().map(|&t| t as f32));
+        batch.x_t.extend(path.x_t.iter().map(|&v| v as f32));
+        batch.target.extend(path.u_t.iter().map(|&v| v as f32));
         Ok(())
     }
 

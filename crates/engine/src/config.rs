@@ -89,11 +89,16 @@ fn default_threads() -> usize {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// Where flows start (t = 0); default N(0, I) in the target's dimension.
+    /// Where flows start (t = 0); default N(0, I) in 2 dimensions, or the uniform distribution on
+    /// `manifold` when that is set.
     #[serde(default)]
     pub source: Dataset,
     /// Where flows end (t = 1).
     pub target: Dataset,
+    /// The manifold of a Riemannian flow (`{ kind = "sphere", dim = 3 }`, `{ kind = "torus", dim = 2 }`,
+    /// `{ kind = "product", factors = [...] }`); both data sets must live on it. Absent: R^d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifold: Option<crate::manifold::ManifoldSpec>,
 }
 
 /// Which network.
@@ -461,12 +466,24 @@ impl RunConfig {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates TOML text; `origin` names it in messages.
+    /// Parses and validates TOML text; `origin` names it in messages. With `data.manifold` and no
+    /// `data.source`, the source is the uniform distribution on the manifold.
     pub fn parse(text: &str, origin: &Path) -> Result<Self, ConfigError> {
-        let config: RunConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: origin.to_path_buf(),
             detail: e.to_string().trim_end().replace('\n', " "),
-        })?;
+        };
+        let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        if let Some(toml::Value::Table(data)) = table.get_mut("data")
+            && !data.contains_key("source")
+            && let Some(manifold) = data.get("manifold").cloned()
+        {
+            let mut source = toml::Table::new();
+            source.insert("kind".into(), toml::Value::String("uniform".into()));
+            source.insert("manifold".into(), manifold);
+            data.insert("source".into(), toml::Value::Table(source));
+        }
+        let config: RunConfig = table.try_into().map_err(parse_error)?;
         config.validate()?;
         Ok(config)
     }
@@ -511,6 +528,7 @@ impl RunConfig {
         }
         self.data.source.validate("data.source")?;
         self.data.target.validate("data.target")?;
+        self.check_manifold()?;
         if self.data.source.dim() != self.data.target.dim() {
             return Err(ConfigError::value(
                 "data.source",
@@ -694,6 +712,102 @@ pub fn check_sample_count(key: &str, n: usize, dim: usize) -> Result<(), ConfigE
                  dimension {dim})"
             ),
         ))
+    }
+}
+
+impl RunConfig {
+    /// Refuses a manifold mixed with a Euclidean data set (or another manifold), and the settings a flow on a
+    /// manifold does not have: only the affine path without noise (its scheduler gives kappa_t), velocity
+    /// prediction, independent or exact OT couplings (geodesic cost), an MLP, and Euler, midpoint or RK4.
+    fn check_manifold(&self) -> Result<(), ConfigError> {
+        use crate::manifold::manifold_of;
+        let data = &self.data;
+        let Some(manifold) = &data.manifold else {
+            for (key, dataset) in [("data.source", &data.source), ("data.target", &data.target)] {
+                if let Some(on) = manifold_of(dataset) {
+                    return Err(ConfigError::value(
+                        key,
+                        format!(
+                            "{} lives on {}: set data.manifold = {} (or choose a Euclidean data set)",
+                            dataset.name(),
+                            on.name(),
+                            toml::to_string(&on).map_or_else(
+                                |_| on.name(),
+                                |t| format!("{{ {} }}", t.trim().replace('\n', ", "))
+                            )
+                        ),
+                    ));
+                }
+            }
+            return Ok(());
+        };
+        manifold.validate("data.manifold")?;
+        for (key, dataset) in [("data.source", &data.source), ("data.target", &data.target)] {
+            match manifold_of(dataset) {
+                Some(on) if &on == manifold => {}
+                Some(on) => {
+                    return Err(ConfigError::value(
+                        key,
+                        format!(
+                            "{} lives on {}, but data.manifold is {}",
+                            dataset.name(),
+                            on.name(),
+                            manifold.name()
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(ConfigError::value(
+                        key,
+                        format!(
+                            "{} is a Euclidean data set, but data.manifold is {}: use uniform, vmf_mixture, \
+                             wrapped_gaussian_mixture, torus_checkerboard or product",
+                            dataset.name(),
+                            manifold.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        let flow = &self.flow;
+        if flow.path != PathKind::Affine || flow.sigma != 0.0 {
+            return Err(ConfigError::value(
+                "flow.path",
+                "a flow on a manifold follows geodesics: path = \"affine\" with sigma = 0 (the scheduler gives kappa_t)",
+            ));
+        }
+        if flow.prediction != Prediction::Velocity {
+            return Err(ConfigError::value(
+                "flow.prediction",
+                "a flow on a manifold predicts the velocity",
+            ));
+        }
+        if !matches!(
+            flow.coupling,
+            CouplingConfig::Independent { .. } | CouplingConfig::ExactOt { .. }
+        ) {
+            return Err(ConfigError::value(
+                "flow.coupling",
+                "on a manifold: independent or exact_ot (with the squared geodesic distance as cost)",
+            ));
+        }
+        if self.model.kind != ModelKind::Mlp {
+            return Err(ConfigError::value(
+                "model.kind",
+                "a flow on a manifold uses the MLP",
+            ));
+        }
+        if crate::manifold::ManifoldMethod::of(self.sample.solver).is_none() {
+            return Err(ConfigError::value(
+                "sample.solver",
+                format!(
+                    "{:?} on a manifold: allowed are euler, midpoint, rk4 (steps through the exp map)",
+                    self.sample.solver
+                )
+                .to_lowercase(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -41,6 +41,37 @@ pub enum Dataset {
     Ring {},
     /// A Gaussian mixture with full covariances.
     Mixture(MixtureSpec),
+    /// The uniform distribution on `manifold` (the default source when `data.manifold` is set).
+    Uniform {
+        /// The manifold.
+        manifold: crate::manifold::ManifoldSpec,
+    },
+    /// A mixture of von Mises-Fisher distributions on the sphere S^2 (unit `means` in R^3).
+    VmfMixture {
+        /// Component weights (normalised when used).
+        weights: Vec<f64>,
+        /// Unit mean directions, one per component.
+        means: Vec<Vec<f64>>,
+        /// Concentrations kappa >= 0, one per component.
+        concentrations: Vec<f64>,
+    },
+    /// A mixture of wrapped Gaussians on the flat torus T^d (independent coordinates; angles in [-pi, pi)).
+    WrappedGaussianMixture {
+        /// Component weights (normalised when used).
+        weights: Vec<f64>,
+        /// Mean angles, one row per component.
+        means: Vec<Vec<f64>>,
+        /// Standard deviations per angle, one row per component.
+        stds: Vec<Vec<f64>>,
+    },
+    /// The 4 x 4 checkerboard of the periodic square T^2, uniform on the squares with i + j even.
+    TorusCheckerboard {},
+    /// Independent factors on a product manifold (each a data set on a sphere or a torus), coordinates in
+    /// the order of the factors.
+    Product {
+        /// The factors.
+        factors: Vec<Dataset>,
+    },
     /// Fashion-MNIST training images (1 x 28 x 28, scaled to [-1, 1], flattened to 784 coordinates) with
     /// their class labels, read from `dir` (prepared by `cargo xtask data fashion-mnist`).
     FashionMnist {
@@ -119,6 +150,11 @@ impl Dataset {
             Dataset::Gaussian { dim, .. } => *dim,
             Dataset::Mixture(spec) => spec.means.first().map_or(0, Vec::len),
             Dataset::FashionMnist { .. } => 784,
+            Dataset::Uniform { .. }
+            | Dataset::VmfMixture { .. }
+            | Dataset::WrappedGaussianMixture { .. }
+            | Dataset::TorusCheckerboard {}
+            | Dataset::Product { .. } => crate::manifold::manifold_of(self).map_or(0, |m| m.ambient_dim()),
             _ => 2,
         }
     }
@@ -134,6 +170,11 @@ impl Dataset {
             Dataset::Ring {} => "ring".into(),
             Dataset::Mixture(_) => "mixture".into(),
             Dataset::FashionMnist { .. } => "fashion_mnist".into(),
+            Dataset::Uniform { .. } => "uniform".into(),
+            Dataset::VmfMixture { .. } => "vmf_mixture".into(),
+            Dataset::WrappedGaussianMixture { .. } => "wrapped_gaussian_mixture".into(),
+            Dataset::TorusCheckerboard {} => "torus_checkerboard".into(),
+            Dataset::Product { factors } => factors.iter().map(Dataset::name).collect::<Vec<_>>().join("-x-"),
         }
     }
 
@@ -174,6 +215,28 @@ impl Dataset {
             Dataset::Mixture(spec) => spec.validate(key)?,
             Dataset::FashionMnist { dir } => {
                 fashion_store(dir).map_err(|e| ConfigError::value(format!("{key}.dir"), e))?;
+            }
+            Dataset::Uniform { manifold } => manifold.validate(&format!("{key}.manifold"))?,
+            Dataset::VmfMixture { .. }
+            | Dataset::WrappedGaussianMixture { .. }
+            | Dataset::TorusCheckerboard {}
+            | Dataset::Product { .. } => {
+                if let Dataset::Product { factors } = self {
+                    for (idx, factor) in factors.iter().enumerate() {
+                        if crate::manifold::manifold_of(factor).is_none()
+                            || matches!(factor, Dataset::Product { .. })
+                        {
+                            return Err(ConfigError::value(
+                                format!("{key}.factors[{idx}]"),
+                                format!("{} is not a data set on a sphere or a torus", factor.name()),
+                            ));
+                        }
+                    }
+                }
+                if let Some(manifold) = crate::manifold::manifold_of(self) {
+                    manifold.validate(key)?;
+                }
+                crate::manifold::density_of(self, key)?;
             }
             _ => {}
         }
@@ -269,6 +332,17 @@ impl Dataset {
                 }
             }
             Dataset::Mixture(spec) => spec.sample_into(n_samples, rng, out, &mut label),
+            Dataset::Uniform { .. }
+            | Dataset::VmfMixture { .. }
+            | Dataset::WrappedGaussianMixture { .. }
+            | Dataset::TorusCheckerboard {}
+            | Dataset::Product { .. } => {
+                // `validate` builds the density first; a config that passed it cannot fail here.
+                let density = crate::manifold::density_of(self, "data")
+                    .expect("Dataset::validate builds the density before sampling");
+                let points = density.sample(n_samples, rng);
+                out.extend(points.iter().map(|&v| v as f32));
+            }
             Dataset::FashionMnist { dir } => {
                 // `validate` loads the store first; a config that passed it cannot fail here.
                 let store = fashion_store(dir).expect("Dataset::validate loads the images before sampling");

@@ -13,6 +13,7 @@
 //! - [`images`]: Fashion-MNIST files, the project's classifier, its Frechet distance, image grids as pixels.
 //! - [`metrics`]: a run's typed metrics (`metrics.json`).
 //! - [`run`]: whole runs (train, finish, evaluate) in run folders, each a transaction under [`lock`].
+//! - [`manifold`]: runs on spheres, tori and their products (`data.manifold`), on `ferroflow-manifolds`.
 //! - [`lock`]: one process at a time in a run folder; leftovers of killed writers removed.
 //! - [`files`]: atomic writes, `.npy` arrays and run folders.
 
@@ -25,6 +26,7 @@ pub mod guided;
 pub mod images;
 pub mod likelihood;
 pub mod lock;
+pub mod manifold;
 pub mod metrics;
 pub mod run;
 pub mod sample;

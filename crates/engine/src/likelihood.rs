@@ -183,6 +183,38 @@ pub fn log_likelihood_with(
             dim,
         });
     }
+    if let Some(manifold) = &flow.config.data.manifold {
+        let method =
+            crate::manifold::ManifoldMethod::of(options.method).ok_or_else(|| LikelihoodError::Setting {
+                key: "solver".into(),
+                detail: "on a manifold: euler, midpoint or rk4".into(),
+            })?;
+        let ferroflow_solvers::StepControl::Fixed { n_steps } = options.control else {
+            return Err(LikelihoodError::Setting {
+                key: "solver".into(),
+                detail: "on a manifold the steps are fixed (euler, midpoint, rk4)".into(),
+            });
+        };
+        let points = crate::sample::to_array(data).mapv(f64::from);
+        let log_density = crate::manifold::log_likelihood_on_manifold(
+            flow,
+            manifold,
+            points.view(),
+            settings.estimator,
+            n_steps,
+            method,
+            settings.seed,
+        )
+        .map_err(|detail| LikelihoodError::Setting {
+            key: "data".into(),
+            detail,
+        })?;
+        return Ok(Likelihood {
+            log_density,
+            steps: n_steps,
+            field_evals: n_steps * 2 * method.stages(),
+        });
+    }
     let source = GaussianSource::of(&flow.config.data.source)?;
     let data = data.to_kind(Kind::Float).to_device(flow.device());
     log_likelihood_of_field(

@@ -29,6 +29,18 @@ pub struct RunMetrics {
     /// Steps per second of the whole run (`train_steps / train_seconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_steps_per_second: Option<f64>,
+    /// Mean negative log-likelihood (nats per sample) of fresh target samples, on manifolds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nll: Option<f64>,
+    /// The target's entropy in nats (Monte Carlo over its closed-form density), on manifolds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_entropy: Option<f64>,
+    /// `nll - target_entropy`: the estimate of KL(target || model) in nats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_estimate: Option<f64>,
+    /// Standard error of `kl_estimate` (both Monte Carlo averages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_stderr: Option<f64>,
     /// The device the run trained on (`cpu`, `cuda:N`), which `run.device = "auto"` leaves to the machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,

@@ -10,11 +10,15 @@ use std::path::{Path, PathBuf};
 
 use ferroflow_models::VelocityNet;
 use ferroflow_paths::{ConditionalPath, Prediction};
-use ferroflow_solvers::{Field, OdeOptions, Solution, SolverError, solve, solve_with_trajectory};
+use ferroflow_solvers::{
+    Field, OdeOptions, Solution, SolverError, StepControl, solve, solve_with_trajectory,
+};
+use ndarray::{Array2, ArrayView2};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::RunConfig;
 use crate::error::TrainError;
+use crate::manifold::{ManifoldMethod, ManifoldSpec};
 use crate::stream::Stream;
 use crate::train::{MODEL_FILE, apply_threads, build_model};
 
@@ -117,8 +121,81 @@ impl TrainedFlow {
         options: &OdeOptions,
         times: Option<&[f64]>,
     ) -> Result<Solution<Tensor>, SolverError> {
+        if let Some(manifold) = &self.config.data.manifold {
+            return self.integrate_on_manifold(manifold, x0, options, times);
+        }
         let mut field = |t: f64, x: &Tensor| -> Result<Tensor, SolverError> { Ok(self.velocity(x, t)) };
         integrate_unit_interval(&mut field, x0, options, times)
+    }
+
+    /// The learned field on a manifold: the network's velocity projected onto the tangent space at `x`.
+    pub fn tangent_velocity(&self, manifold: &ManifoldSpec, x: ArrayView2<f64>, t: f64) -> Array2<f64> {
+        let points = Tensor::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())
+            .view([x.nrows() as i64, x.ncols() as i64])
+            .to_device(self.device());
+        let velocity = manifold.project_tangent(&points, &self.velocity(&points, t));
+        to_array(&velocity).mapv(f64::from)
+    }
+
+    /// [`TrainedFlow::integrate`] on the run's manifold: Euler, midpoint or RK4 steps through the exp map
+    /// (`ferroflow-manifolds`), `steps` of them over [0, 1] (spread over the segments between `times`).
+    fn integrate_on_manifold(
+        &self,
+        spec: &ManifoldSpec,
+        x0: Tensor,
+        options: &OdeOptions,
+        times: Option<&[f64]>,
+    ) -> Result<Solution<Tensor>, SolverError> {
+        let manifold = spec.build().map_err(|e| SolverError::field(0.0, e))?;
+        let method = ManifoldMethod::of(options.method).ok_or_else(|| {
+            SolverError::field(
+                0.0,
+                format!(
+                    "{:?} has no manifold version: euler, midpoint, rk4",
+                    options.method
+                ),
+            )
+        })?;
+        let StepControl::Fixed { n_steps } = options.control else {
+            return Err(SolverError::field(
+                0.0,
+                "a manifold solve takes a fixed number of steps",
+            ));
+        };
+        let mut field = |t: f64, x: ArrayView2<f64>| -> ferroflow_manifolds::Result<Array2<f64>> {
+            Ok(self.tangent_velocity(spec, x, t))
+        };
+        let grid: Vec<f64> = times.map_or_else(|| vec![0.0, 1.0], <[f64]>::to_vec);
+        let mut x = manifold
+            .project_batch(to_array(&x0).mapv(f64::from).view())
+            .map_err(|e| SolverError::field(0.0, e))?;
+        let device = x0.device();
+        let as_tensor = |x: &Array2<f64>| {
+            Tensor::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())
+                .view([x.nrows() as i64, x.ncols() as i64])
+                .to_device(device)
+        };
+        let mut trajectory = times.map(|_| vec![as_tensor(&x)]).unwrap_or_default();
+        let mut stats = ferroflow_solvers::SolverStats::default();
+        for pair in grid.windows(2) {
+            let (t0, t1) = (pair[0], pair[1]);
+            let steps = ((n_steps as f64 * (t1 - t0).abs()).ceil() as usize).max(1);
+            let solution =
+                ferroflow_manifolds::solve(manifold.as_ref(), &mut field, method, x.view(), t0, t1, steps)
+                    .map_err(|e| SolverError::field(t0, e))?;
+            stats.steps += solution.steps;
+            stats.field_evals += solution.field_evaluations;
+            x = solution.x;
+            if times.is_some() {
+                trajectory.push(as_tensor(&x));
+            }
+        }
+        Ok(Solution {
+            state: as_tensor(&x),
+            times: times.map(<[f64]>::to_vec).unwrap_or_default(),
+            trajectory,
+            stats,
+        })
     }
 }
 

@@ -149,6 +149,8 @@ struct FlowTrainer<'a> {
     batches: &'a mpsc::Receiver<Result<Batch, TrainError>>,
     recycle: mpsc::Sender<Batch>,
     shape: Vec<i64>,
+    /// On a manifold the output is projected onto the tangent space at x_t before the loss.
+    manifold: Option<crate::manifold::ManifoldSpec>,
 }
 
 impl Trainable for FlowTrainer<'_> {
@@ -172,7 +174,10 @@ impl Trainable for FlowTrainer<'_> {
         let labels = (!batch.labels.is_empty()).then(|| Tensor::from_slice(&batch.labels).to_device(device));
         // The producer may already be gone after its last batch; then the buffer is simply dropped.
         let _ = self.recycle.send(batch);
-        let output = net.forward_with(&net.params().views(), &x_t, &t, labels.as_ref());
+        let mut output = net.forward_with(&net.params().views(), &x_t, &t, labels.as_ref());
+        if let Some(manifold) = &self.manifold {
+            output = manifold.project_tangent(&x_t, &output);
+        }
         let loss = (output - target).square().mean(Kind::Float);
         loss.backward();
         let loss_value = loss.double_value(&[]);
@@ -334,6 +339,7 @@ pub fn train(
                 batches: &from_producer,
                 recycle,
                 shape,
+                manifold: config.data.manifold.clone(),
             };
             execute(&mut trainer, start_step, total, &mut journal, &mut all)?;
             Ok(trainer.model)

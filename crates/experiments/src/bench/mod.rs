@@ -251,6 +251,7 @@ fn trained_flow(
         data: DataSection {
             source: Dataset::Gaussian { dim: 2, std: 1.0 },
             target: Dataset::EightGaussians {},
+            manifold: None,
         },
         model: ModelSection::default(),
         flow: FlowSection::default(),

@@ -36,6 +36,7 @@ fn bench_config(
         data: DataSection {
             source: Dataset::EightGaussians {},
             target: Dataset::Moons {},
+            manifold: None,
         },
         model: ModelSection::default(),
         flow: FlowSection {

@@ -113,6 +113,7 @@ impl StudyMixture {
                     means: self.means.iter().map(|m| m.to_vec()).collect(),
                     covariances,
                 }),
+                manifold: None,
             },
             model: ModelSection {
                 width: 64,
