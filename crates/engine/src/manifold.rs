@@ -339,14 +339,14 @@ pub fn tangent_projectors(spec: &ManifoldSpec, x: &Tensor) -> Tensor {
 /// estimate `z^T J z` with tangent probes `z = P eps` (`eps ~ N(0, I)`, `K` of them), whose mean is
 /// `tr(J P) = tr(P J P)`.
 pub fn riemannian_divergence(
-    flow: &crate::sample::TrainedFlow,
+    velocity: &dyn Fn(&Tensor, f64) -> Tensor,
     spec: &ManifoldSpec,
     x: &Tensor,
     t: f64,
     estimator: ferroflow_models::DivergenceEstimator,
 ) -> Tensor {
     let x = x.detach().set_requires_grad(true);
-    let field = spec.project_tangent(&x, &flow.velocity_with_grad(&x, t));
+    let field = spec.project_tangent(&x, &velocity(&x, t));
     let projector = tangent_projectors(spec, &x.detach());
     let dim = x.size()[1];
     let grad = |output: &Tensor, keep: bool| -> Tensor {
@@ -365,10 +365,19 @@ pub fn riemannian_divergence(
                 .sum_dim_intlist([1i64, 2].as_slice(), false, tch::Kind::Float)
                 .detach()
         }
-        ferroflow_models::DivergenceEstimator::Hutchinson { probes, .. } => {
+        ferroflow_models::DivergenceEstimator::Hutchinson { probes, distribution } => {
             let mut total = Tensor::zeros([x.size()[0]], (tch::Kind::Float, x.device()));
+            let options = (tch::Kind::Float, x.device());
             for k in 0..probes {
-                let eps = Tensor::randn([x.size()[0], dim], (tch::Kind::Float, x.device()));
+                // E[eps eps^T] = I for both distributions, so E[z z^T] = P P^T = P.
+                let eps = match distribution {
+                    ferroflow_models::autograd::ProbeDistribution::Gaussian => {
+                        Tensor::randn([x.size()[0], dim], options)
+                    }
+                    ferroflow_models::autograd::ProbeDistribution::Rademacher => {
+                        Tensor::randint(2, [x.size()[0], dim], options) * 2.0 - 1.0
+                    }
+                };
                 let z = projector.matmul(&eps.unsqueeze(2)).squeeze_dim(2);
                 let jtz = grad(&(&field * &z).sum(tch::Kind::Float), k + 1 < probes);
                 total += (jtz * &z).sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Float);
@@ -378,10 +387,8 @@ pub fn riemannian_divergence(
     }
 }
 
-/// `log p1(x)` of points on the run's manifold: `log p0(x(0)) - int_0^1 div_M v dt`, integrated backwards
-/// from t = 1 by `steps` steps of `method` through the exp map; the divergence integral by Simpson's rule over
-/// each step (the divergence at its start, at the midpoint reached by a half step, and at its end). Points
-/// off the manifold are refused by row.
+/// `log p1(x)` of points on the run's manifold under the trained `flow` (see
+/// [`log_likelihood_of_tangent_field`]), from the run's source density.
 pub fn log_likelihood_on_manifold(
     flow: &crate::sample::TrainedFlow,
     spec: &ManifoldSpec,
@@ -391,35 +398,82 @@ pub fn log_likelihood_on_manifold(
     method: ferroflow_manifolds::ManifoldOdeMethod,
     seed: u64,
 ) -> Result<Array1<f64>, String> {
+    let source = density_of(&flow.config.data.source, "data.source").map_err(|e| e.to_string())?;
+    let velocity = |x: &Tensor, t: f64| flow.velocity_with_grad(x, t);
+    log_likelihood_of_tangent_field(
+        &velocity,
+        spec,
+        source.as_ref(),
+        points,
+        &LikelihoodSolve {
+            estimator,
+            steps,
+            method,
+            seed,
+            device: flow.device(),
+        },
+    )
+}
+
+/// How [`log_likelihood_of_tangent_field`] integrates.
+#[derive(Clone, Copy, Debug)]
+pub struct LikelihoodSolve {
+    /// Exact divergence or Hutchinson's estimate.
+    pub estimator: ferroflow_models::DivergenceEstimator,
+    /// Steps from t = 1 back to t = 0.
+    pub steps: usize,
+    /// Euler, midpoint or RK4 through the exp map.
+    pub method: ferroflow_manifolds::ManifoldOdeMethod,
+    /// Seed of Hutchinson's probes.
+    pub seed: u64,
+    /// Where the field is evaluated.
+    pub device: tch::Device,
+}
+
+/// `log p1(x) = log p0(x(0)) - int_0^1 div_M v dt` for the flow of `velocity` (which records the autograd
+/// graph; its output is projected onto the tangent space) from `source`, integrated backwards from t = 1 by
+/// `solve.steps` steps through the exp map; the divergence integral by Simpson's rule over each step (the
+/// divergence at its start, at the midpoint reached by a half step, and at its end). Points off the manifold
+/// are refused by row.
+pub fn log_likelihood_of_tangent_field(
+    velocity: &dyn Fn(&Tensor, f64) -> Tensor,
+    spec: &ManifoldSpec,
+    source: &dyn ManifoldDensity,
+    points: ArrayView2<f64>,
+    solve: &LikelihoodSolve,
+) -> Result<Array1<f64>, String> {
     let manifold = spec.build().map_err(|e| e.to_string())?;
     manifold
         .check_points(points, ferroflow_manifolds::ON_MANIFOLD_TOLERANCE * 10.0)
         .map_err(|e| format!("the points are not on {}: {e}", spec.name()))?;
-    let source = density_of(&flow.config.data.source, "data.source").map_err(|e| e.to_string())?;
-    tch::manual_seed(seed as i64);
-    let device = flow.device();
+    tch::manual_seed(solve.seed as i64);
+    let device = solve.device;
     let as_tensor = |x: &Array2<f64>| {
         Tensor::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())
             .view([x.nrows() as i64, x.ncols() as i64])
             .to_device(device)
     };
     let divergence = |x: &Array2<f64>, t: f64| -> Array1<f64> {
-        let div = riemannian_divergence(flow, spec, &as_tensor(x), t, estimator);
+        let div = riemannian_divergence(velocity, spec, &as_tensor(x), t, solve.estimator);
         Array1::from(Vec::<f32>::try_from(&div.to_device(tch::Device::Cpu)).unwrap_or_default())
             .mapv(f64::from)
     };
     let mut field = |t: f64, x: ArrayView2<f64>| -> ferroflow_manifolds::Result<Array2<f64>> {
-        Ok(flow.tangent_velocity(spec, x, t))
+        let points = as_tensor(&x.to_owned());
+        let v = tch::no_grad(|| spec.project_tangent(&points, &velocity(&points, t)));
+        Ok(crate::sample::to_array(&v).mapv(f64::from))
     };
-    let h = -1.0 / steps.max(1) as f64;
+    let steps = solve.steps.max(1);
+    let h = -1.0 / steps as f64;
     let mut x = manifold.project_batch(points).map_err(|e| e.to_string())?;
     let mut t = 1.0;
     let mut integral = Array1::<f64>::zeros(x.nrows());
     let mut div_start = divergence(&x, t);
-    for _ in 0..steps.max(1) {
-        let half = ferroflow_manifolds::step(manifold.as_ref(), &mut field, method, t, h / 2.0, x.view())
-            .map_err(|e| e.to_string())?;
-        let next = ferroflow_manifolds::step(manifold.as_ref(), &mut field, method, t, h, x.view())
+    for _ in 0..steps {
+        let half =
+            ferroflow_manifolds::step(manifold.as_ref(), &mut field, solve.method, t, h / 2.0, x.view())
+                .map_err(|e| e.to_string())?;
+        let next = ferroflow_manifolds::step(manifold.as_ref(), &mut field, solve.method, t, h, x.view())
             .map_err(|e| e.to_string())?;
         let div_half = divergence(&half, t + h / 2.0);
         let div_end = divergence(&next, t + h);
