@@ -21,8 +21,8 @@ fn every_shipped_config_loads_and_validates() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
     let mut files = Vec::new();
     toml_files(&root, &mut files);
-    // default, ring, two Fashion-MNIST configs, 19 benchmark configs, 2 EMA variants.
-    assert!(files.len() >= 25, "found only {files:?}");
+    // default, ring, two Fashion-MNIST configs, 19 benchmark configs, 2 EMA variants, 4 Riemannian ones.
+    assert!(files.len() >= 29, "found only {files:?}");
     // Relative paths in configs (data folders) are meant from the workspace root, as `cargo xtask` runs.
     std::env::set_current_dir(root.join("..")).unwrap();
     let fashion_present = Path::new("data/fashion-mnist/train-images-idx3-ubyte").is_file();

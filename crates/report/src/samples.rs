@@ -1,5 +1,6 @@
 //! The picture drawn right after training: `samples.png`, the generated samples (`samples.npy`) over fresh
-//! target samples for vector data (the first two coordinates), or a grid of the first 100 samples for
+//! target samples for vector data (the first two coordinates; on a manifold its chart: the sphere's
+//! equal-area map, the torus's periodic square), or a grid of the first 100 samples for
 //! Fashion-MNIST runs.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use ferroflow_engine::RunConfig;
 use ferroflow_engine::data::Dataset;
 use ferroflow_engine::files::read_npy;
 use ferroflow_engine::images::image_grid;
+use ferroflow_engine::manifold::ManifoldSpec;
 use ferroflow_engine::run::{CONFIG_FILE, SAMPLES_FILE};
 use ferroflow_engine::sample::reference_samples;
 use tch::Tensor;
@@ -44,6 +46,39 @@ pub fn write_samples_picture(run_dir: &Path) -> Result<Option<PathBuf>> {
         plot::rgb_png(&path, grid.width, grid.height, &grid.rgb)?;
         return Ok(Some(path));
     }
+    if let Some(manifold) = &config.data.manifold
+        && manifold.ambient_dim() >= 2
+    {
+        let reference = reference_samples(&config, samples.nrows());
+        let (chart, title) = manifold_chart(manifold);
+        let window = plot::Window {
+            x_min: -std::f64::consts::PI,
+            x_max: std::f64::consts::PI,
+            y_min: if chart == Chart::EqualArea {
+                -1.0
+            } else {
+                -std::f64::consts::PI
+            },
+            y_max: if chart == Chart::EqualArea {
+                1.0
+            } else {
+                std::f64::consts::PI
+            },
+        };
+        let title = format!(
+            "{} -> {} on {title}",
+            config.data.source.name(),
+            config.data.target.name()
+        );
+        plot::samples_png_in(
+            &path,
+            &title,
+            chart.map(samples.view()).view(),
+            chart.map(reference.view()).view(),
+            &window,
+        )?;
+        return Ok(Some(path));
+    }
     if config.data.target.dim() < 2 {
         return Ok(None);
     }
@@ -56,4 +91,48 @@ pub fn write_samples_picture(run_dir: &Path) -> Result<Option<PathBuf>> {
     );
     plot::samples_png(&path, &title, samples.view(), reference.view())?;
     Ok(Some(path))
+}
+
+/// How points of a manifold are drawn in the plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chart {
+    /// The first sphere's Lambert cylindrical equal-area map: (longitude, z) in [-pi, pi) x [-1, 1], so equal
+    /// areas of the sphere cover equal areas of the picture.
+    EqualArea,
+    /// The first two angles of a torus: the periodic square [-pi, pi)^2.
+    Angles,
+}
+
+impl Chart {
+    /// The plane coordinates of each row of ambient coordinates.
+    fn map(self, points: ndarray::ArrayView2<f32>) -> ndarray::Array2<f32> {
+        match self {
+            Chart::EqualArea => ndarray::Array2::from_shape_fn((points.nrows(), 2), |(row, col)| {
+                let p = points.row(row);
+                if col == 0 { p[1].atan2(p[0]) } else { p[2] }
+            }),
+            Chart::Angles => points.slice(ndarray::s![.., ..2]).to_owned(),
+        }
+    }
+}
+
+/// The chart of a manifold's first factor and its name for titles; a torus with one angle is drawn against
+/// nothing (its angle on both axes would say nothing), so circles only appear inside products with a sphere.
+fn manifold_chart(manifold: &ManifoldSpec) -> (Chart, String) {
+    let first = match manifold {
+        ManifoldSpec::Product { factors } => factors
+            .iter()
+            .find(|f| matches!(f, ManifoldSpec::Sphere { dim: 3 }))
+            .or(factors.first())
+            .cloned()
+            .unwrap_or_else(|| manifold.clone()),
+        single => single.clone(),
+    };
+    match first {
+        ManifoldSpec::Sphere { .. } => (
+            Chart::EqualArea,
+            format!("{} (its S^2: longitude vs z, equal-area)", manifold.name()),
+        ),
+        _ => (Chart::Angles, format!("{} (first two angles)", manifold.name())),
+    }
 }
