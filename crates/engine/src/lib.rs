@@ -14,6 +14,7 @@
 //! - [`metrics`]: a run's typed metrics (`metrics.json`).
 //! - [`run`]: whole runs (train, finish, evaluate) in run folders.
 //! - [`files`]: atomic writes, `.npy` arrays and run folders.
+//! - [`npy`]: the `.npy` reader, with every size checked before allocating.
 
 pub mod batch;
 pub mod config;
@@ -24,6 +25,7 @@ pub mod guided;
 pub mod images;
 pub mod likelihood;
 pub mod metrics;
+pub mod npy;
 pub mod run;
 pub mod sample;
 pub mod stream;
