@@ -31,6 +31,28 @@ fn small_config(dir: &Path, name: &str, steps: usize, extra: &str) -> PathBuf {
     path
 }
 
+/// A version 1.0 `.npy` file with the given header fields and raw data.
+fn npy(dir: &Path, name: &str, descr: &str, fortran: bool, shape: &str, data: &[u8]) -> PathBuf {
+    let order = if fortran { "True" } else { "False" };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {shape}, }}").into_bytes();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(b' ');
+    }
+    header.push(b'\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(data);
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -248,4 +270,93 @@ fn every_command_declares_its_flags_to_clap() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn point_files_are_checked_before_any_work() {
+    let dir = scratch("points");
+    let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    // The same 3 x 2 points in C and in Fortran order, and 3 other points.
+    let c_order = npy(
+        &dir,
+        "c.npy",
+        "<f4",
+        false,
+        "(3, 2)",
+        &f32_bytes(&[0., 1., 2., 3., 4., 5.]),
+    );
+    let fortran = npy(
+        &dir,
+        "f.npy",
+        "<f4",
+        true,
+        "(3, 2)",
+        &f32_bytes(&[0., 2., 4., 1., 3., 5.]),
+    );
+    let other = npy(&dir, "o.npy", "<f8", false, "(3, 2)", &[0; 48]);
+    for command in ["w2", "ot"] {
+        let (a, b) = if command == "w2" {
+            ("--a", "--b")
+        } else {
+            ("--x0", "--x1")
+        };
+        let out = ferroflow(&[command, a, &path(&c_order), b, &path(&fortran)]);
+        assert!(out.status.success(), "{command}: {}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let first = stdout
+            .split_whitespace()
+            .find_map(|w| w.parse::<f64>().ok())
+            .unwrap();
+        assert_eq!(
+            first, 0.0,
+            "{command} between a file and its Fortran twin: {stdout}"
+        );
+        assert!(
+            ferroflow(&[command, a, &path(&other), b, &path(&fortran)])
+                .status
+                .success()
+        );
+    }
+
+    // Files that must be refused, with the word that says why; never an abort (exit 134) or a NaN.
+    let refused = [
+        (npy(&dir, "empty.npy", "<f4", false, "(0, 2)", &[]), "no points"),
+        (npy(&dir, "ints.npy", "<i8", false, "(3, 2)", &[0; 48]), "'<i8'"),
+        (
+            npy(&dir, "huge.npy", "<f4", false, "(1048576, 1048576)", &[0; 24]),
+            "[1048576, 1048576]",
+        ),
+        (
+            npy(&dir, "cut.npy", "<f4", false, "(3, 2)", &[0; 20]),
+            "truncated",
+        ),
+        (
+            npy(
+                &dir,
+                "nan.npy",
+                "<f4",
+                false,
+                "(3, 2)",
+                &f32_bytes(&[0., 1., f32::NAN, 3., 4., 5.]),
+            ),
+            "[1, 0]",
+        ),
+    ];
+    for (bad, reason) in &refused {
+        for (command, a, b) in [("w2", "--a", "--b"), ("ot", "--x0", "--x1")] {
+            let (bad_path, good_path) = (path(bad), path(&c_order));
+            let (bad_path, good_path) = (bad_path.as_str(), good_path.as_str());
+            for args in [[a, bad_path, b, good_path], [a, good_path, b, bad_path]] {
+                let out = ferroflow(&[&[command][..], &args[..]].concat());
+                let name = bad.file_name().unwrap().to_str().unwrap();
+                assert_eq!(out.status.code(), Some(1), "{command} {name}: {}", stderr(&out));
+                assert!(
+                    stderr(&out).contains(name) && stderr(&out).contains(reason),
+                    "{command} {name}: {}",
+                    stderr(&out)
+                );
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,5 +1,6 @@
 //! `ferroflow likelihood` end to end: a tiny trained run measured through the library and through the
-//! program, which must agree and refuse points of the wrong dimension with both shapes.
+//! program, which must agree, read Fortran-order files as their C-order twins, and refuse points of the
+//! wrong dimension with both shapes and files without points by name.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -122,6 +123,52 @@ w2_samples = 200
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("[2, 3]") && stderr.contains("[2, 2]"), "{stderr}");
+    assert!(!out_dir.join("never.npy").exists());
+
+    // The same points stored column by column give the same log-densities.
+    let c_order = ferroflow_engine::sample::to_array(&data);
+    let fortran = c_order.t().as_standard_layout().into_owned().reversed_axes();
+    assert!(!fortran.is_standard_layout() && fortran == c_order);
+    let fortran_path = out_dir.join("fortran.npy");
+    ndarray_npy::WriteNpyExt::write_npy(&fortran, std::fs::File::create(&fortran_path).unwrap()).unwrap();
+    let fortran_out = out_dir.join("fortran-log-density.npy");
+    let output = Command::new(env!("CARGO_BIN_EXE_ferroflow"))
+        .args(["likelihood", "--run"])
+        .arg(&run_dir)
+        .arg("--data")
+        .arg(&fortran_path)
+        .arg("--out")
+        .arg(&fortran_out)
+        .args(["--solver", "midpoint", "--steps", "20"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let from_fortran: Array1<f64> =
+        ndarray_npy::ReadNpyExt::read_npy(std::fs::File::open(&fortran_out).unwrap()).unwrap();
+    assert_eq!(from_fortran, written);
+
+    // No points: refused by name instead of a NaN mean.
+    let empty_path = out_dir.join("no-points.npy");
+    ferroflow_engine::files::write_npy(&empty_path, ndarray::Array2::<f32>::zeros((0, 2)).view()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ferroflow"))
+        .args(["likelihood", "--run"])
+        .arg(&run_dir)
+        .arg("--data")
+        .arg(&empty_path)
+        .arg("--out")
+        .arg(out_dir.join("never.npy"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no-points.npy") && stderr.contains("no points"),
+        "{stderr}"
+    );
     assert!(!out_dir.join("never.npy").exists());
     let _ = std::fs::remove_dir_all(&out_dir);
 }

@@ -11,6 +11,7 @@
 //! `data/fashion-mnist/` (from Debian's `dataset-fashion-mnist` package). Pixels are mapped from `0..=255`
 //! to `[-1, 1]` by `p / 127.5 - 1`.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use ferroflow_models::ModelError;
@@ -90,6 +91,14 @@ pub enum ImageError {
         expected: usize,
         /// Bytes in the file.
         actual: usize,
+    },
+    /// An IDX header announces dimensions whose product overflows.
+    #[error("{path}: the header announces dimensions {dims:?}, more bytes than any file holds")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The dimensions in the header.
+        dims: Vec<usize>,
     },
     /// An IDX file holds a number of items other than expected.
     #[error("{path}: holds {found} items, expected {expected}")]
@@ -206,18 +215,38 @@ impl FashionMnist {
     }
 }
 
-/// Reads an IDX file of unsigned bytes with magic `magic`; returns its dimensions and its data.
+/// Reads an IDX file of unsigned bytes with magic `magic`; returns its dimensions and its data. The size
+/// the header announces is checked against the file's length before the data is read.
 fn read_idx(path: &Path, magic: u32, what: &'static str) -> Result<(Vec<usize>, Vec<u8>), ImageError> {
-    let bytes = std::fs::read(path).map_err(|e| ImageError::Io {
+    let io = |e: std::io::Error| ImageError::Io {
         path: path.to_path_buf(),
         detail: format!("cannot read: {e}"),
-    })?;
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let metadata = file.metadata().map_err(io)?;
+    if !metadata.is_file() {
+        return Err(ImageError::Io {
+            path: path.to_path_buf(),
+            detail: "not a regular file".into(),
+        });
+    }
+    // On the 64-bit targets libtorch supports, a file's length fits a usize.
+    let actual = usize::try_from(metadata.len()).unwrap_or(usize::MAX);
     let length_error = |expected| ImageError::Length {
         path: path.to_path_buf(),
         expected,
-        actual: bytes.len(),
+        actual,
     };
-    let word = |idx: usize| {
+    let ndim = (magic & 0xff) as usize;
+    let header_len = 4 * (1 + ndim);
+    let mut header = vec![0u8; header_len];
+    // The magic number first, as far as the file goes, so that a short file of another kind is called that.
+    let magic_len = actual.min(4);
+    file.read_exact(&mut header[..magic_len]).map_err(io)?;
+    if actual < 4 {
+        return Err(length_error(4));
+    }
+    let word = |bytes: &[u8], idx: usize| {
         u32::from_be_bytes([
             bytes[4 * idx],
             bytes[4 * idx + 1],
@@ -225,10 +254,7 @@ fn read_idx(path: &Path, magic: u32, what: &'static str) -> Result<(Vec<usize>, 
             bytes[4 * idx + 3],
         ])
     };
-    if bytes.len() < 4 {
-        return Err(length_error(4));
-    }
-    let found = word(0);
+    let found = word(&header, 0);
     if found != magic {
         return Err(ImageError::Magic {
             path: path.to_path_buf(),
@@ -237,18 +263,29 @@ fn read_idx(path: &Path, magic: u32, what: &'static str) -> Result<(Vec<usize>, 
             what,
         });
     }
-    let ndim = (magic & 0xff) as usize;
-    let header = 4 * (1 + ndim);
-    if bytes.len() < header {
-        return Err(length_error(header));
+    if actual < header_len {
+        return Err(length_error(header_len));
     }
-    let dims: Vec<usize> = (1..=ndim).map(|idx| word(idx) as usize).collect();
-    let expected = header + dims.iter().product::<usize>();
-    if bytes.len() != expected {
+    file.read_exact(&mut header[4..]).map_err(io)?;
+    let dims: Vec<usize> = (1..=ndim).map(|idx| word(&header, idx) as usize).collect();
+    let Some(expected) = dims
+        .iter()
+        .try_fold(1usize, |size, &dim| size.checked_mul(dim))
+        .and_then(|n_bytes| n_bytes.checked_add(header_len))
+    else {
+        return Err(ImageError::TooLarge {
+            path: path.to_path_buf(),
+            dims,
+        });
+    };
+    if actual != expected {
         return Err(length_error(expected));
     }
-    let mut data = bytes;
-    data.drain(..header);
+    let mut data = vec![0u8; expected - header_len];
+    file.read_exact(&mut data).map_err(|e| ImageError::Io {
+        path: path.to_path_buf(),
+        detail: format!("cannot read the data (was the file changed while it was read?): {e}"),
+    })?;
     Ok((dims, data))
 }
 

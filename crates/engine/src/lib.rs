@@ -16,6 +16,7 @@
 //! - [`manifold`]: runs on spheres, tori and their products (`data.manifold`), on `ferroflow-manifolds`.
 //! - [`lock`]: one process at a time in a run folder; leftovers of killed writers removed.
 //! - [`files`]: atomic writes, `.npy` arrays and run folders.
+//! - [`npy`]: the `.npy` reader, with every size checked before allocating.
 
 pub mod batch;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod likelihood;
 pub mod lock;
 pub mod manifold;
 pub mod metrics;
+pub mod npy;
 pub mod run;
 pub mod sample;
 pub mod stream;

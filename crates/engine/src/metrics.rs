@@ -6,15 +6,19 @@
 //! are kept in [`RunMetrics::other`] and written back unchanged.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::files::write_atomic;
 
 /// The file name of a run's metrics.
 pub const METRICS_FILE: &str = "metrics.json";
+
+/// The largest metrics file read (16 MiB; a run writes a few hundred bytes).
+pub const MAX_METRICS_BYTES: u64 = 16 << 20;
 
 /// Everything measured about a run. `None` means not measured (yet).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -89,14 +93,36 @@ pub struct RunMetrics {
 }
 
 impl RunMetrics {
-    /// Reads `run_dir/metrics.json` (empty metrics when there is none yet).
+    /// Reads `run_dir/metrics.json` (empty metrics when there is none yet), refusing a file over
+    /// [`MAX_METRICS_BYTES`] before reading it.
     pub fn read(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(METRICS_FILE);
-        if !path.exists() {
-            return Ok(Self::default());
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        };
+        let len = file
+            .metadata()
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .len();
+        if len > MAX_METRICS_BYTES {
+            bail!(
+                "{}: {len} bytes, more than the limit of {MAX_METRICS_BYTES} for a metrics file",
+                path.display()
+            );
         }
-        let text =
-            std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        // `take` holds the bound even if the file grows while it is read.
+        let mut text = String::new();
+        file.take(MAX_METRICS_BYTES + 1)
+            .read_to_string(&mut text)
+            .with_context(|| format!("cannot read {} as UTF-8 text", path.display()))?;
+        if text.len() as u64 > MAX_METRICS_BYTES {
+            bail!(
+                "{}: more than the limit of {MAX_METRICS_BYTES} bytes for a metrics file",
+                path.display()
+            );
+        }
         serde_json::from_str(&text)
             .with_context(|| format!("{} is not a metrics object of this version", path.display()))
     }

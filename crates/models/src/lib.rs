@@ -63,6 +63,15 @@ pub enum ModelError {
         /// What failed.
         detail: String,
     },
+    /// A file is not a well-formed safetensors file (truncated, a header beyond the file, an unknown dtype,
+    /// a tensor whose shape does not fit its bytes, ...).
+    #[error("{path}: not a valid safetensors file: {detail}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
 }
 
 /// A velocity network v_theta(x, t [, label]): maps a batch of states `x` (shape `[batch, ...]`), times `t`

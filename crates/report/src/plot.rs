@@ -18,6 +18,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
+use ferroflow_models::checkpoint::TemporaryFile;
 use ndarray::{Array2, ArrayView2};
 use plotters::coord::Shift;
 use plotters::coord::ranged1d::{Ranged, ValueFormatter};
@@ -95,21 +96,16 @@ fn temporary_picture_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Moves a finished temporary picture into place, or removes it when drawing failed.
-fn move_into_place(tmp: &Path, path: &Path, drawing: Result<()>) -> Result<()> {
-    let outcome = drawing
-        .with_context(|| format!("cannot draw {}", path.display()))
-        .and_then(|()| {
-            std::fs::rename(tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
-        });
-    if outcome.is_err() {
-        // The temporary file may not exist (drawing failed before saving); there is nothing to report then.
-        let _ = std::fs::remove_file(tmp);
-    }
-    outcome
+/// Moves a finished temporary picture into place; when drawing or the rename failed, dropping `tmp` removes
+/// it.
+fn move_into_place(tmp: TemporaryFile, path: &Path, drawing: Result<()>) -> Result<()> {
+    drawing.with_context(|| format!("cannot draw {}", path.display()))?;
+    tmp.rename_to(path)
+        .with_context(|| format!("cannot move {} into place", path.display()))
 }
 
-/// Draws a PNG of `size` pixels with `draw` and writes it atomically to `path`.
+/// Draws a PNG of `size` pixels with `draw` and writes it atomically to `path`. No temporary file is left
+/// behind when drawing, writing or the rename fails, nor when `draw` panics.
 pub(crate) fn png_atomic(
     path: &Path,
     size: (u32, u32),
@@ -119,14 +115,14 @@ pub(crate) fn png_atomic(
         bail!("{}: a picture file name must end in .png", path.display());
     }
     register_font();
-    let tmp = temporary_picture_path(path);
+    let tmp = TemporaryFile::at(temporary_picture_path(path));
     let drawing = (|| {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        let root = BitMapBackend::new(tmp.path(), size).into_drawing_area();
         root.fill(&WHITE).drawn()?;
         draw(&root)?;
         root.present().drawn()
     })();
-    move_into_place(&tmp, path, drawing)
+    move_into_place(tmp, path, drawing)
 }
 
 /// Draws an animated GIF of `size` pixels and writes it atomically to `path`; `draw` presents each frame.
@@ -140,15 +136,15 @@ fn gif_atomic(
         bail!("{}: an animation file name must end in .gif", path.display());
     }
     register_font();
-    let tmp = temporary_picture_path(path);
+    let tmp = TemporaryFile::at(temporary_picture_path(path));
     let drawing = (|| {
-        let root = BitMapBackend::gif(&tmp, size, frame_delay_ms)
+        let root = BitMapBackend::gif(tmp.path(), size, frame_delay_ms)
             .drawn()?
             .into_drawing_area();
         draw(&root)
         // Dropping the backend here finishes the GIF file before it is renamed.
     })();
-    move_into_place(&tmp, path, drawing)
+    move_into_place(tmp, path, drawing)
 }
 
 /// A rectangle of the plane `[x_min, x_max] x [y_min, y_max]` that panels share, so they can be compared.
@@ -1050,6 +1046,59 @@ mod tests {
             "{name}"
         );
         assert_eq!(tmp.parent(), Some(Path::new("/runs/a")));
+    }
+
+    fn temporaries(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.contains(".tmp-"))
+            .collect()
+    }
+
+    #[test]
+    fn failed_pictures_leave_no_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("ferroflow-plot-failures-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fill = |area: &Area| area.fill(&BLACK).drawn();
+
+        // The rename fails: the final name is a directory.
+        let taken = dir.join("samples.png");
+        std::fs::create_dir(&taken).unwrap();
+        let message = format!("{:#}", png_atomic(&taken, (8, 8), fill).unwrap_err());
+        assert!(message.contains("samples.png"), "{message}");
+        assert_eq!(temporaries(&dir), Vec::<String>::new());
+
+        // Drawing fails after the backend exists (dropping it writes the file), and drawing panics.
+        let message = format!(
+            "{:#}",
+            png_atomic(&dir.join("broken.png"), (8, 8), |_| bail!("no data")).unwrap_err()
+        );
+        assert!(
+            message.contains("broken.png") && message.contains("no data"),
+            "{message}"
+        );
+        let outcome = std::panic::catch_unwind(|| {
+            png_atomic(&dir.join("panic.png"), (8, 8), |area| {
+                area.fill(&BLACK).drawn()?;
+                panic!("a bug while drawing")
+            })
+        });
+        assert!(outcome.is_err());
+        assert_eq!(temporaries(&dir), Vec::<String>::new());
+
+        // The folder does not exist; a GIF whose rename fails.
+        assert!(png_atomic(&dir.join("gone/samples.png"), (8, 8), fill).is_err());
+        let taken = dir.join("flow.gif");
+        std::fs::create_dir(&taken).unwrap();
+        assert!(gif_atomic(&taken, (8, 8), 10, |area| area.present().drawn()).is_err());
+        assert_eq!(temporaries(&dir), Vec::<String>::new());
+
+        png_atomic(&dir.join("fine.png"), (8, 8), fill).unwrap();
+        assert!(dir.join("fine.png").is_file());
+        assert_eq!(temporaries(&dir), Vec::<String>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use ferroflow_engine::files::{read_npy, write_npy_1d};
+use ferroflow_engine::files::{read_points, write_npy_1d};
 use ferroflow_engine::likelihood::{DEFAULT_CHUNK_SIZE, LikelihoodSettings, log_likelihood_with};
 use ferroflow_engine::sample::TrainedFlow;
 use ferroflow_models::DivergenceEstimator;
@@ -57,10 +57,12 @@ pub fn run(args: &LikelihoodArgs) -> Result<()> {
     };
     let flow = TrainedFlow::load(&args.run)?;
     let options = args.ode.apply(&mut flow.config.clone())?;
-    let points = read_npy(&args.data)?;
+    // At least one point (the mean of no log-densities is NaN), in standard layout whatever the file's
+    // order; the run's dimension is checked by the library.
+    let points = read_points(&args.data)?;
     let (n_points, dim) = points.dim();
-    let data = Tensor::from_slice(points.as_slice().context("a freshly read array is contiguous")?)
-        .view([n_points as i64, dim as i64]);
+    let data =
+        Tensor::try_from(&points).with_context(|| format!("cannot copy {} to torch", args.data.display()))?;
     let settings = LikelihoodSettings {
         estimator,
         chunk_size: args.chunk_size,

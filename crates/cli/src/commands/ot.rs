@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use ferroflow_coupling::SolverKind;
-use ferroflow_engine::files::{read_npy, write_atomic};
+use ferroflow_engine::files::{read_points, write_atomic};
 
 /// Arguments of `ferroflow ot`.
 #[derive(Debug, clap::Args)]
@@ -36,8 +36,9 @@ fn parse_solver(name: &str) -> Result<SolverKind> {
 
 /// Runs `ferroflow ot`.
 pub fn run(args: &OtArgs) -> Result<()> {
-    let a = read_npy(&args.x0)?.mapv(f64::from);
-    let b = read_npy(&args.x1)?.mapv(f64::from);
+    // The mean cost of no points is not a number; both sets need at least one point.
+    let a = read_points(&args.x0)?.mapv(f64::from);
+    let b = read_points(&args.x1)?.mapv(f64::from);
     if a.ncols() != b.ncols() {
         bail!(
             "{} has {} columns but {} has {}",

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
-use ferroflow_engine::files::read_npy;
+use ferroflow_engine::files::read_points;
 
 /// Arguments of `ferroflow w2`.
 #[derive(Debug, clap::Args)]
@@ -18,8 +18,9 @@ pub struct W2Args {
 
 /// Runs `ferroflow w2`.
 pub fn run(args: &W2Args) -> Result<()> {
-    let xa = read_npy(&args.a)?;
-    let xb = read_npy(&args.b)?;
+    // W2 between empty sets is not a number; both sets need at least one point.
+    let xa = read_points(&args.a)?;
+    let xb = read_points(&args.b)?;
     if xa.dim() != xb.dim() {
         bail!(
             "{} has shape {:?} but {} has {:?}; W2 needs equal sizes",
