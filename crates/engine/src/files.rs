@@ -1,12 +1,12 @@
 //! Run folders and the files in them, all written atomically (temporary file, then rename): `.npy` arrays
-//! (loadable with `numpy.load`) and new run folders, which are never overwritten. A failed write leaves no
+//! (loadable with `numpy.load`); run folders themselves are claimed and locked by [`crate::run`]. A failed write leaves no
 //! temporary file behind (`ferroflow_models::checkpoint::TemporaryFile`). `.npy` files are read by
 //! [`crate::npy`], which checks every size before allocating.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ferroflow_models::checkpoint::TemporaryFile;
 use ndarray::{Array2, ArrayView2};
 use ndarray_npy::WriteNpyExt;
@@ -51,20 +51,4 @@ pub fn read_npy(path: &Path) -> Result<Array2<f32>, NpyError> {
 /// Reads points `[n, dim]` from a `.npy` as [`read_npy`] does, refusing an array without rows or columns.
 pub fn read_points(path: &Path) -> Result<Array2<f32>, NpyError> {
     npy::read_points(path)
-}
-
-/// Creates a new run folder, refusing one that exists (a run is never overwritten).
-pub fn create_run_dir(out_dir: &Path, name: &str) -> Result<PathBuf> {
-    std::fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let dir = out_dir.join(name);
-    match std::fs::create_dir(&dir) {
-        Ok(()) => Ok(dir),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
-            "run folder {} exists already (key run.name = {name:?}): choose another name, remove it, or \
-             continue it with `ferroflow train --resume {}`",
-            dir.display(),
-            dir.display()
-        ),
-        Err(e) => Err(e).with_context(|| format!("cannot create {}", dir.display())),
-    }
 }

@@ -59,9 +59,50 @@ impl TemporaryFile {
 
     /// Renames the file to `target`; on failure the guard is dropped and the file removed.
     pub fn rename_to(mut self, target: &Path) -> std::io::Result<()> {
+        crash_point(target);
         std::fs::rename(&self.path, target)?;
         self.moved = true;
         Ok(())
+    }
+}
+
+/// The variable of the crash-safety tests' fault injection (see [`crash_point`]).
+pub const CRASH_VARIABLE: &str = "FERROFLOW_CRASH_BEFORE_RENAME";
+
+/// Fault injection for the crash-safety tests: with `FERROFLOW_CRASH_BEFORE_RENAME=NAME` (or `NAME#K`: the
+/// K-th atomic write of a file named NAME in this process, counting from 1) the process aborts once the
+/// temporary of NAME is written and before it is renamed, the worst moment for a `kill -9` or a power cut.
+/// Unset (always, outside those tests), it does nothing.
+fn crash_point(target: &Path) {
+    static WRITES: std::sync::Mutex<Vec<(std::ffi::OsString, usize)>> = std::sync::Mutex::new(Vec::new());
+    let Some(wanted) = std::env::var_os(CRASH_VARIABLE) else {
+        return;
+    };
+    let wanted = wanted.to_string_lossy().into_owned();
+    let (name, occurrence) = match wanted.split_once('#') {
+        Some((name, k)) => (name.to_owned(), k.parse::<usize>().unwrap_or(1)),
+        None => (wanted, 1),
+    };
+    let Some(file_name) = target.file_name() else {
+        return;
+    };
+    if file_name.to_string_lossy() != name {
+        return;
+    }
+    let mut writes = WRITES.lock().unwrap_or_else(|e| e.into_inner());
+    let count = match writes.iter_mut().find(|(n, _)| n == file_name) {
+        Some((_, count)) => {
+            *count += 1;
+            *count
+        }
+        None => {
+            writes.push((file_name.to_os_string(), 1));
+            1
+        }
+    };
+    if count == occurrence {
+        eprintln!("{CRASH_VARIABLE}: aborting before renaming {}", target.display());
+        std::process::abort();
     }
 }
 
