@@ -186,12 +186,12 @@ pub fn log_likelihood_with(
     if let Some(manifold) = &flow.config.data.manifold {
         let method =
             crate::manifold::ManifoldMethod::of(options.method).ok_or_else(|| LikelihoodError::Setting {
-                key: "solver".into(),
+                key: "solver",
                 detail: "on a manifold: euler, midpoint or rk4".into(),
             })?;
         let ferroflow_solvers::StepControl::Fixed { n_steps } = options.control else {
             return Err(LikelihoodError::Setting {
-                key: "solver".into(),
+                key: "solver",
                 detail: "on a manifold the steps are fixed (euler, midpoint, rk4)".into(),
             });
         };
@@ -206,7 +206,7 @@ pub fn log_likelihood_with(
             settings.seed,
         )
         .map_err(|detail| LikelihoodError::Setting {
-            key: "data".into(),
+            key: "data",
             detail,
         })?;
         return Ok(Likelihood {

@@ -27,7 +27,7 @@ fn sphere_points() -> Array2<f64> {
         [-0.7, -0.2, -0.6],
         [0.0, 0.1, -1.0]
     ];
-    let norms = raw.map_axis(ndarray::Axis(1), |r| r.dot(&r).sqrt() as f64);
+    let norms = raw.map_axis(ndarray::Axis(1), |r| r.dot(&r).sqrt());
     &raw / &norms.insert_axis(ndarray::Axis(1))
 }
 

@@ -93,7 +93,7 @@ pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
     let flow = TrainedFlow::load(run_dir)
         .with_context(|| format!("cannot load the run in {} for its report", run_dir.display()))?;
     let mut outcomes = Vec::new();
-    if flow.dim() == 2 {
+    if flow.dim() == 2 && flow.config.data.manifold.is_none() {
         outcomes.extend(two_d_pictures(&flow)?);
     } else {
         if flow.run_dir.join("samples.png").exists() {
@@ -102,10 +102,16 @@ pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
                 caption: "Generated samples, as drawn at the end of training.".into(),
             });
         }
-        let why = format!(
-            "the run's points have {} dimensions; this picture is drawn for 2-D runs only",
-            flow.dim()
-        );
+        let why = match &flow.config.data.manifold {
+            Some(manifold) => format!(
+                "the run lives on {}; fields, densities and trajectories are drawn for runs in the plane only",
+                manifold.name()
+            ),
+            None => format!(
+                "the run's points have {} dimensions; this picture is drawn for 2-D runs only",
+                flow.dim()
+            ),
+        };
         for file in [
             "trajectories.png",
             "velocity.png",
