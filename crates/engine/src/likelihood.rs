@@ -205,10 +205,7 @@ pub fn log_likelihood_with(
             method,
             settings.seed,
         )
-        .map_err(|detail| LikelihoodError::Setting {
-            key: "data",
-            detail,
-        })?;
+        .map_err(|detail| LikelihoodError::Setting { key: "data", detail })?;
         return Ok(Likelihood {
             log_density,
             steps: n_steps,
