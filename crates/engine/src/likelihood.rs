@@ -183,6 +183,12 @@ pub fn log_likelihood_with(
             dim,
         });
     }
+    if size[0] == 0 {
+        return Err(LikelihoodError::Setting {
+            key: "data",
+            detail: "no points: a likelihood needs at least one".into(),
+        });
+    }
     if let Some(manifold) = &flow.config.data.manifold {
         let method =
             crate::manifold::ManifoldMethod::of(options.method).ok_or_else(|| LikelihoodError::Setting {

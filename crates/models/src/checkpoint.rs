@@ -57,10 +57,17 @@ impl TemporaryFile {
         &self.path
     }
 
-    /// Renames the file to `target`; on failure the guard is dropped and the file removed.
+    /// Flushes the file to the disk, renames it to `target` and flushes the folder's entry, so that after a
+    /// power cut the target holds either its old or its new content; on failure the guard is dropped and the
+    /// file removed.
     pub fn rename_to(mut self, target: &Path) -> std::io::Result<()> {
+        std::fs::File::open(&self.path)?.sync_all()?;
         crash_point(target);
         std::fs::rename(&self.path, target)?;
+        if let Some(folder) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Not every file system lets a folder be opened and flushed; the rename itself has happened.
+            let _ = std::fs::File::open(folder).and_then(|f| f.sync_all());
+        }
         self.moved = true;
         Ok(())
     }

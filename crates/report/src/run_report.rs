@@ -32,7 +32,7 @@ use serde_json::{Map, Value};
 use tch::Tensor;
 
 use ferroflow_engine::data::Dataset;
-use ferroflow_engine::files::{read_npy, write_atomic};
+use ferroflow_engine::files::{read_points, write_atomic};
 use ferroflow_engine::likelihood::log_likelihood;
 use ferroflow_engine::metrics::RunMetrics;
 use ferroflow_engine::sample::{TrainedFlow, reference_samples, to_array};
@@ -211,7 +211,7 @@ fn two_d_pictures(flow: &TrainedFlow) -> Result<Vec<Outcome>> {
 
     let samples_path = run_dir.join("samples.npy");
     if samples_path.exists() {
-        let samples = read_npy(&samples_path)?;
+        let samples = read_points(&samples_path)?;
         outcomes.push(timed(
             "samples.png",
             format!(

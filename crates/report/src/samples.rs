@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use ferroflow_engine::RunConfig;
 use ferroflow_engine::data::Dataset;
-use ferroflow_engine::files::read_npy;
+use ferroflow_engine::files::read_points;
 use ferroflow_engine::images::image_grid;
 use ferroflow_engine::manifold::ManifoldSpec;
 use ferroflow_engine::run::{CONFIG_FILE, SAMPLES_FILE};
@@ -28,7 +28,7 @@ const GRID_COLUMNS: usize = 10;
 /// or `None` for 1-D runs (nothing to draw in a plane).
 pub fn write_samples_picture(run_dir: &Path) -> Result<Option<PathBuf>> {
     let config = RunConfig::load(&run_dir.join(CONFIG_FILE))?;
-    let samples = read_npy(&run_dir.join(SAMPLES_FILE))?;
+    let samples = read_points(&run_dir.join(SAMPLES_FILE))?;
     let path = run_dir.join(SAMPLES_PICTURE);
     if matches!(config.data.target, Dataset::FashionMnist { .. }) {
         let shown = samples.nrows().min(GRID_IMAGES);
