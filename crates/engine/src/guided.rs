@@ -35,6 +35,13 @@ pub fn sample_guided(
     if settings == &GuidanceSettings::default() {
         return Ok(flow.integrate(x0, options, times)?);
     }
+    if let Some(manifold) = &flow.config.data.manifold {
+        bail!(
+            "run {}: guidance is defined here for flows in R^d, not on {} (its fields would leave the manifold)",
+            flow.run_dir.display(),
+            manifold.name()
+        );
+    }
     let params = flow.net.params().views();
     let velocity: BoxedVelocity<'_> = match settings.classifier_free {
         None => Box::new(|x: &Tensor, t: f64| flow.velocity_with_grad(x, t)),

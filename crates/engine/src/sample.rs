@@ -62,6 +62,16 @@ impl TrainedFlow {
         self.config.data.target.dim()
     }
 
+    /// The number of coordinates a density of this run is taken over: the manifold's intrinsic dimension (2
+    /// on S^2, where samples have 3 ambient coordinates), else the sample dimension. `None` only if the run's
+    /// manifold cannot be built (a config that was validated always can).
+    pub fn intrinsic_dim(&self) -> Option<usize> {
+        match &self.config.data.manifold {
+            Some(manifold) => manifold.build().ok().map(|m| m.intrinsic_dim()),
+            None => Some(self.dim()),
+        }
+    }
+
     /// The device of the weights.
     pub fn device(&self) -> Device {
         self.net.params().device()

@@ -82,7 +82,7 @@ pub fn run(args: &LikelihoodArgs) -> Result<()> {
         "mean log p1 = {:.6} over {n_points} points, {:.4} bits/dim ({:?} scaling); {:?}, {} steps, {} field \
          evaluations, {:.2} s; written to {}",
         likelihood.mean(),
-        likelihood.bits_per_dim(dim, scaling),
+        likelihood.bits_per_dim(flow.intrinsic_dim().unwrap_or(dim), scaling),
         scaling,
         estimator,
         likelihood.steps,
