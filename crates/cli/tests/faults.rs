@@ -329,6 +329,34 @@ impl Drop for SmallDisk {
     }
 }
 
+#[test]
+fn ten_simultaneous_trainings_of_one_name_leave_exactly_one_winner() {
+    let dir = scratch("race");
+    let runs = dir.join("runs");
+    let steps = 300;
+    let reference_config = config(&dir, &runs, "reference", steps);
+    let out = ferroflow(&["train", "--config", reference_config.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg = config(&dir, &runs, "raced", steps);
+    let children: Vec<Child> = (0..10)
+        .map(|_| spawn(&["train", "--config", cfg.to_str().unwrap(), "--quiet"]))
+        .collect();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let winners = outputs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(winners, 1, "{:?}", outputs.iter().map(stderr).collect::<Vec<_>>());
+    for out in outputs.iter().filter(|o| !o.status.success()) {
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(out));
+        assert!(stderr(out).contains("exists already"), "{}", stderr(out));
+    }
+    let run = runs.join("raced");
+    assert_same_outputs(&run, &runs.join("reference"), "the winner of the race");
+    assert_no_leftovers(&run, "the race");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Mounts a tmpfs of `kib` KiB at `dir`; `None` when this process may not (not root, no mount).
 fn small_disk(dir: &Path, kib: usize) -> Option<SmallDisk> {
     let status = Command::new("mount")
