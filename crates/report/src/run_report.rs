@@ -102,9 +102,27 @@ pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
                 caption: "Generated samples, as drawn at the end of training.".into(),
             });
         }
+        let mut drawn_density = false;
+        if let Some(manifold) = &flow.config.data.manifold {
+            let density_path = run_dir.join("density.png");
+            let started = Instant::now();
+            if crate::samples::write_manifold_density(&flow, &density_path)? {
+                drawn_density = true;
+                outcomes.push(Outcome::Written {
+                    file: "density.png",
+                    caption: format!(
+                        "The learned density on {} from the likelihood (exact Riemannian divergence), {} as in \
+                         sampling.",
+                        manifold.name(),
+                        method_name(flow.config.sample.solver)
+                    ),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
+        }
         let why = match &flow.config.data.manifold {
             Some(manifold) => format!(
-                "the run lives on {}; fields, densities and trajectories are drawn for runs in the plane only",
+                "the run lives on {}; fields and trajectories are drawn for runs in the plane only",
                 manifold.name()
             ),
             None => format!(
@@ -119,6 +137,9 @@ pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
             "flow.gif",
             "conditional_vs_marginal.png",
         ] {
+            if drawn_density && file == "density.png" {
+                continue;
+            }
             outcomes.push(Outcome::Skipped {
                 file,
                 why: why.clone(),

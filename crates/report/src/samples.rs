@@ -136,3 +136,56 @@ fn manifold_chart(manifold: &ManifoldSpec) -> (Chart, String) {
         _ => (Chart::Angles, format!("{} (first two angles)", manifold.name())),
     }
 }
+
+/// Cells per side of the density picture of a manifold run.
+const DENSITY_CELLS: usize = 48;
+
+/// Draws the learned density of a run on S^2 (over the equal-area map, where a density per unit area of
+/// the sphere is a density per unit area of the picture) or on T^2 (over the periodic square), from the
+/// likelihood with the exact Riemannian divergence, into `path`. `Ok(false)` for other manifolds (products,
+/// higher dimensions), which have no such picture.
+pub fn write_manifold_density(flow: &ferroflow_engine::sample::TrainedFlow, path: &Path) -> Result<bool> {
+    let Some(manifold) = &flow.config.data.manifold else {
+        return Ok(false);
+    };
+    let chart = match manifold {
+        ManifoldSpec::Sphere { dim: 3 } => Chart::EqualArea,
+        ManifoldSpec::Torus { dim: 2 } => Chart::Angles,
+        _ => return Ok(false),
+    };
+    let pi = std::f64::consts::PI;
+    let window = plot::Window {
+        x_min: -pi,
+        x_max: pi,
+        y_min: if chart == Chart::EqualArea { -1.0 } else { -pi },
+        y_max: if chart == Chart::EqualArea { 1.0 } else { pi },
+    };
+    let cells = window.grid(DENSITY_CELLS);
+    let points = ndarray::Array2::from_shape_fn((cells.nrows(), manifold.ambient_dim()), |(row, col)| {
+        let (a, b) = (f64::from(cells[[row, 0]]), f64::from(cells[[row, 1]]));
+        match chart {
+            Chart::EqualArea => {
+                let r = (1.0 - b * b).max(0.0).sqrt();
+                [r * a.cos(), r * a.sin(), b][col]
+            }
+            Chart::Angles => [a, b][col],
+        }
+    });
+    let config = &flow.config;
+    let method = ferroflow_engine::manifold::ManifoldMethod::of(config.sample.solver)
+        .context("the run's solver has no manifold version")?;
+    let log_density = ferroflow_engine::manifold::log_likelihood_on_manifold(
+        flow,
+        manifold,
+        points.view(),
+        ferroflow_models::DivergenceEstimator::Exact,
+        config.sample.steps.min(30),
+        method,
+        config.run.seed,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let density: Vec<f64> = log_density.iter().map(|l| l.exp()).collect();
+    let title = format!("learned density on {}", manifold.name());
+    plot::density_png(path, &title, &density, DENSITY_CELLS, &window)?;
+    Ok(true)
+}
