@@ -26,6 +26,12 @@ use crate::plan::exact_plan;
 use crate::sinkhorn::{SinkhornConfig, sinkhorn, uniform};
 
 fn equal_sizes(x: ArrayView2<f64>, y: ArrayView2<f64>) -> Result<()> {
+    // A distance between empty samples is not 0 but undefined (the mean over no pairs).
+    for (what, (rows, cols)) in [("first sample", x.dim()), ("second sample", y.dim())] {
+        if rows == 0 || cols == 0 {
+            return Err(CouplingError::Empty { what, rows, cols });
+        }
+    }
     if x.nrows() != y.nrows() {
         return Err(CouplingError::SizeMismatch {
             what: "sample sizes",

@@ -309,6 +309,17 @@ fn exact_plan_for_unequal_sizes_is_feasible_and_optimal() {
 }
 
 #[test]
+fn distances_between_empty_samples_are_errors_not_zero() {
+    let empty = Array2::<f64>::zeros((0, 2));
+    let points = normal(3, 2, 1);
+    for (a, b) in [(&empty, &empty), (&points, &empty)] {
+        let err = w2(a.view(), b.view()).unwrap_err().to_string();
+        assert!(err.contains("empty"), "{err}");
+        assert!(w1(a.view(), b.view()).is_err());
+    }
+}
+
+#[test]
 fn wasserstein_closed_forms() {
     // Translation: W1 = W2 = |shift| for any point set shifted rigidly.
     let x = normal(100, 3, 12);
