@@ -448,18 +448,14 @@ pub fn log_likelihood_of_tangent_field(
         .map_err(|e| format!("the points are not on {}: {e}", spec.name()))?;
     tch::manual_seed(solve.seed as i64);
     let device = solve.device;
-    let as_tensor = |x: &Array2<f64>| {
-        Tensor::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())
-            .view([x.nrows() as i64, x.ncols() as i64])
-            .to_device(device)
-    };
+    let as_tensor = |x: &Array2<f64>| crate::sample::from_array(x.view(), device);
     let divergence = |x: &Array2<f64>, t: f64| -> Array1<f64> {
         let div = riemannian_divergence(velocity, spec, &as_tensor(x), t, solve.estimator);
         Array1::from(Vec::<f32>::try_from(&div.to_device(tch::Device::Cpu)).unwrap_or_default())
             .mapv(f64::from)
     };
     let mut field = |t: f64, x: ArrayView2<f64>| -> ferroflow_manifolds::Result<Array2<f64>> {
-        let points = as_tensor(&x.to_owned());
+        let points = crate::sample::from_array(x, device);
         let v = tch::no_grad(|| spec.project_tangent(&points, &velocity(&points, t)));
         Ok(crate::sample::to_array(&v).mapv(f64::from))
     };

@@ -140,9 +140,7 @@ impl TrainedFlow {
 
     /// The learned field on a manifold: the network's velocity projected onto the tangent space at `x`.
     pub fn tangent_velocity(&self, manifold: &ManifoldSpec, x: ArrayView2<f64>, t: f64) -> Array2<f64> {
-        let points = Tensor::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())
-            .view([x.nrows() as i64, x.ncols() as i64])
-            .to_device(self.device());
+        let points = from_array(x, self.device());
         let velocity = manifold.project_tangent(&points, &self.velocity(&points, t));
         to_array(&velocity).mapv(f64::from)
     }
@@ -180,11 +178,7 @@ impl TrainedFlow {
             .project_batch(to_array(&x0).mapv(f64::from).view())
             .map_err(|e| SolverError::field(0.0, e))?;
         let device = x0.device();
-        let as_tensor = |x: &Array2<f64>| {
-            Tensor::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())
-                .view([x.nrows() as i64, x.ncols() as i64])
-                .to_device(device)
-        };
+        let as_tensor = |x: &Array2<f64>| from_array(x.view(), device);
         let mut trajectory = times.map(|_| vec![as_tensor(&x)]).unwrap_or_default();
         let mut stats = ferroflow_solvers::SolverStats::default();
         for pair in grid.windows(2) {
@@ -271,6 +265,13 @@ pub fn reference_samples(config: &RunConfig, n_samples: usize) -> ndarray::Array
         .sample(n_samples, &mut Stream::EvalTarget.rng(config.run.seed));
     ndarray::Array2::from_shape_vec((n_samples, config.data.target.dim()), points)
         .expect("a data set draws n x dim coordinates")
+}
+
+/// Copies a `[n, d]` array of `f64` into an `f32` tensor on `device` (the inverse of [`to_array`]).
+pub fn from_array(x: ArrayView2<f64>, device: Device) -> Tensor {
+    Tensor::from_slice(&x.iter().map(|&v| v as f32).collect::<Vec<_>>())
+        .view([x.nrows() as i64, x.ncols() as i64])
+        .to_device(device)
 }
 
 /// Copies a `[n, d]` tensor into a row-major `f32` array.
