@@ -9,17 +9,19 @@ mod setup;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 const USAGE: &str = "\
 usage: cargo xtask <task> [options]
 
 tasks:
-  setup [--cuda]             install libtorch 2.13.0 (CPU, or the full CUDA set) and the Debian packages
+  setup [--cuda] [--peers]   install libtorch 2.13.0 (CPU, or the full CUDA set) and the Debian packages;
+                             --peers also installs Python's flow_matching and torchcfm into .peers
   train [--config FILE] [-- ARGS]   set up, then train (default config: configs/default.toml)
   eval [--run DIR] [-- ARGS]  set up, then evaluate a run (default: the newest folder under runs/)
   test                       set up, then fmt --check, clippy -D warnings, and the whole test suite
-  bench ot|train|likelihood|guidance [-- ARGS]   benchmarks in release mode
+  bench ot|train|likelihood|guidance|riemannian [--peers] [-- ARGS]   benchmarks in release mode;
+                             --peers installs the Python peers and runs them side by side
   bench2d [--seeds N] [--steps S] [--only TEXT,...]   the 2D OT-CFM benchmark, written to docs/results-2d.md
   data fashion-mnist         install and prepare Fashion-MNIST under data/
   train-classifier [STEPS THREADS OUT_DIR]   the Fashion-MNIST classifier behind the Frechet distance
@@ -46,8 +48,12 @@ fn run() -> Result<()> {
     std::env::set_current_dir(&root).with_context(|| format!("cannot enter {}", root.display()))?;
     match task {
         "setup" => {
-            let mode = parse_setup_flags(rest)?;
-            setup::setup(&root, mode)
+            let (mode, peers) = parse_setup_flags(rest)?;
+            setup::setup(&root, mode)?;
+            if peers {
+                setup::peers(&root)?;
+            }
+            Ok(())
         }
         "train" => {
             let (config, extra) = take_flag(rest, "--config")?;
@@ -119,19 +125,34 @@ fn run() -> Result<()> {
     }
 }
 
-fn parse_setup_flags(rest: &[String]) -> Result<setup::Mode> {
-    match rest {
-        [] => Ok(setup::Mode::Cpu),
-        [flag] if flag == "--cuda" => Ok(setup::Mode::Cuda),
-        other => bail!("setup takes only `--cuda`, got {other:?}"),
+/// `setup`'s flags: the libtorch mode and whether to install the peers.
+fn parse_setup_flags(rest: &[String]) -> Result<(setup::Mode, bool)> {
+    let mut mode = setup::Mode::Cpu;
+    let mut peers = false;
+    for flag in rest {
+        match flag.as_str() {
+            "--cuda" => mode = setup::Mode::Cuda,
+            "--peers" => peers = true,
+            other => bail!("setup takes only `--cuda` and `--peers`, got {other:?}"),
+        }
     }
+    Ok((mode, peers))
 }
 
 fn bench(root: &Path, rest: &[String]) -> Result<()> {
     let Some((which, extra)) = rest.split_first() else {
-        bail!("bench needs one of: ot, train, likelihood, guidance");
+        bail!("bench needs one of: ot, train, likelihood, guidance, riemannian");
     };
-    let extra: Vec<String> = extra.iter().filter(|a| *a != "--").cloned().collect();
+    let with_peers = extra.iter().take_while(|a| *a != "--").any(|a| a == "--peers");
+    let mut extra: Vec<String> = extra
+        .iter()
+        .filter(|a| *a != "--" && *a != "--peers")
+        .cloned()
+        .collect();
+    ensure!(
+        !with_peers || which == "train" || which == "riemannian",
+        "bench {which} has no side-by-side peer run; --peers goes with train and riemannian"
+    );
     match which.as_str() {
         // The OT benchmark needs no libtorch: it runs the coupling crate's example directly.
         "ot" => {
@@ -147,13 +168,18 @@ fn bench(root: &Path, rest: &[String]) -> Result<()> {
             args.extend(extra.iter().map(String::as_str));
             cargo(&args)
         }
-        "train" | "likelihood" | "guidance" => {
+        "train" | "likelihood" | "guidance" | "riemannian" => {
             setup::ensure(root)?;
+            if with_peers {
+                let python = setup::peers(root)?;
+                extra.push("--peer-python".to_owned());
+                extra.push(python.display().to_string());
+            }
             let mut args = vec!["bench".to_owned(), which.clone()];
             args.extend(extra);
             ferroflow(&args)
         }
-        other => bail!("unknown benchmark `{other}`; known: ot, train, likelihood, guidance"),
+        other => bail!("unknown benchmark `{other}`; known: ot, train, likelihood, guidance, riemannian"),
     }
 }
 
@@ -250,4 +276,30 @@ fn cargo(args: &[&str]) -> Result<()> {
         bail!("`cargo {}` failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| (*a).to_owned()).collect()
+    }
+
+    #[test]
+    fn setup_flags_combine_and_refuse_strangers() {
+        assert_eq!(parse_setup_flags(&[]).unwrap(), (setup::Mode::Cpu, false));
+        assert_eq!(
+            parse_setup_flags(&strings(&["--peers", "--cuda"])).unwrap(),
+            (setup::Mode::Cuda, true)
+        );
+        let err = parse_setup_flags(&strings(&["--gpu"])).unwrap_err();
+        assert!(format!("{err:#}").contains("\"--gpu\""), "{err:#}");
+    }
+
+    #[test]
+    fn peers_are_refused_for_a_benchmark_without_a_peer_run() {
+        let err = bench(Path::new("/nonexistent"), &strings(&["guidance", "--peers"])).unwrap_err();
+        assert!(format!("{err:#}").contains("no side-by-side peer run"), "{err:#}");
+    }
 }

@@ -129,41 +129,12 @@ fn install_libtorch(root: &Path, mode: Mode) -> Result<()> {
             "a few minutes"
         }
     );
-    let python = find_python()?;
-    // pip downloads and unpacks in a temporary folder; keep it beside the install (the disk that was checked)
-    // and remove it whatever happens. No cache: a second copy of the wheel is only dead weight on disk.
-    let pip_tmp = root.join(".libtorch.tmp");
-    let _ = fs::remove_dir_all(&pip_tmp);
-    fs::create_dir_all(&pip_tmp).with_context(|| format!("cannot create {}", pip_tmp.display()))?;
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-cache-dir",
-            "--disable-pip-version-check",
-            "--no-warn-script-location",
-        ])
-        .arg("--target")
-        .arg(&partial)
-        .args(mode.pip_packages())
-        .env("PIP_ROOT_USER_ACTION", "ignore")
-        .env("TMPDIR", &pip_tmp)
-        .status()
-        .with_context(|| format!("cannot run `{python} -m pip`"));
-    let _ = fs::remove_dir_all(&pip_tmp);
-    let status = status?;
-    if !status.success() {
-        let _ = fs::remove_dir_all(&partial);
-        bail!(
-            "pip could not install torch=={TORCH_VERSION} ({status}); pip's message above says why (an \
-             unreachable package registry, a full disk: {} free now in {}); nothing was kept, run `cargo xtask \
-             setup` again once that is mended",
-            free_space(root).map_or_else(|_| "unknown".to_owned(), gib),
-            root.display()
-        );
-    }
+    pip_install(root, &partial, ".libtorch.tmp", &mode.pip_packages()).with_context(|| {
+        format!(
+            "pip could not install torch=={TORCH_VERSION}; nothing was kept, run `cargo xtask setup` again \
+             once that is mended"
+        )
+    })?;
     if let Err(err) = check_libtorch(&partial.join("torch")) {
         let _ = fs::remove_dir_all(&partial);
         return Err(err.context("the installed wheel is not a usable libtorch; nothing was kept"));
@@ -178,6 +149,130 @@ fn install_libtorch(root: &Path, mode: Mode) -> Result<()> {
     fs::rename(&partial, &target)
         .with_context(|| format!("cannot move {} to {}", partial.display(), target.display()))?;
     Ok(())
+}
+
+/// `pip install --target partial PACKAGES` with its temporary files in `root/tmp_name` (the disk that was
+/// checked), removed whatever happens, and no cache: a second copy of a wheel is only dead weight on disk. On
+/// failure `partial` is removed too.
+fn pip_install(root: &Path, partial: &Path, tmp_name: &str, packages: &[String]) -> Result<()> {
+    let python = find_python()?;
+    let pip_tmp = root.join(tmp_name);
+    let _ = fs::remove_dir_all(&pip_tmp);
+    fs::create_dir_all(&pip_tmp).with_context(|| format!("cannot create {}", pip_tmp.display()))?;
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--no-warn-script-location",
+        ])
+        .arg("--target")
+        .arg(partial)
+        .args(packages)
+        .env("PIP_ROOT_USER_ACTION", "ignore")
+        .env("TMPDIR", &pip_tmp)
+        .status()
+        .with_context(|| format!("cannot run `{python} -m pip`"));
+    let _ = fs::remove_dir_all(&pip_tmp);
+    let status = status?;
+    if !status.success() {
+        let _ = fs::remove_dir_all(partial);
+        bail!(
+            "`pip install {}` failed ({status}); pip's message above says why (an unreachable package \
+             registry, a full disk: {} free now in {})",
+            packages.join(" "),
+            free_space(root).map_or_else(|_| "unknown".to_owned(), gib),
+            root.display()
+        );
+    }
+    Ok(())
+}
+
+/// The peers' packages, pinned to the versions whose figures `shared/reference.md` quotes. torch comes with its
+/// full CUDA dependency set: the wheel on the package registry does not import without cuDNN, even on a CPU.
+const PEER_PACKAGES: &[&str] = &["flow_matching==1.0.10", "torchcfm==1.0.7"];
+
+/// Where the peers are installed, and the interpreter script that runs Python with them.
+pub const PEERS_DIR: &str = ".peers";
+
+/// Installs Python's flow-matching peers (Meta's `flow_matching`, `torchcfm`, with torch and POT) into
+/// `.peers`, for the benchmarks that run them side by side (`--peer-python .peers/python`); nothing else
+/// uses them. Same transaction as libtorch: `.peers.partial`, an import check, a `READY` marker, a rename.
+pub fn peers(root: &Path) -> Result<PathBuf> {
+    let target = root.join(PEERS_DIR);
+    let python_script = target.join("python");
+    let wanted = peers_marker();
+    if fs::read_to_string(target.join("READY")).is_ok_and(|m| m == wanted) && python_script.is_file() {
+        println!("setup: peers already in {} ({})", target.display(), wanted.trim());
+        return Ok(python_script);
+    }
+    let partial = root.join(".peers.partial");
+    if partial.exists() {
+        fs::remove_dir_all(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
+    }
+    let needed = Mode::Cuda.space_needed();
+    let free = free_space(root)?;
+    ensure!(
+        free >= needed,
+        "not enough disk space to install the peers: {} free in {}, the install needs about {}",
+        gib(free),
+        root.display(),
+        gib(needed)
+    );
+    println!(
+        "setup: installing the peers ({}) into {}; this takes a few minutes ...",
+        wanted.trim(),
+        target.display()
+    );
+    let mut packages = vec![format!("torch=={TORCH_VERSION}")];
+    packages.extend(PEER_PACKAGES.iter().map(|p| (*p).to_owned()));
+    pip_install(root, &partial, ".peers.tmp", &packages)
+        .context("the peers could not be installed; nothing was kept")?;
+    // The interpreter script: the machine's Python with the peers first on its path.
+    let script = format!(
+        "#!/bin/sh\n# Python with the peers of `cargo xtask setup --peers`.\nPYTHONPATH=\"$(dirname \"$0\")${{PYTHONPATH:+:$PYTHONPATH}}\" exec {} \"$@\"\n",
+        find_python()?
+    );
+    let script_path = partial.join("python");
+    fs::write(&script_path, script).with_context(|| format!("cannot write {}", script_path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&script_path, fs::Permissions::from_mode(0o755))?;
+    let check = Command::new(&script_path)
+        .args([
+            "-c",
+            "import torch, flow_matching, torchcfm, ot; print(torch.__version__)",
+        ])
+        .output()
+        .with_context(|| format!("cannot run {}", script_path.display()));
+    let imported = check.as_ref().is_ok_and(|o| o.status.success());
+    if !imported {
+        let why = match &check {
+            Ok(o) => String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .to_owned(),
+            Err(err) => format!("{err:#}"),
+        };
+        let _ = fs::remove_dir_all(&partial);
+        bail!("the installed peers do not import ({why}); nothing was kept");
+    }
+    fs::write(partial.join("READY"), &wanted)?;
+    if target.exists() {
+        fs::remove_dir_all(&target).with_context(|| format!("cannot remove {}", target.display()))?;
+    }
+    fs::rename(&partial, &target)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), target.display()))?;
+    println!("setup: peers installed in {}", target.display());
+    Ok(target.join("python"))
+}
+
+/// What `.peers/READY` says when the pinned set is installed.
+fn peers_marker() -> String {
+    format!("torch=={TORCH_VERSION} {}\n", PEER_PACKAGES.join(" "))
 }
 
 /// Bytes available to this user on the file system holding `dir`, as `df` reports them (POSIX output format,

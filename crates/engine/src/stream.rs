@@ -39,8 +39,12 @@ pub enum Stream {
     Sample,
     /// Source points of the report's pictures and animation.
     Report,
-    /// Source points of `ferroflow bench likelihood`'s sampling timings.
+    /// Source points of `ferroflow bench likelihood`'s sampling timings, and the second fresh target sample
+    /// of `bench riemannian`'s sampling floor.
     Benchmark,
+    /// The data pools a side-by-side benchmark hands to a Python peer (`bench riemannian`): source and target
+    /// points for every training step, apart from every stream ferroflow's own run draws.
+    PeerData,
     /// Source points of image-eval's samples: `class` (`None` for unconditional sampling) and chunk
     /// `chunk < IMAGE_EVAL_MAX_CHUNKS`.
     ImageEval {
@@ -64,6 +68,7 @@ impl Stream {
             Stream::EvalSource => NAMED + 3,
             Stream::Report => NAMED + 4,
             Stream::Benchmark => NAMED + 7,
+            Stream::PeerData => NAMED + 8,
             Stream::ImageEval { class, chunk } => {
                 let class_code = class.map_or(0, |c| c as u64 + 1);
                 NAMED + 10 + 1000 * (class_code + 1) + chunk as u64
@@ -96,6 +101,7 @@ mod tests {
             Stream::Sample,
             Stream::Report,
             Stream::Benchmark,
+            Stream::PeerData,
         ];
         all.extend((1..=max_step).map(|step| Stream::Batch { step }));
         for class in std::iter::once(None).chain((0..12).map(Some)) {

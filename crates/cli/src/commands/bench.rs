@@ -1,8 +1,9 @@
-//! `ferroflow bench likelihood | train | guidance`: the flags of each benchmark, handed to the experiments
+//! `ferroflow bench likelihood | train | guidance | riemannian`: the flags of each benchmark, handed to the experiments
 //! crate as plain settings.
 
 use anyhow::Result;
 use ferroflow_experiments::bench::guidance::GuidanceBenchSettings;
+use ferroflow_experiments::bench::riemannian::RiemannianBenchSettings;
 use ferroflow_experiments::bench::train::TrainBenchSettings;
 use ferroflow_experiments::bench::{LikelihoodBenchSettings, likelihood_bench};
 use std::path::PathBuf;
@@ -27,6 +28,46 @@ pub enum BenchKind {
     /// Cost of a guided sampling step (plain, Hutchinson, exact) against D; `--study DIR` reruns the
     /// guidance effect study.
     Guidance(GuidanceBenchArgs),
+    /// The Riemannian configs trained and measured, side by side with flow_matching's Riemannian flow
+    /// matching when `--peer-python` is given (`cargo xtask bench riemannian --peers`).
+    Riemannian(RiemannianBenchArgs),
+}
+
+/// Arguments of `ferroflow bench riemannian`.
+#[derive(Debug, clap::Args)]
+pub struct RiemannianBenchArgs {
+    /// The configs to run (every `.toml` in this folder with `data.manifold`).
+    #[arg(long, default_value = "configs/riemannian")]
+    pub configs: PathBuf,
+    /// Where the runs and the peer's folders are written (replaced on every call).
+    #[arg(long, default_value = "bench-out/riemannian")]
+    pub out_dir: PathBuf,
+    /// Training steps instead of the configs'.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// A Python with flow_matching (`.peers/python` from `cargo xtask setup --peers`): run it side by side.
+    #[arg(long)]
+    pub peer_python: Option<String>,
+    /// The peer's torch threads (0: torch's default, as its users run it).
+    #[arg(long, default_value_t = 0)]
+    pub peer_threads: usize,
+    /// Timed sampling runs of ferroflow (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+}
+
+impl RiemannianBenchArgs {
+    /// The experiment's settings.
+    pub fn settings(&self) -> RiemannianBenchSettings {
+        RiemannianBenchSettings {
+            configs: self.configs.clone(),
+            out_dir: self.out_dir.clone(),
+            steps: self.steps,
+            peer_python: self.peer_python.clone(),
+            peer_threads: self.peer_threads,
+            repeats: self.repeats,
+        }
+    }
 }
 
 /// Arguments of `ferroflow bench likelihood`.
@@ -146,5 +187,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         BenchKind::Likelihood(args) => likelihood_bench(&args.settings(), &mut [&mut Progress::auto()]),
         BenchKind::Train(args) => ferroflow_experiments::bench::train::run(&args.settings()),
         BenchKind::Guidance(args) => ferroflow_experiments::bench::guidance::run(&args.settings()),
+        BenchKind::Riemannian(args) => ferroflow_experiments::bench::riemannian::riemannian_bench(
+            &args.settings(),
+            &mut [&mut Progress::auto()],
+        ),
     }
 }

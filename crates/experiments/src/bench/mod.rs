@@ -42,6 +42,7 @@ use ferroflow_models::DivergenceEstimator;
 use crate::timing::{Timing, load_average, median_time};
 
 pub mod guidance;
+pub mod riemannian;
 pub mod train;
 
 /// Settings of `ferroflow bench likelihood`.
