@@ -409,26 +409,95 @@ pub fn samples_png_in(
 ) -> Result<()> {
     png_atomic(path, SQUARE_SIZE, |root| {
         let mut chart = plane_chart(root, title, 22, window)?;
-        draw_dots(&mut chart, window, reference, 1, TARGET_COLOUR.mix(0.35).filled())?;
-        chart
-            .draw_series(std::iter::empty::<Circle<(f64, f64), u32>>())
-            .drawn()?
-            .label("target data")
-            .legend(legend_dot(TARGET_COLOUR));
-        draw_dots(
-            &mut chart,
-            window,
-            generated,
-            1,
-            GENERATED_COLOUR.mix(0.45).filled(),
-        )?;
-        chart
-            .draw_series(std::iter::empty::<Circle<(f64, f64), u32>>())
-            .drawn()?
-            .label("generated")
-            .legend(legend_dot(GENERATED_COLOUR));
-        draw_legend(&mut chart)
+        draw_samples(&mut chart, window, generated, reference)
     })
+}
+
+/// One panel of [`samples_panels_png`]: generated and reference points in one plane window.
+pub struct SamplesPanel<'a> {
+    /// The panel's caption.
+    pub caption: String,
+    /// Generated points, `[n, >= 2]` (the first two columns are drawn).
+    pub generated: ArrayView2<'a, f32>,
+    /// Reference points, drawn beneath.
+    pub reference: ArrayView2<'a, f32>,
+    /// The panel's window.
+    pub window: Window,
+}
+
+/// Draws `panels` side by side under `title` (each as [`samples_png_in`] draws one), into `path`.
+pub fn samples_panels_png(path: &Path, title: &str, panels: &[SamplesPanel]) -> Result<()> {
+    let (side, _) = SQUARE_SIZE;
+    let width = side * panels.len().max(1) as u32;
+    png_atomic(path, (width, side), |root| {
+        let root = root.titled(title, ("sans-serif", 22)).drawn()?;
+        for (area, panel) in root.split_evenly((1, panels.len().max(1))).iter().zip(panels) {
+            let mut chart = plane_chart(area, &panel.caption, 16, &panel.window)?;
+            draw_samples(&mut chart, &panel.window, panel.generated, panel.reference)?;
+        }
+        Ok(())
+    })
+}
+
+/// Reference points in grey beneath generated points in blue, with their legend.
+fn draw_samples<'a, 'b: 'a>(
+    chart: &mut PlaneChart<'a, 'b>,
+    window: &Window,
+    generated: ArrayView2<f32>,
+    reference: ArrayView2<f32>,
+) -> Result<()> {
+    draw_dots(chart, window, reference, 1, TARGET_COLOUR.mix(0.35).filled())?;
+    chart
+        .draw_series(std::iter::empty::<Circle<(f64, f64), u32>>())
+        .drawn()?
+        .label("target data")
+        .legend(legend_dot(TARGET_COLOUR));
+    draw_dots(
+        chart,
+        window,
+        generated,
+        1,
+        GENERATED_COLOUR.mix(0.45).filled(),
+    )?;
+    chart
+        .draw_series(std::iter::empty::<Circle<(f64, f64), u32>>())
+        .drawn()?
+        .label("generated")
+        .legend(legend_dot(GENERATED_COLOUR));
+    draw_legend(chart)
+}
+
+/// Which axes of a plane chart wrap around (angles: period 2 pi), so that a path leaving one edge comes back
+/// at the other.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Periods {
+    /// The period of x, if x wraps.
+    pub x: Option<f64>,
+    /// The period of y, if y wraps.
+    pub y: Option<f64>,
+}
+
+impl Periods {
+    /// The pieces of the segment a -> b to draw. On a wrapping axis a step longer than half the period
+    /// crosses the seam the short way round: it is drawn as two pieces, a -> (b shifted by a period) and
+    /// (a shifted back) -> b, each clipped to the window.
+    fn pieces(&self, window: &Window, a: (f64, f64), b: (f64, f64)) -> Vec<((f64, f64), (f64, f64))> {
+        let shift = |period: Option<f64>, from: f64, to: f64| match period {
+            Some(p) if (to - from).abs() > p / 2.0 => -p * (to - from).signum(),
+            _ => 0.0,
+        };
+        let (sx, sy) = (shift(self.x, a.0, b.0), shift(self.y, a.1, b.1));
+        if sx == 0.0 && sy == 0.0 {
+            return window.clip(a, b).into_iter().collect();
+        }
+        [
+            window.clip(a, (b.0 + sx, b.1 + sy)),
+            window.clip((a.0 - sx, a.1 - sy), b),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
 }
 
 /// Draws trajectories: `states[k]` holds every point at the k-th time (`[n_points, >= 2]`, same rows at
@@ -440,6 +509,7 @@ pub fn trajectories_png(
     states: &[Array2<f32>],
     reference: ArrayView2<f32>,
     window: &Window,
+    periods: Periods,
 ) -> Result<()> {
     let (Some(first), Some(last)) = (states.first(), states.last()) else {
         bail!("{}: no states to draw trajectories from", path.display());
@@ -456,10 +526,10 @@ pub fn trajectories_png(
         draw_dots(&mut chart, window, reference, 1, TARGET_COLOUR.mix(0.3).filled())?;
         let path_style = PATH_COLOUR.mix(0.45).stroke_width(1);
         let segments = (0..first.nrows()).flat_map(|point_idx| {
-            states.windows(2).filter_map(move |pair| {
+            states.windows(2).flat_map(move |pair| {
                 let a = (pair[0][[point_idx, 0]] as f64, pair[0][[point_idx, 1]] as f64);
                 let b = (pair[1][[point_idx, 0]] as f64, pair[1][[point_idx, 1]] as f64);
-                window.clip(a, b)
+                periods.pieces(window, a, b)
             })
         });
         chart
@@ -1001,6 +1071,32 @@ pub fn rgb_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_across_a_seam_is_drawn_the_short_way_round() {
+        let pi = std::f64::consts::PI;
+        let window = Window {
+            x_min: -pi,
+            x_max: pi,
+            y_min: -1.0,
+            y_max: 1.0,
+        };
+        let periods = Periods {
+            x: Some(2.0 * pi),
+            y: None,
+        };
+        let length = |pieces: &[((f64, f64), (f64, f64))]| -> f64 {
+            pieces.iter().map(|(a, b)| (b.0 - a.0).hypot(b.1 - a.1)).sum()
+        };
+        // From longitude 3 to -3 the short way is 2 pi - 6 across the seam, in two pieces ending at the edges.
+        let pieces = periods.pieces(&window, (3.0, 0.5), (-3.0, 0.5));
+        assert_eq!(pieces.len(), 2, "{pieces:?}");
+        assert!((length(&pieces) - (2.0 * pi - 6.0)).abs() < 1e-12, "{pieces:?}");
+        assert!((pieces[0].1.0 - pi).abs() < 1e-12 && (pieces[1].0.0 + pi).abs() < 1e-12);
+        // A step that does not cross is one piece, itself; y has no period, so a long step in y stays whole.
+        assert_eq!(periods.pieces(&window, (0.0, -0.9), (1.0, 0.9)), vec![((0.0, -0.9), (1.0, 0.9))]);
+        assert_eq!(Periods::default().pieces(&window, (3.0, 0.0), (-3.0, 0.0)).len(), 1);
+    }
 
     #[test]
     fn clipping_keeps_the_part_inside() {

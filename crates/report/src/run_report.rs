@@ -103,7 +103,24 @@ pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
             });
         }
         let mut drawn_density = false;
+        let mut drawn_trajectories = false;
         if let Some(manifold) = &flow.config.data.manifold {
+            let trajectories_path = run_dir.join("trajectories.png");
+            let started = Instant::now();
+            if crate::samples::write_manifold_trajectories(&flow, N_TRAJECTORIES, &trajectories_path)? {
+                drawn_trajectories = true;
+                outcomes.push(Outcome::Written {
+                    file: "trajectories.png",
+                    caption: format!(
+                        "Paths of {N_TRAJECTORIES} source points from t = 0 (orange) to t = 1 (blue) on {}'s \
+                         first chart, {} as in sampling; a path that leaves one edge of a periodic axis comes \
+                         back at the other; target samples in grey.",
+                        manifold.name(),
+                        method_name(flow.config.sample.solver)
+                    ),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
             let density_path = run_dir.join("density.png");
             let started = Instant::now();
             if crate::samples::write_manifold_density(&flow, &density_path)? {
@@ -122,7 +139,7 @@ pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
         }
         let why = match &flow.config.data.manifold {
             Some(manifold) => format!(
-                "the run lives on {}; fields and trajectories are drawn for runs in the plane only",
+                "the run lives on {}; fields and animations are drawn for runs in the plane only",
                 manifold.name()
             ),
             None => format!(
@@ -137,7 +154,7 @@ pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
             "flow.gif",
             "conditional_vs_marginal.png",
         ] {
-            if drawn_density && file == "density.png" {
+            if (drawn_density && file == "density.png") || (drawn_trajectories && file == "trajectories.png") {
                 continue;
             }
             outcomes.push(Outcome::Skipped {
@@ -277,6 +294,7 @@ fn two_d_pictures(flow: &TrainedFlow) -> Result<Vec<Outcome>> {
                 &heads,
                 background,
                 &window,
+                plot::Periods::default(),
             )
         },
     )?);

@@ -201,6 +201,58 @@ fn a_ring_run_gets_every_picture_and_a_page() {
 }
 
 #[test]
+fn a_product_manifold_run_gets_a_panel_per_factor_and_its_trajectories() {
+    let out_dir = temp_dir("product");
+    let text = format!(
+        r#"
+[run]
+name = "tiny-product"
+out_dir = "{}"
+seed = 5
+threads = 1
+
+[data]
+manifold = {{ kind = "product", factors = [{{ kind = "sphere", dim = 3 }}, {{ kind = "torus", dim = 1 }}] }}
+target = {{ kind = "product", factors = [{{ kind = "vmf_mixture", weights = [1.0], means = [[0.0, 0.0, 1.0]], concentrations = [8.0] }}, {{ kind = "wrapped_gaussian_mixture", weights = [1.0], means = [[3.0]], stds = [[0.4]] }}] }}
+
+[model]
+width = 16
+depth = 2
+
+[train]
+steps = 60
+batch_size = 64
+checkpoint_every = 0
+
+[sample]
+n_samples = 200
+solver = "euler"
+steps = 10
+w2_samples = 100
+"#,
+        out_dir.display()
+    );
+    let config = RunConfig::parse(&text, Path::new("<test>")).unwrap();
+    let run_dir = ferroflow_engine::run::train_new(&config, &mut [], None).unwrap();
+    ferroflow_report::write_samples_picture(&run_dir).unwrap();
+    let written = write_report(&run_dir).unwrap();
+    assert!(written.contains(&run_dir.join("trajectories.png")), "{written:?}");
+    // Two panels: the S^2 factor's equal-area map and the circle against the sphere's height.
+    let samples = std::fs::read(run_dir.join("samples.png")).unwrap();
+    assert_eq!(png_size(&samples), (2 * SQUARE_SIZE.0, SQUARE_SIZE.1));
+    for file in ["samples.png", "trajectories.png"] {
+        assert_not_flat(&run_dir.join(file));
+    }
+    let page = std::fs::read_to_string(run_dir.join(REPORT_FILE)).unwrap();
+    assert!(page.contains("](trajectories.png)"), "{page}");
+    assert!(
+        page.contains("- `velocity.png`: the run lives on S^2 x T^1"),
+        "{page}"
+    );
+    std::fs::remove_dir_all(&out_dir).unwrap();
+}
+
+#[test]
 fn a_three_dimensional_run_gets_its_loss_and_says_what_was_skipped() {
     let out_dir = temp_dir("3d");
     let run_dir = tiny_run(
