@@ -139,6 +139,15 @@ pub struct ModelSection {
     /// The U-Net's settings (`kind = "unet"`); `num_classes` set makes it class-conditional.
     #[serde(default)]
     pub unet: UnetConfig,
+    /// On a manifold with torus factors: feed the MLP (cos, sin) of each angle instead of the raw angle, so
+    /// the learned field is continuous across the seam at -pi = pi (default `true`; `false` is the raw-angle
+    /// input of flow_matching's examples).
+    #[serde(default = "default_angle_features")]
+    pub angle_features: bool,
+}
+
+fn default_angle_features() -> bool {
+    true
 }
 
 fn default_width() -> usize {
@@ -149,14 +158,23 @@ fn default_depth() -> usize {
 }
 
 impl ModelSection {
-    /// The models crate's MLP config of this section for points of dimension `dim`.
-    pub fn mlp_config(&self, dim: usize) -> ferroflow_models::MlpConfig {
+    /// The models crate's MLP config of this section for points of dimension `dim` on `manifold` (`None`:
+    /// Euclidean); the angle columns are the manifold's torus coordinates when `angle_features` is on.
+    pub fn mlp_config(
+        &self,
+        dim: usize,
+        manifold: Option<&crate::manifold::ManifoldSpec>,
+    ) -> ferroflow_models::MlpConfig {
         ferroflow_models::MlpConfig {
             dim,
             width: self.width,
             depth: self.depth,
             activation: self.activation,
             time_embedding: self.time_embedding,
+            angle_columns: match manifold {
+                Some(manifold) if self.angle_features => manifold.angle_columns(),
+                _ => Vec::new(),
+            },
         }
     }
 }
@@ -170,6 +188,7 @@ impl Default for ModelSection {
             activation: Activation::Selu,
             time_embedding: TimeEmbedding::Concat {},
             unet: UnetConfig::default(),
+            angle_features: default_angle_features(),
         }
     }
 }

@@ -126,6 +126,23 @@ impl ManifoldSpec {
         })
     }
 
+    /// The columns of a point that are torus angles, in increasing order (a sphere's coordinates are not).
+    pub fn angle_columns(&self) -> Vec<usize> {
+        match self {
+            ManifoldSpec::Sphere { .. } => Vec::new(),
+            ManifoldSpec::Torus { dim } => (0..*dim).collect(),
+            ManifoldSpec::Product { factors } => {
+                let mut start = 0;
+                let mut columns = Vec::new();
+                for factor in factors {
+                    columns.extend(factor.angle_columns().into_iter().map(|c| c + start));
+                    start += factor.ambient_dim();
+                }
+                columns
+            }
+        }
+    }
+
     /// Projects `v` (`[n, ambient]`) onto the tangent spaces at the points `x` (`[n, ambient]`, on the
     /// manifold): `v - <v, x> x` on each sphere block, the identity on torus blocks. Differentiable.
     pub fn project_tangent(&self, x: &Tensor, v: &Tensor) -> Tensor {

@@ -235,3 +235,47 @@ fn manifold_configs_refuse_what_does_not_fit() {
         assert!(err.contains(key), "{extra}: {err}");
     }
 }
+
+#[test]
+fn torus_angles_reach_the_network_as_cosines_and_sines_unless_switched_off() {
+    let text = r#"
+[run]
+name = "angles"
+
+[data]
+manifold = { kind = "product", factors = [{ kind = "sphere", dim = 3 }, { kind = "torus", dim = 2 }] }
+target = { kind = "product", factors = [{ kind = "vmf_mixture", weights = [1.0], means = [[0.0, 0.0, 1.0]], concentrations = [5.0] }, { kind = "torus_checkerboard" }] }
+"#;
+    let config = RunConfig::parse(text, Path::new("<test>")).unwrap();
+    assert!(config.model.angle_features);
+    let manifold = config.data.manifold.as_ref();
+    assert_eq!(config.model.mlp_config(5, manifold).angle_columns, vec![3, 4]);
+    // The first layer takes the sphere's 3 coordinates, cos and sin of both angles, and the time.
+    let net = ferroflow_engine::train::build_model(&config).unwrap();
+    assert_eq!(net.params().specs()[0].shape[1], 3 + 2 * 2 + 1);
+
+    let raw = RunConfig::parse(
+        &format!("{text}[model]\nangle_features = false\n"),
+        Path::new("<test>"),
+    )
+    .unwrap();
+    assert!(
+        raw.model
+            .mlp_config(5, raw.data.manifold.as_ref())
+            .angle_columns
+            .is_empty()
+    );
+    // Euclidean runs never get angle columns.
+    let plain = RunConfig::parse(
+        "[run]\nname = \"plain\"\n[data]\ntarget = { kind = \"moons\" }\n",
+        Path::new("<test>"),
+    )
+    .unwrap();
+    assert!(
+        plain
+            .model
+            .mlp_config(2, plain.data.manifold.as_ref())
+            .angle_columns
+            .is_empty()
+    );
+}

@@ -107,6 +107,11 @@ pub struct MlpConfig {
     /// How time is fed in.
     #[serde(default)]
     pub time_embedding: TimeEmbedding,
+    /// Columns of the data that are angles (a torus's coordinates, in radians), in increasing order: the
+    /// network sees (cos, sin) of each instead of the raw angle, so its input, and the field it learns, are
+    /// continuous across the seam where -pi meets pi.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub angle_columns: Vec<usize>,
 }
 
 fn default_width() -> usize {
@@ -126,6 +131,7 @@ impl MlpConfig {
             depth: default_depth(),
             activation: Activation::Selu,
             time_embedding: TimeEmbedding::Concat {},
+            angle_columns: Vec::new(),
         }
     }
 
@@ -146,6 +152,18 @@ impl MlpConfig {
         {
             return bad("time_embedding.n_freq", format!("{n_freq} is outside 1..=32"));
         }
+        if let Some(&column) = self.angle_columns.iter().find(|&&c| c >= self.dim) {
+            return bad(
+                "angle_columns",
+                format!("column {column} is outside the {} columns of the data", self.dim),
+            );
+        }
+        if self.angle_columns.windows(2).any(|w| w[0] >= w[1]) {
+            return bad(
+                "angle_columns",
+                format!("{:?} is not strictly increasing", self.angle_columns),
+            );
+        }
         Ok(())
     }
 }
@@ -164,7 +182,7 @@ impl Mlp {
         config.validate()?;
         let mut builder = ParamBuilder::default();
         let width = config.width as i64;
-        let input = config.dim as i64 + config.time_embedding.width();
+        let input = config.dim as i64 + config.angle_columns.len() as i64 + config.time_embedding.width();
         let mut dims = vec![input];
         dims.extend(std::iter::repeat_n(width, config.depth));
         dims.push(config.dim as i64);
@@ -195,6 +213,20 @@ impl Mlp {
     pub fn config(&self) -> &MlpConfig {
         &self.config
     }
+
+    /// What the first layer sees of a batch `x`: the plain columns, then (cos, sin) of the angle columns.
+    fn features(&self, x: &Tensor) -> Tensor {
+        if self.config.angle_columns.is_empty() {
+            return x.shallow_clone();
+        }
+        let angles: Vec<i64> = self.config.angle_columns.iter().map(|&c| c as i64).collect();
+        let plain: Vec<i64> = (0..self.config.dim as i64)
+            .filter(|c| !angles.contains(c))
+            .collect();
+        let pick = |columns: &[i64]| x.index_select(1, &Tensor::from_slice(columns).to_device(x.device()));
+        let theta = pick(&angles);
+        Tensor::cat(&[pick(&plain), theta.cos(), theta.sin()], 1)
+    }
 }
 
 impl VelocityNet for Mlp {
@@ -211,7 +243,7 @@ impl VelocityNet for Mlp {
         } else {
             t
         };
-        let mut h = Tensor::cat(&[x.shallow_clone(), self.config.time_embedding.embed(&t)], 1);
+        let mut h = Tensor::cat(&[self.features(x), self.config.time_embedding.embed(&t)], 1);
         let last = self.layers.len() - 1;
         for (layer_idx, (w, b)) in self.layers.iter().enumerate() {
             h = h.linear(&params[w.0], Some(&params[b.0]));

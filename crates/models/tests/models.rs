@@ -55,6 +55,52 @@ fn fourier_embedding_changes_the_input_width() {
 }
 
 #[test]
+fn angle_columns_make_the_network_periodic_in_them() {
+    tch::manual_seed(0);
+    let cfg = MlpConfig {
+        angle_columns: vec![1],
+        ..MlpConfig::benchmark(2)
+    };
+    let net = Mlp::new(cfg, Device::Cpu).unwrap();
+    // x, cos(theta), sin(theta), t.
+    assert_eq!(net.params().specs()[0].shape, vec![64, 4]);
+    let pi = std::f32::consts::PI;
+    let at = |x: f32, theta: f32| {
+        let point = Tensor::from_slice(&[x, theta]).view([1, 2]);
+        net.forward_with(
+            &net.params().views(),
+            &point,
+            &Tensor::from_slice(&[0.4f32]),
+            None,
+        )
+    };
+    // The same point written with angles 2 pi apart, and the two sides of the seam at -pi = pi.
+    let diff = |a: Tensor, b: Tensor| (a - b).abs().max().double_value(&[]);
+    assert!(diff(at(0.3, 1.0), at(0.3, 1.0 + 2.0 * pi)) < 1e-5);
+    assert!(diff(at(0.3, pi - 1e-4), at(0.3, -pi + 1e-4)) < 1e-3);
+    // The plain column is not periodic.
+    assert!(diff(at(0.3, 1.0), at(0.3 + 2.0 * pi, 1.0)) > 1e-3);
+    for (columns, detail) in [
+        (vec![2], "outside the 2 columns"),
+        (vec![1, 1], "not strictly increasing"),
+    ] {
+        let bad = MlpConfig {
+            angle_columns: columns,
+            ..MlpConfig::benchmark(2)
+        };
+        match Mlp::new(bad, Device::Cpu) {
+            Err(ModelError::InvalidConfig {
+                key: "angle_columns",
+                detail: d,
+            }) => {
+                assert!(d.contains(detail), "{d}")
+            }
+            other => panic!("expected an angle_columns error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
 fn first_adam_step_moves_by_lr_times_sign() {
     // After one step from zero moments, m_hat = g and v_hat = g^2: the update is lr g / (|g| + eps).
     let net = mlp(1);

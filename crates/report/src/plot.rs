@@ -452,13 +452,7 @@ fn draw_samples<'a, 'b: 'a>(
         .drawn()?
         .label("target data")
         .legend(legend_dot(TARGET_COLOUR));
-    draw_dots(
-        chart,
-        window,
-        generated,
-        1,
-        GENERATED_COLOUR.mix(0.45).filled(),
-    )?;
+    draw_dots(chart, window, generated, 1, GENERATED_COLOUR.mix(0.45).filled())?;
     chart
         .draw_series(std::iter::empty::<Circle<(f64, f64), u32>>())
         .drawn()?
@@ -1094,8 +1088,14 @@ mod tests {
         assert!((length(&pieces) - (2.0 * pi - 6.0)).abs() < 1e-12, "{pieces:?}");
         assert!((pieces[0].1.0 - pi).abs() < 1e-12 && (pieces[1].0.0 + pi).abs() < 1e-12);
         // A step that does not cross is one piece, itself; y has no period, so a long step in y stays whole.
-        assert_eq!(periods.pieces(&window, (0.0, -0.9), (1.0, 0.9)), vec![((0.0, -0.9), (1.0, 0.9))]);
-        assert_eq!(Periods::default().pieces(&window, (3.0, 0.0), (-3.0, 0.0)).len(), 1);
+        assert_eq!(
+            periods.pieces(&window, (0.0, -0.9), (1.0, 0.9)),
+            vec![((0.0, -0.9), (1.0, 0.9))]
+        );
+        assert_eq!(
+            Periods::default().pieces(&window, (3.0, 0.0), (-3.0, 0.0)).len(),
+            1
+        );
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
             "flow.gif",
             "conditional_vs_marginal.png",
         ] {
-            if (drawn_density && file == "density.png") || (drawn_trajectories && file == "trajectories.png") {
+            if (drawn_density && file == "density.png") || (drawn_trajectories && file == "trajectories.png")
+            {
                 continue;
             }
             outcomes.push(Outcome::Skipped {

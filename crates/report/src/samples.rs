@@ -182,7 +182,13 @@ pub fn manifold_charts(manifold: &ManifoldSpec) -> Vec<ManifoldChart> {
         .map(|(_, o)| *o)
         .collect();
     let many = factors.len() > 1;
-    let label = |i: usize, name: String| if many { format!("factor {}: {name}", i + 1) } else { name };
+    let label = |i: usize, name: String| {
+        if many {
+            format!("factor {}: {name}", i + 1)
+        } else {
+            name
+        }
+    };
     let mut charts = Vec::new();
     for (i, (factor, offset)) in factors.iter().enumerate() {
         let offset = *offset;
@@ -199,7 +205,10 @@ pub fn manifold_charts(manifold: &ManifoldSpec) -> Vec<ManifoldChart> {
             }),
             ManifoldSpec::Torus { dim: 1 } => {
                 let partner = first_sphere.map(Coordinate::Height).or_else(|| {
-                    let next = circles.iter().position(|&o| o == offset).map(|k| (k + 1) % circles.len());
+                    let next = circles
+                        .iter()
+                        .position(|&o| o == offset)
+                        .map(|k| (k + 1) % circles.len());
                     next.filter(|&k| circles[k] != offset)
                         .map(|k| Coordinate::Angle(circles[k]))
                 });

@@ -118,7 +118,7 @@ pub fn build_model(config: &RunConfig) -> Result<Box<dyn VelocityNet>, TrainErro
     let device = resolve_device(&config.run.device)?;
     Ok(match model.kind {
         ModelKind::Mlp => {
-            let mlp = model.mlp_config(config.data.target.dim());
+            let mlp = model.mlp_config(config.data.target.dim(), config.data.manifold.as_ref());
             Box::new(Mlp::new(mlp, device)?)
         }
         ModelKind::Unet => Box::new(Unet::new(model.unet.clone(), device)?),

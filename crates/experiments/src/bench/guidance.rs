@@ -67,6 +67,7 @@ pub fn run(args: &GuidanceBenchSettings) -> Result<()> {
                 depth: args.depth,
                 activation: Activation::Selu,
                 time_embedding: TimeEmbedding::Concat {},
+                angle_columns: Vec::new(),
             },
             Device::Cpu,
         )?;
