@@ -1079,7 +1079,8 @@ mod tests {
             x: Some(2.0 * pi),
             y: None,
         };
-        let length = |pieces: &[((f64, f64), (f64, f64))]| -> f64 {
+        type Segment = ((f64, f64), (f64, f64));
+        let length = |pieces: &[Segment]| -> f64 {
             pieces.iter().map(|(a, b)| (b.0 - a.0).hypot(b.1 - a.1)).sum()
         };
         // From longitude 3 to -3 the short way is 2 pi - 6 across the seam, in two pieces ending at the edges.
