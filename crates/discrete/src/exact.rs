@@ -10,7 +10,7 @@
 //! Both cost one pass over the table per sequence `x`; [`all_sequences`] enumerates the state space, so tests
 //! can check the Kolmogorov forward equation, ELBOs and samplers against these numbers.
 
-use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2};
+use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, ArrayViewMut2};
 use rand::Rng;
 
 use crate::path::kappa_at;
@@ -177,6 +177,29 @@ impl DataTable {
         ))
     }
 
+    /// Writes `p_{1|t}(. | x)` into `out` (`[length, n_states]`, zeroed); `false` when `p_t(x) = 0`.
+    fn posterior_row(&self, path: &MixturePath, kappa: f64, x: ArrayView1<Token>, mut out: ArrayViewMut2<f64>) -> bool {
+        let weight = |x1: ArrayView1<Token>, q: f64| -> f64 {
+            q * x
+                .iter()
+                .zip(x1)
+                .map(|(token, data)| path.position_probability(kappa, *token, *data))
+                .product::<f64>()
+        };
+        let rows = || self.sequences.rows().into_iter().zip(&self.probabilities);
+        let total: f64 = rows().map(|(x1, q)| weight(x1, *q)).sum();
+        if total <= 0.0 {
+            return false;
+        }
+        for (x1, q) in rows() {
+            let share = weight(x1, *q) / total;
+            for (position, token) in x1.iter().enumerate() {
+                out[[position, *token as usize]] += share;
+            }
+        }
+        true
+    }
+
     /// The exact marginal posterior `p_{1|t}(x1^i = y | x_t)` for each row of `x_t` (`[n_samples, length]`),
     /// as `[n_samples, length, n_states]` (zero on the mask). A row the path gives probability zero is refused
     /// ([`DiscreteError::ImpossibleState`]).
@@ -191,18 +214,43 @@ impl DataTable {
         let time = check::time_closed("t", t)?;
         let kappa = kappa_at(schedule, time)?.value;
         let mut posterior = Array3::zeros((x_t.nrows(), self.length(), path.n_states()));
-        for (sample_idx, x) in x_t.rows().into_iter().enumerate() {
-            let weights = self.weights(path, kappa, x);
-            let total = weights.sum();
-            if total <= 0.0 {
+        for (x, out) in x_t.rows().into_iter().zip(posterior.outer_iter_mut()) {
+            if !self.posterior_row(path, kappa, x, out) {
                 return Err(DiscreteError::ImpossibleState {
                     sequence: x.iter().map(|token| u64::from(*token)).collect(),
                     time,
                 });
             }
-            for (x1, weight) in self.sequences.rows().into_iter().zip(&weights) {
-                for (position, token) in x1.iter().enumerate() {
-                    posterior[[sample_idx, position, *token as usize]] += weight / total;
+        }
+        Ok(posterior)
+    }
+
+    /// [`DataTable::posterior`], extended to sequences the path gives probability zero: at such a sequence
+    /// every position keeps its token if it is a data token, and a masked position gets the table's
+    /// per-position marginal. The Euler sampler can reach such sequences (two positions jumping in one step
+    /// to tokens that are each possible but not jointly) and needs some valid rate there; the true process
+    /// never visits them, so any choice keeps the sampler exact in the limit of small steps.
+    pub fn posterior_for_sampling<S: KappaSchedule + ?Sized>(
+        &self,
+        path: &MixturePath,
+        schedule: &S,
+        x_t: ArrayView2<Token>,
+        t: f64,
+    ) -> Result<Array3<f64>> {
+        self.check_sequences(path, x_t)?;
+        let kappa = kappa_at(schedule, check::time_closed("t", t)?)?.value;
+        let mut posterior = Array3::zeros((x_t.nrows(), self.length(), path.n_states()));
+        for (x, mut out) in x_t.rows().into_iter().zip(posterior.outer_iter_mut()) {
+            if self.posterior_row(path, kappa, x, out.view_mut()) {
+                continue;
+            }
+            for (position, token) in x.iter().enumerate() {
+                if (*token as usize) < self.vocab_size {
+                    out[[position, *token as usize]] = 1.0;
+                } else {
+                    for (data, q) in self.sequences.column(position).iter().zip(&self.probabilities) {
+                        out[[position, *data as usize]] += q;
+                    }
                 }
             }
         }

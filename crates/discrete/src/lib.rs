@@ -34,9 +34,12 @@
 //! let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
 //! let x0 = path.sample_source(100, 2, &mut rng);
 //! let x1 = sample(&path, &cond_ot, x0.view(), &uniform_grid(20)?, &Corrector::Off,
-//!     |x_t, t| table.posterior(&path, &cond_ot, x_t, t), &mut rng)?;
-//! // With the exact posterior every sample is one of the two data sequences.
-//! assert!(x1.rows().into_iter().all(|row| table.probability(row).unwrap() > 0.0));
+//!     |x_t, t| table.posterior_for_sampling(&path, &cond_ot, x_t, t), &mut rng)?;
+//! // Every position is unmasked; all but the rare samples whose two positions jumped in the same step
+//! // (an Euler error of order 1/20) are one of the two data sequences.
+//! assert!(x1.iter().all(|token| *token < 2));
+//! let in_support = x1.rows().into_iter().filter(|row| table.probability(*row).unwrap() > 0.0).count();
+//! assert!(in_support >= 80, "{in_support} of 100");
 //! # Ok::<(), ferroflow_discrete::DiscreteError>(())
 //! ```
 
