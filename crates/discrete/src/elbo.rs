@@ -12,7 +12,14 @@
 //! The expectation over `x_t` is exact: `p_t(. | x1)` factorises and each position is either `x1^i` or a
 //! source token, so the support has `2^L` sequences (masked source) or `V^L` (uniform source), all passed to the
 //! posterior closure at once. The time integral is composite three-point Gauss-Legendre on the intervals of a
-//! grid; its nodes are interior, so the rate's `1 / (1 - kappa_t)` is never evaluated at `t = 1`.
+//! grid; its nodes are interior, so the rate's `1 / (1 - kappa_t)` is never evaluated at `t = 1`. With a uniform
+//! source the integrand has a logarithmic singularity at `t = 1`; use a grid crowded there
+//! ([`crate::graded_grid`]).
+//!
+//! The bound is tight with the exact posterior of a masked source (the marginal process reveals positions at
+//! times independent of their values, so its bridge to `x1` is the conditional process), and not with a
+//! uniform source, which can visit wrong tokens on its way: for one position and uniform data over `V` tokens
+//! the exact-posterior ELBO is `-(V - 1) / V (ln V + 1)` for every schedule, against `ln q = -ln V`.
 
 use ndarray::{Array2, ArrayView1, ArrayView2, Array3, s};
 
@@ -104,6 +111,11 @@ where
         let (start, width) = (pair[0], pair[1] - pair[0]);
         for (node, weight) in GAUSS_LEGENDRE_3 {
             let time = start + 0.5 * width * (1.0 + node);
+            if kappa_at(schedule, time)?.value >= 1.0 {
+                // kappa_t has rounded to 1 before t = 1 (cosine within about 1e-8 of the end): the node's weight
+                // and the integrand there, O(kappa' ln(1 - kappa)), are below what f64 resolves; it adds nothing.
+                continue;
+            }
             let probs = posterior(support.view(), time)?;
             integral += 0.5 * width * weight * expected_loss(path, schedule, &support, x1, probs, time)?;
         }

@@ -12,7 +12,8 @@
 //!   `kappa_t = alpha_t`);
 //! - [`rate`]: [`marginal_rates`], [`corrector_rates`] and [`validate_rates`];
 //! - [`exact`]: [`DataTable`] with the exact marginal `p_t(x)` and posterior, and [`all_sequences`];
-//! - [`sampler`]: [`jump_probabilities`], [`euler_step`], [`sample`] over a time grid, [`Corrector`];
+//! - [`sampler`]: [`jump_probabilities`], [`euler_step`], [`sample`] over a time grid ([`uniform_grid`],
+//!   [`graded_grid`]), [`Corrector`];
 //! - [`logits`]: [`softmax`] and [`log_softmax`] with a temperature, [`classifier_free_guidance`];
 //! - [`loss`]: [`cross_entropy`] and [`generalized_kl`] per position;
 //! - [`elbo`](mod@elbo): the ELBO of one sequence and bits per token.
@@ -61,4 +62,4 @@ pub use logits::{classifier_free_guidance, log_softmax, softmax};
 pub use loss::{cross_entropy, generalized_kl};
 pub use path::{Kappa, KappaSchedule, MixturePath, Source, Token};
 pub use rate::{corrector_rates, marginal_rates, validate_rates};
-pub use sampler::{Corrector, euler_step, jump_probabilities, sample, uniform_grid};
+pub use sampler::{Corrector, euler_step, graded_grid, jump_probabilities, sample, uniform_grid};
