@@ -13,7 +13,11 @@ use crate::{DiscreteError, Result, Token};
 pub const PROBABILITY_TOLERANCE: f64 = 1e-4;
 
 /// Refuses a token `>= limit`, naming the first one.
-pub(crate) fn tokens<D: Dimension>(what: &'static str, tokens: ArrayView<Token, D>, limit: usize) -> Result<()> {
+pub(crate) fn tokens<D: Dimension>(
+    what: &'static str,
+    tokens: ArrayView<Token, D>,
+    limit: usize,
+) -> Result<()> {
     match tokens.indexed_iter().find(|(_, token)| **token as usize >= limit) {
         None => Ok(()),
         Some((index, token)) => Err(DiscreteError::TokenOutOfRange {
@@ -73,9 +77,15 @@ pub(crate) fn probability_rows<D: Dimension>(what: &'static str, probs: ArrayVie
 
 /// Refuses log-probabilities that are NaN, `+inf` or above zero beyond round-off, or whose rows do not
 /// exponentiate to a distribution.
-pub(crate) fn log_probability_rows<D: Dimension>(what: &'static str, log_probs: ArrayView<f64, D>) -> Result<()> {
+pub(crate) fn log_probability_rows<D: Dimension>(
+    what: &'static str,
+    log_probs: ArrayView<f64, D>,
+) -> Result<()> {
     finite(what, log_probs.view(), true)?;
-    if let Some((index, value)) = log_probs.indexed_iter().find(|(_, l)| **l > PROBABILITY_TOLERANCE) {
+    if let Some((index, value)) = log_probs
+        .indexed_iter()
+        .find(|(_, l)| **l > PROBABILITY_TOLERANCE)
+    {
         return Err(DiscreteError::InvalidProbability {
             what,
             index: index.into_dimension().slice().to_vec(),
@@ -210,6 +220,9 @@ mod tests {
     fn a_row_off_by_more_than_the_tolerance_is_named() {
         let probs = ndarray::array![[0.5, 0.5], [0.5, 0.6]];
         let err = probability_rows("probs", probs.view()).unwrap_err();
-        assert!(matches!(err, DiscreteError::NotADistribution { ref index, .. } if index == &vec![1]), "{err}");
+        assert!(
+            matches!(err, DiscreteError::NotADistribution { ref index, .. } if index == &vec![1]),
+            "{err}"
+        );
     }
 }

@@ -21,7 +21,7 @@
 //! uniform source, which can visit wrong tokens on its way: for one position and uniform data over `V` tokens
 //! the exact-posterior ELBO is `-(V - 1) / V (ln V + 1)` for every schedule, against `ln q = -ln V`.
 
-use ndarray::{Array2, ArrayView1, ArrayView2, Array3, s};
+use ndarray::{Array2, Array3, ArrayView1, ArrayView2, s};
 
 use crate::loss::position_loss;
 use crate::path::{jump_coefficient, kappa_at};
@@ -50,19 +50,28 @@ pub struct Elbo {
 
 /// The support of `p_t(. | x1)` for `t` in `(0, 1)`: every sequence whose positions are `x1^i` or a source
 /// token, `[n_support, length]`.
-pub fn conditional_support(path: &MixturePath, x1: ArrayView1<Token>, max_states: usize) -> Result<Array2<Token>> {
+pub fn conditional_support(
+    path: &MixturePath,
+    x1: ArrayView1<Token>,
+    max_states: usize,
+) -> Result<Array2<Token>> {
     check::tokens("x1", x1, path.vocab_size())?;
     let per_position = match path.source() {
         Source::Masked => 2,
         Source::Uniform => path.vocab_size(),
     };
-    let n_support = crate::exact::count_states(per_position, x1.len(), max_states, "the support of p_t(. | x1)")?;
+    let n_support =
+        crate::exact::count_states(per_position, x1.len(), max_states, "the support of p_t(. | x1)")?;
     let digits = crate::all_sequences(per_position, x1.len(), max_states)?;
     Ok(match path.source() {
         Source::Masked => {
             let mask = path.vocab_size() as Token;
             Array2::from_shape_fn((n_support, x1.len()), |(row, position)| {
-                if digits[[row, position]] == 0 { x1[position] } else { mask }
+                if digits[[row, position]] == 0 {
+                    x1[position]
+                } else {
+                    mask
+                }
             })
         }
         Source::Uniform => digits,
@@ -170,7 +179,12 @@ fn expected_loss<S: KappaSchedule + ?Sized>(
             .zip(x1)
             .enumerate()
             .map(|(position, (token, data))| {
-                position_loss(coefficient, log_probs.slice(s![state_idx, position, ..]), *token, *data)
+                position_loss(
+                    coefficient,
+                    log_probs.slice(s![state_idx, position, ..]),
+                    *token,
+                    *data,
+                )
             })
             .sum();
         expectation += weight * loss;

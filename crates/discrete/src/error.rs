@@ -116,7 +116,9 @@ pub enum DiscreteError {
     },
 
     /// A sequence the path gives probability zero at this time, so its posterior is undefined.
-    #[error("the sequence {sequence:?} has probability 0 under the path at t = {time}; its posterior is undefined")]
+    #[error(
+        "the sequence {sequence:?} has probability 0 under the path at t = {time}; its posterior is undefined"
+    )]
     ImpossibleState {
         /// The sequence `x_t`.
         sequence: Vec<u64>,
@@ -144,7 +146,9 @@ pub enum DiscreteError {
 
     /// The divergence-free corrector was asked for at a time where `kappa_t = 0`, where its rate
     /// `beta_t kappa'_t / (kappa_t (1 - kappa_t))` is infinite.
-    #[error("the corrector coefficient is {coefficient} > 0 at t = {time}, where kappa = 0 makes its rate infinite")]
+    #[error(
+        "the corrector coefficient is {coefficient} > 0 at t = {time}, where kappa = 0 makes its rate infinite"
+    )]
     SingularCorrector {
         /// The time.
         time: f64,

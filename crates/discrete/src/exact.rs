@@ -142,13 +142,19 @@ impl DataTable {
 
     /// The unnormalised posterior weights `q(x1_j) p_t(x | x1_j)` of the table's rows.
     fn weights(&self, path: &MixturePath, kappa: f64, x: ArrayView1<Token>) -> Array1<f64> {
-        Array1::from_iter(self.sequences.rows().into_iter().zip(&self.probabilities).map(|(x1, q)| {
-            q * x
-                .iter()
-                .zip(x1)
-                .map(|(token, data)| path.position_probability(kappa, *token, *data))
-                .product::<f64>()
-        }))
+        Array1::from_iter(
+            self.sequences
+                .rows()
+                .into_iter()
+                .zip(&self.probabilities)
+                .map(|(x1, q)| {
+                    q * x
+                        .iter()
+                        .zip(x1)
+                        .map(|(token, data)| path.position_probability(kappa, *token, *data))
+                        .product::<f64>()
+                }),
+        )
     }
 
     fn check_sequences(&self, path: &MixturePath, x_t: ArrayView2<Token>) -> Result<()> {
@@ -178,7 +184,13 @@ impl DataTable {
     }
 
     /// Writes `p_{1|t}(. | x)` into `out` (`[length, n_states]`, zeroed); `false` when `p_t(x) = 0`.
-    fn posterior_row(&self, path: &MixturePath, kappa: f64, x: ArrayView1<Token>, mut out: ArrayViewMut2<f64>) -> bool {
+    fn posterior_row(
+        &self,
+        path: &MixturePath,
+        kappa: f64,
+        x: ArrayView1<Token>,
+        mut out: ArrayViewMut2<f64>,
+    ) -> bool {
         let weight = |x1: ArrayView1<Token>, q: f64| -> f64 {
             q * x
                 .iter()
@@ -259,7 +271,12 @@ impl DataTable {
 }
 
 /// `n_states^length`, refused above `limit` (and on overflow).
-pub(crate) fn count_states(n_states: usize, length: usize, limit: usize, what: &'static str) -> Result<usize> {
+pub(crate) fn count_states(
+    n_states: usize,
+    length: usize,
+    limit: usize,
+    what: &'static str,
+) -> Result<usize> {
     let states = (0..length).try_fold(1_u128, |acc, _| acc.checked_mul(n_states as u128));
     match states {
         Some(states) if states <= limit as u128 => Ok(states as usize),

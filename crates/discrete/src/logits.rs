@@ -10,7 +10,9 @@ use ndarray::{Array, ArrayView, Axis, Dimension, IntoDimension, Zip};
 use crate::{DiscreteError, Result, check};
 
 fn temperature_check(temperature: f64) -> Result<f64> {
-    check::parameter("temperature", temperature, "(0, inf)", |t| t > 0.0 && t.is_finite())
+    check::parameter("temperature", temperature, "(0, inf)", |t| {
+        t > 0.0 && t.is_finite()
+    })
 }
 
 /// Log-softmax of `logits / temperature` along the last axis; `temperature` in `(0, inf)` (below 1 sharpens,

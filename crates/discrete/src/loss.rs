@@ -17,7 +17,7 @@
 //!
 //!   `c (1 - p_{1|t}(x_t^i))` at a position that already holds its data token, and
 //!   `-c [p_{1|t}(x_t^i) + log p_{1|t}(x1^i)]` elsewhere. Each term is `>= 0`. Integrated over `t` and
-//!   averaged over `x_t ~ p_t(. | x1)` it is the negative ELBO ([`crate::elbo`]).
+//!   averaged over `x_t ~ p_t(. | x1)` it is the negative ELBO ([`crate::elbo()`]).
 
 use ndarray::{Array2, ArrayView1, ArrayView2, ArrayView3};
 
@@ -38,7 +38,11 @@ fn check_log_posterior(path: &MixturePath, log_probs: ArrayView3<f64>, x1: Array
 
 /// `-log p_{1|t}(x1^i | x_t)` per position: `log_probs` `[n_samples, length, n_states]`, `x1`
 /// `[n_samples, length]` (data tokens). `+inf` where the posterior gives the data token probability 0.
-pub fn cross_entropy(path: &MixturePath, log_probs: ArrayView3<f64>, x1: ArrayView2<Token>) -> Result<Array2<f64>> {
+pub fn cross_entropy(
+    path: &MixturePath,
+    log_probs: ArrayView3<f64>,
+    x1: ArrayView2<Token>,
+) -> Result<Array2<f64>> {
     check_log_posterior(path, log_probs, x1)?;
     Ok(Array2::from_shape_fn(x1.dim(), |(sample_idx, position)| {
         -log_probs[[sample_idx, position, x1[[sample_idx, position]] as usize]]

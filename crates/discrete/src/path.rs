@@ -161,12 +161,17 @@ impl MixturePath {
     }
 
     /// `n_samples` source sequences of `length` tokens, `[n_samples, length]`.
-    pub fn sample_source<R: Rng + ?Sized>(&self, n_samples: usize, length: usize, rng: &mut R) -> Array2<Token> {
+    pub fn sample_source<R: Rng + ?Sized>(
+        &self,
+        n_samples: usize,
+        length: usize,
+        rng: &mut R,
+    ) -> Array2<Token> {
         match self.source {
             Source::Masked => Array2::from_elem((n_samples, length), self.vocab_size as Token),
-            Source::Uniform => {
-                Array2::from_shape_simple_fn((n_samples, length), || rng.random_range(0..self.vocab_size) as Token)
-            }
+            Source::Uniform => Array2::from_shape_simple_fn((n_samples, length), || {
+                rng.random_range(0..self.vocab_size) as Token
+            }),
         }
     }
 
@@ -223,5 +228,26 @@ impl MixturePath {
             .zip(x1)
             .map(|(x, y)| self.position_probability(kappa, *x, *y))
             .product())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_position_of_the_conditional_path_is_a_distribution_over_the_states() {
+        for source in [Source::Masked, Source::Uniform] {
+            let path = MixturePath::new(4, source).unwrap();
+            assert!((path.source_distribution().sum() - 1.0).abs() < 1e-15);
+            for kappa in [0.0, 0.3, 1.0] {
+                for x1 in 0..4 {
+                    let total: f64 = (0..path.n_states())
+                        .map(|x| path.position_probability(kappa, x as Token, x1))
+                        .sum();
+                    assert!((total - 1.0).abs() < 1e-15, "{source:?} kappa = {kappa}: {total}");
+                }
+            }
+        }
     }
 }

@@ -22,7 +22,11 @@ use crate::path::{jump_coefficient, kappa_at};
 use crate::{DiscreteError, KappaSchedule, MixturePath, Result, Token, check};
 
 /// Checks a batch of posteriors `[n_samples, length, n_states]` against a batch of states `[n_samples, length]`.
-pub(crate) fn check_posterior(path: &MixturePath, probs: ArrayView3<f64>, x_t: ArrayView2<Token>) -> Result<()> {
+pub(crate) fn check_posterior(
+    path: &MixturePath,
+    probs: ArrayView3<f64>,
+    x_t: ArrayView2<Token>,
+) -> Result<()> {
     let (n_samples, length) = x_t.dim();
     check::tokens("x_t", x_t, path.n_states())?;
     check::shape(

@@ -67,7 +67,13 @@ impl Corrector {
 pub fn uniform_grid(n_steps: usize) -> Result<Vec<f64>> {
     check::parameter("n_steps", n_steps as f64, "[1, inf)", |n| n >= 1.0)?;
     Ok((0..=n_steps)
-        .map(|step| if step == n_steps { 1.0 } else { step as f64 / n_steps as f64 })
+        .map(|step| {
+            if step == n_steps {
+                1.0
+            } else {
+                step as f64 / n_steps as f64
+            }
+        })
         .collect())
 }
 
@@ -105,7 +111,9 @@ pub fn jump_probabilities<S: KappaSchedule + ?Sized>(
     check_posterior(path, probs, x_t)?;
     let time = check::time_before_end("t", t)?;
     // A grid's last step may end a few ulps past 1.
-    check::parameter("step_size", step_size, "(0, 1 - t]", |h| h > 0.0 && time + h <= 1.0 + 1e-12)?;
+    check::parameter("step_size", step_size, "(0, 1 - t]", |h| {
+        h > 0.0 && time + h <= 1.0 + 1e-12
+    })?;
     let mut rates = marginal_rates(path, schedule, probs, x_t, time)?;
     let beta = corrector.coefficient(time)?;
     if beta > 0.0 {
@@ -184,7 +192,33 @@ where
     for pair in grid.windows(2) {
         let (t, step_size) = (pair[0], pair[1] - pair[0]);
         let probs = posterior(x.view(), t)?;
-        x = euler_step(path, schedule, probs.view(), x.view(), t, step_size, corrector, rng)?;
+        x = euler_step(
+            path,
+            schedule,
+            probs.view(),
+            x.view(),
+            t,
+            step_size,
+            corrector,
+            rng,
+        )?;
     }
     Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graded_grids_crowd_towards_the_end_and_power_one_is_uniform() {
+        let graded = graded_grid(8, 3.0).unwrap();
+        assert_eq!((graded[0], graded[8]), (0.0, 1.0));
+        let widths: Vec<f64> = graded.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        assert!(widths.windows(2).all(|pair| pair[1] < pair[0]), "{widths:?}");
+        assert!((widths[7] - 8.0_f64.powi(-3)).abs() < 1e-15);
+        let uniform = uniform_grid(8).unwrap();
+        let power_one = graded_grid(8, 1.0).unwrap();
+        assert!(uniform.iter().zip(&power_one).all(|(a, b)| (a - b).abs() < 1e-15));
+    }
 }

@@ -7,7 +7,8 @@ mod common;
 
 use common::{fixed_table, random_table, rng, schedules};
 use ferroflow_discrete::{
-    DataTable, DiscreteError, Elbo, Kappa, MixturePath, Source, all_sequences, elbo, graded_grid, uniform_grid,
+    DataTable, DiscreteError, Elbo, Kappa, MixturePath, Source, all_sequences, elbo, graded_grid,
+    uniform_grid,
 };
 use ferroflow_paths::{Scheduler, VpScheduler};
 use ndarray::{Array1, ArrayView1};
@@ -22,7 +23,10 @@ fn exact_elbo(
     n_intervals: usize,
 ) -> Elbo {
     let grid = graded_grid(n_intervals, 3.0).unwrap();
-    elbo(path, schedule, x, &grid, MAX_STATES, |x_t, t| model.posterior(path, schedule, x_t, t)).unwrap()
+    elbo(path, schedule, x, &grid, MAX_STATES, |x_t, t| {
+        model.posterior(path, schedule, x_t, t)
+    })
+    .unwrap()
 }
 
 /// For every sequence in the table's support: `(ln q(x), ELBO(x))`.
@@ -31,7 +35,12 @@ fn bounds(path: &MixturePath, schedule: &dyn Fn(f64) -> Kappa, table: &DataTable
     data.rows()
         .into_iter()
         .filter(|x| table.probability(*x).unwrap() > 0.0)
-        .map(|x| (table.log_probability(x).unwrap(), exact_elbo(path, schedule, table, x, 64).log_likelihood_bound))
+        .map(|x| {
+            (
+                table.log_probability(x).unwrap(),
+                exact_elbo(path, schedule, table, x, 64).log_likelihood_bound,
+            )
+        })
         .collect()
 }
 
@@ -50,7 +59,10 @@ fn the_exact_posterior_elbo_bounds_the_log_likelihood_and_the_masked_one_is_tigh
                 let these = bounds(&path, &schedule, table);
                 if let Some(first) = &first_schedule {
                     for ((_, a), (_, b)) in first.iter().zip(&these) {
-                        assert!((a - b).abs() < 1e-6, "table {table_idx} {source:?} {name}: ELBO {b} vs {a} under CondOT");
+                        assert!(
+                            (a - b).abs() < 1e-6,
+                            "table {table_idx} {source:?} {name}: ELBO {b} vs {a} under CondOT"
+                        );
                     }
                 } else {
                     first_schedule = Some(these);
@@ -60,7 +72,10 @@ fn the_exact_posterior_elbo_bounds_the_log_likelihood_and_the_masked_one_is_tigh
                     let gap = log_p - bound;
                     largest_gap = largest_gap.max(gap);
                     smallest_gap = smallest_gap.min(gap);
-                    assert!(gap >= -1e-8, "table {table_idx} {source:?} {name}: ELBO {bound} above ln q = {log_p}");
+                    assert!(
+                        gap >= -1e-8,
+                        "table {table_idx} {source:?} {name}: ELBO {bound} above ln q = {log_p}"
+                    );
                     if source == Source::Masked {
                         assert!(gap < 1e-8, "table {table_idx} masked {name}: gap {gap}");
                     }
@@ -71,7 +86,10 @@ fn the_exact_posterior_elbo_bounds_the_log_likelihood_and_the_masked_one_is_tigh
                 if source == Source::Uniform {
                     // The uniform-source bound is not tight: the marginal process's bridge to x differs from the
                     // conditional path.
-                    assert!(largest_gap > 1e-4, "table {table_idx} uniform {name}: gap {largest_gap}");
+                    assert!(
+                        largest_gap > 1e-4,
+                        "table {table_idx} uniform {name}: gap {largest_gap}"
+                    );
                 }
             }
         }
@@ -92,7 +110,11 @@ fn a_wrong_posterior_gives_a_strictly_lower_bound() {
             for x in data.rows() {
                 let (q, q_wrong) = (table.probability(x).unwrap(), wrong.probability(x).unwrap());
                 let bound_wrong = exact_elbo(&path, &schedule, &wrong, x, 64).log_likelihood_bound;
-                assert!(bound_wrong <= q_wrong.ln() + 1e-8, "{source:?} {name}: ELBO {bound_wrong} > ln q' {}", q_wrong.ln());
+                assert!(
+                    bound_wrong <= q_wrong.ln() + 1e-8,
+                    "{source:?} {name}: ELBO {bound_wrong} > ln q' {}",
+                    q_wrong.ln()
+                );
                 exact_mean += q * exact_elbo(&path, &schedule, &table, x, 64).log_likelihood_bound;
                 wrong_mean += q * bound_wrong;
                 kl += q * (q / q_wrong).ln();
@@ -101,7 +123,10 @@ fn a_wrong_posterior_gives_a_strictly_lower_bound() {
                 "{source:?} {name}: E_q ELBO exact {exact_mean:.4}, wrong {wrong_mean:.4}, KL(q || q') {kl:.4}"
             );
             assert!(kl > 0.01, "the two tables differ");
-            assert!(wrong_mean < exact_mean - 0.5 * kl, "{source:?} {name}: wrong {wrong_mean} vs exact {exact_mean}");
+            assert!(
+                wrong_mean < exact_mean - 0.5 * kl,
+                "{source:?} {name}: wrong {wrong_mean} vs exact {exact_mean}"
+            );
         }
     }
 }
@@ -122,7 +147,10 @@ fn the_uniform_source_elbo_of_uniform_data_has_its_closed_form() {
             for (name, schedule) in schedules() {
                 let x = table.sequences().row(n / 2).to_owned();
                 let found = exact_elbo(&path, &schedule, &table, x.view(), 128).log_likelihood_bound;
-                assert!((found - expected).abs() < 1e-6, "V = {vocab_size} L = {length} {name}: {found} vs {expected}");
+                assert!(
+                    (found - expected).abs() < 1e-6,
+                    "V = {vocab_size} L = {length} {name}: {found} vs {expected}"
+                );
             }
         }
     }
@@ -136,7 +164,8 @@ fn a_point_mass_has_elbo_zero_for_both_sources() {
     for source in [Source::Masked, Source::Uniform] {
         let path = MixturePath::new(3, source).unwrap();
         for (name, schedule) in schedules() {
-            let found = exact_elbo(&path, &schedule, &table, table.sequences().row(0), 32).log_likelihood_bound;
+            let found =
+                exact_elbo(&path, &schedule, &table, table.sequences().row(0), 32).log_likelihood_bound;
             assert!(found.abs() < 1e-12, "{source:?} {name}: {found}");
         }
     }
@@ -153,9 +182,16 @@ fn the_quadrature_converges_and_bits_per_token_match_nats() {
             let fine = exact_elbo(&path, &schedule, &table, x.view(), 512);
             let difference = (coarse.log_likelihood_bound - fine.log_likelihood_bound).abs();
             let on_uniform_grid = |n| {
-                elbo(&path, &schedule, x.view(), &uniform_grid(n).unwrap(), MAX_STATES, |x_t, t| table.posterior(&path, &schedule, x_t, t))
-                    .unwrap()
-                    .log_likelihood_bound
+                elbo(
+                    &path,
+                    &schedule,
+                    x.view(),
+                    &uniform_grid(n).unwrap(),
+                    MAX_STATES,
+                    |x_t, t| table.posterior(&path, &schedule, x_t, t),
+                )
+                .unwrap()
+                .log_likelihood_bound
             };
             let uniform_difference = (on_uniform_grid(64) - fine.log_likelihood_bound).abs();
             eprintln!(
@@ -174,13 +210,33 @@ fn the_elbo_refuses_schedules_that_do_not_start_at_the_source_and_grids_that_do_
     let path = MixturePath::new(3, Source::Uniform).unwrap();
     let x = ndarray::array![1_u32, 1];
     let vp = VpScheduler::default();
-    let vp = move |t: f64| Kappa { value: vp.alpha(t), derivative: vp.d_alpha(t) };
-    let err = elbo(&path, &vp, x.view(), &uniform_grid(4).unwrap(), MAX_STATES, |x_t, t| table.posterior(&path, &vp, x_t, t)).unwrap_err();
-    assert!(matches!(err, DiscreteError::InvalidKappa { time: 0.0, .. }), "{err}");
+    let vp = move |t: f64| Kappa {
+        value: vp.alpha(t),
+        derivative: vp.d_alpha(t),
+    };
+    let err = elbo(
+        &path,
+        &vp,
+        x.view(),
+        &uniform_grid(4).unwrap(),
+        MAX_STATES,
+        |x_t, t| table.posterior(&path, &vp, x_t, t),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, DiscreteError::InvalidKappa { time: 0.0, .. }),
+        "{err}"
+    );
     let cond_ot = common::cond_ot();
-    let err = elbo(&path, &cond_ot, x.view(), &[0.0, 0.5], MAX_STATES, |x_t, t| table.posterior(&path, &cond_ot, x_t, t)).unwrap_err();
+    let err = elbo(&path, &cond_ot, x.view(), &[0.0, 0.5], MAX_STATES, |x_t, t| {
+        table.posterior(&path, &cond_ot, x_t, t)
+    })
+    .unwrap_err();
     assert!(matches!(err, DiscreteError::InvalidGrid { .. }), "{err}");
     let long = Array1::from_elem(20, 1_u32);
-    let err = elbo(&path, &cond_ot, long.view(), &[0.0, 1.0], MAX_STATES, |x_t, t| table.posterior(&path, &cond_ot, x_t, t)).unwrap_err();
+    let err = elbo(&path, &cond_ot, long.view(), &[0.0, 1.0], MAX_STATES, |x_t, t| {
+        table.posterior(&path, &cond_ot, x_t, t)
+    })
+    .unwrap_err();
     assert!(matches!(err, DiscreteError::TooManyStates { .. }), "{err}");
 }

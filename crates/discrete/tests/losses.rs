@@ -115,18 +115,34 @@ fn guidance_at_zero_weight_is_the_conditional_and_at_minus_one_the_unconditional
     let uncond = array![[1.0, 0.5, -0.5, 0.0]];
     let at_zero = classifier_free_guidance(cond.view(), uncond.view(), 0.0).unwrap();
     let conditional = log_softmax(cond.view(), 1.0).unwrap();
-    assert!((&at_zero - &conditional).iter().all(|d| d.is_nan() || d.abs() < 1e-15));
-    assert_eq!(at_zero[[0, 3]], f64::NEG_INFINITY, "a ruled-out token stays ruled out");
+    assert!(
+        (&at_zero - &conditional)
+            .iter()
+            .all(|d| d.is_nan() || d.abs() < 1e-15)
+    );
+    assert_eq!(
+        at_zero[[0, 3]],
+        f64::NEG_INFINITY,
+        "a ruled-out token stays ruled out"
+    );
     let at_minus_one = classifier_free_guidance(cond.view(), uncond.view(), -1.0).unwrap();
     assert_eq!(at_minus_one[[0, 3]], f64::NEG_INFINITY);
     // Among the tokens the conditional allows, w = -1 gives the unconditional ratios.
-    assert_close(at_minus_one[[0, 0]] - at_minus_one[[0, 1]], 0.5, 1e-12, "w = -1: unconditional log-ratio");
+    assert_close(
+        at_minus_one[[0, 0]] - at_minus_one[[0, 1]],
+        0.5,
+        1e-12,
+        "w = -1: unconditional log-ratio",
+    );
     // A stronger weight sharpens towards the tokens the condition favours more than the prior does.
     let strong = classifier_free_guidance(cond.view(), uncond.view(), 3.0).unwrap();
     assert!(strong[[0, 2]] > at_zero[[0, 2]]);
     // The unconditional model ruling out a token the conditional allows is refused for w > 0.
     let err = classifier_free_guidance(uncond.view(), cond.view(), 1.0).unwrap_err();
-    assert!(matches!(err, DiscreteError::InvalidProbability { what: "uncond_logits", ref index, .. } if index == &vec![0, 3]), "{err}");
+    assert!(
+        matches!(err, DiscreteError::InvalidProbability { what: "uncond_logits", ref index, .. } if index == &vec![0, 3]),
+        "{err}"
+    );
 }
 
 #[test]
@@ -146,9 +162,21 @@ fn the_exact_posterior_minimises_the_expected_generalized_kl() {
                         let total = row.sum();
                         row /= total;
                     }
-                    let x1s = x1.insert_axis(Axis(0)).broadcast((support.nrows(), x1.len())).unwrap().to_owned();
+                    let x1s = x1
+                        .insert_axis(Axis(0))
+                        .broadcast((support.nrows(), x1.len()))
+                        .unwrap()
+                        .to_owned();
                     let times = Array1::from_elem(support.nrows(), t);
-                    let losses = generalized_kl(&path, &schedule, probs.mapv(f64::ln).view(), support.view(), x1s.view(), times.view()).unwrap();
+                    let losses = generalized_kl(
+                        &path,
+                        &schedule,
+                        probs.mapv(f64::ln).view(),
+                        support.view(),
+                        x1s.view(),
+                        times.view(),
+                    )
+                    .unwrap();
                     for (row, x_t) in support.rows().into_iter().enumerate() {
                         let weight = path.conditional_probability(&schedule, x_t, x1, t).unwrap();
                         risk += q * weight * losses.row(row).sum();
@@ -160,7 +188,11 @@ fn the_exact_posterior_minimises_the_expected_generalized_kl() {
             let exact = expected_loss(0.0, &mut rng);
             for _ in 0..5 {
                 let perturbed = expected_loss(1.0, &mut rng);
-                assert!(perturbed > exact + 1e-6, "{:?} {name}: perturbed risk {perturbed} <= exact {exact}", path.source());
+                assert!(
+                    perturbed > exact + 1e-6,
+                    "{:?} {name}: perturbed risk {perturbed} <= exact {exact}",
+                    path.source()
+                );
             }
         }
     }
@@ -174,8 +206,28 @@ fn losses_are_infinite_only_where_the_posterior_rules_out_the_data() {
     let t = array![0.5];
     let ce = cross_entropy(&path, log_probs.view(), array![[1 as Token]].view()).unwrap();
     assert_eq!(ce[[0, 0]], f64::INFINITY);
-    let at_data = generalized_kl(&path, &schedule, log_probs.view(), array![[0 as Token]].view(), array![[0 as Token]].view(), t.view()).unwrap();
-    assert_eq!(at_data[[0, 0]], 0.0, "posterior certain of the token already there: no loss");
-    let ruled_out = generalized_kl(&path, &schedule, log_probs.view(), array![[0 as Token]].view(), array![[1 as Token]].view(), t.view()).unwrap();
+    let at_data = generalized_kl(
+        &path,
+        &schedule,
+        log_probs.view(),
+        array![[0 as Token]].view(),
+        array![[0 as Token]].view(),
+        t.view(),
+    )
+    .unwrap();
+    assert_eq!(
+        at_data[[0, 0]],
+        0.0,
+        "posterior certain of the token already there: no loss"
+    );
+    let ruled_out = generalized_kl(
+        &path,
+        &schedule,
+        log_probs.view(),
+        array![[0 as Token]].view(),
+        array![[1 as Token]].view(),
+        t.view(),
+    )
+    .unwrap();
     assert_eq!(ruled_out[[0, 0]], f64::INFINITY);
 }

@@ -19,7 +19,11 @@ use rand::Rng;
 /// A random posterior `[n_samples, length, n_states]`; some entries exactly zero.
 fn random_posterior(n_samples: usize, length: usize, n_states: usize, rng: &mut impl Rng) -> Array3<f64> {
     let mut probs = Array3::from_shape_fn((n_samples, length, n_states), |_| {
-        if rng.random::<f64>() < 0.2 { 0.0 } else { rng.random::<f64>() }
+        if rng.random::<f64>() < 0.2 {
+            0.0
+        } else {
+            rng.random::<f64>()
+        }
     });
     for mut row in probs.lanes_mut(ndarray::Axis(2)) {
         row[0] += 1e-3;
@@ -87,10 +91,13 @@ fn forward_equation_residual(
     generator: &Array2<f64>,
 ) -> f64 {
     let h = 1e-5;
-    let derivative =
-        (marginal_vector(path, schedule, table, t + h) - marginal_vector(path, schedule, table, t - h)) / (2.0 * h);
+    let derivative = (marginal_vector(path, schedule, table, t + h)
+        - marginal_vector(path, schedule, table, t - h))
+        / (2.0 * h);
     let flux = marginal_vector(path, schedule, table, t).dot(generator);
-    (&derivative - &flux).iter().fold(0.0, |worst, d| f64::max(worst, d.abs()))
+    (&derivative - &flux)
+        .iter()
+        .fold(0.0, |worst, d| f64::max(worst, d.abs()))
 }
 
 #[test]
@@ -110,8 +117,12 @@ fn the_exact_marginal_solves_the_kolmogorov_forward_equation() {
                     );
                     worst = worst.max(residual);
                     // The same check fails for a rate that is slightly off: it is not vacuous.
-                    let residual_of_wrong = forward_equation_residual(&path, &schedule, &table, t, &(&generator * 1.05));
-                    assert!(residual_of_wrong > 1e-4, "{name}: a 5% wrong rate passes the KFE ({residual_of_wrong})");
+                    let residual_of_wrong =
+                        forward_equation_residual(&path, &schedule, &table, t, &(&generator * 1.05));
+                    assert!(
+                        residual_of_wrong > 1e-4,
+                        "{name}: a 5% wrong rate passes the KFE ({residual_of_wrong})"
+                    );
                 }
             }
         }
@@ -134,7 +145,11 @@ fn the_corrector_carries_no_probability_flux() {
                 let largest = flux.iter().fold(0.0, |worst: f64, f| worst.max(f.abs()));
                 let scale = corrector.iter().fold(0.0, |worst: f64, q| worst.max(q.abs()));
                 assert!(scale > 0.1, "{name}: the corrector is not trivially zero");
-                assert!(largest < 1e-14 * scale.max(1.0) * 10.0, "{:?} {name} t = {t}: corrector flux {largest}", path.source());
+                assert!(
+                    largest < 1e-14 * scale.max(1.0) * 10.0,
+                    "{:?} {name} t = {t}: corrector flux {largest}",
+                    path.source()
+                );
                 worst = worst.max(largest);
             }
         }
@@ -153,9 +168,19 @@ fn masked_rates_never_remask_and_only_leave_the_mask() {
     let probs = table.posterior(&path, &schedule, x_t.view(), 0.4).unwrap();
     let rates = marginal_rates(&path, &schedule, probs.view(), x_t.view(), 0.4).unwrap();
     for y in 0..4 {
-        assert!(rates[[0, 0, y]].abs() < 1e-15, "unmasked position 0 of the first sequence stays");
-        assert!(rates[[0, 1, y]] >= 0.0 || y == 3, "a masked position jumps to data tokens");
+        assert!(
+            rates[[0, 0, y]].abs() < 1e-15,
+            "unmasked position 0 of the first sequence stays"
+        );
+        assert!(
+            rates[[0, 1, y]] >= 0.0 || y == 3,
+            "a masked position jumps to data tokens"
+        );
     }
-    assert_eq!(rates[[0, 1, 3]], -1.0 / (1.0 - 0.4), "a masked position leaves the mask at rate kappa' / (1 - kappa)");
+    assert_eq!(
+        rates[[0, 1, 3]],
+        -1.0 / (1.0 - 0.4),
+        "a masked position leaves the mask at rate kappa' / (1 - kappa)"
+    );
     assert_eq!(rates[[1, 0, 3]], rates[[1, 1, 3]]);
 }

@@ -71,10 +71,27 @@ fn a_step_that_would_jump_with_probability_above_one_jumps_in_proportion_to_the_
     let schedule = common::cond_ot();
     let probs = array![[[0.2, 0.3, 0.5]]];
     let x_t = array![[0 as Token]];
-    let plain = jump_probabilities(&path, &schedule, probs.view(), x_t.view(), 0.5, 0.5, &Corrector::Off).unwrap();
-    assert!((&plain - &probs).iter().all(|d| d.abs() < 1e-15), "last CondOT step samples the posterior: {plain}");
-    let corrector = Corrector::Power { scale: 2.0, t_exponent: 1.0, one_minus_t_exponent: 1.0 };
-    let capped = jump_probabilities(&path, &schedule, probs.view(), x_t.view(), 0.5, 0.5, &corrector).unwrap();
+    let plain = jump_probabilities(
+        &path,
+        &schedule,
+        probs.view(),
+        x_t.view(),
+        0.5,
+        0.5,
+        &Corrector::Off,
+    )
+    .unwrap();
+    assert!(
+        (&plain - &probs).iter().all(|d| d.abs() < 1e-15),
+        "last CondOT step samples the posterior: {plain}"
+    );
+    let corrector = Corrector::Power {
+        scale: 2.0,
+        t_exponent: 1.0,
+        one_minus_t_exponent: 1.0,
+    };
+    let capped =
+        jump_probabilities(&path, &schedule, probs.view(), x_t.view(), 0.5, 0.5, &corrector).unwrap();
     // Rates to 1 and 2: marginal 2 p(y); corrector (scale t(1-t)) / (t(1-t)) = 2 times
     // [0.5 p(y) + 0.5 / 3] (delta_0 is zero there) - both positive, so the stay probability is 0.
     let rate = |y: usize| 2.0 * probs[[0, 0, y]] + 2.0 * (0.5 * probs[[0, 0, y]] + 0.5 / 3.0);
@@ -110,7 +127,10 @@ fn sampler_total_variation(
     .unwrap();
     let target = table.as_vector(path.n_states()).unwrap();
     let tv = total_variation(histogram(samples.view(), path.n_states()).view(), target.view());
-    let floor = total_variation(histogram(table.sample(n_samples, &mut rng).view(), path.n_states()).view(), target.view());
+    let floor = total_variation(
+        histogram(table.sample(n_samples, &mut rng).view(), path.n_states()).view(),
+        target.view(),
+    );
     (tv, floor)
 }
 
@@ -120,8 +140,12 @@ fn the_sampler_with_the_exact_posterior_reaches_the_data() {
     let n_samples = 20_000;
     for path in paths(3) {
         for (name, schedule) in schedules() {
-            let (tv, floor) = sampler_total_variation(&path, &schedule, &table, 100, &Corrector::Off, n_samples, 11);
-            eprintln!("{:?} {name}, 100 Euler steps, {n_samples} samples: TV {tv:.4} (iid noise floor {floor:.4})", path.source());
+            let (tv, floor) =
+                sampler_total_variation(&path, &schedule, &table, 100, &Corrector::Off, n_samples, 11);
+            eprintln!(
+                "{:?} {name}, 100 Euler steps, {n_samples} samples: TV {tv:.4} (iid noise floor {floor:.4})",
+                path.source()
+            );
             assert!(tv < 0.03, "{:?} {name}: TV {tv} from the data", path.source());
         }
     }
@@ -131,12 +155,23 @@ fn the_sampler_with_the_exact_posterior_reaches_the_data() {
 fn the_sampler_with_the_corrector_still_reaches_the_data() {
     let table = fixed_table();
     let n_samples = 20_000;
-    let corrector = Corrector::Power { scale: 1.0, t_exponent: 1.0, one_minus_t_exponent: 1.0 };
+    let corrector = Corrector::Power {
+        scale: 1.0,
+        t_exponent: 1.0,
+        one_minus_t_exponent: 1.0,
+    };
     for path in paths(3) {
         let schedule = common::cond_ot();
         let (tv, floor) = sampler_total_variation(&path, &schedule, &table, 100, &corrector, n_samples, 12);
-        eprintln!("{:?} cond_ot with corrector: TV {tv:.4} (iid noise floor {floor:.4})", path.source());
-        assert!(tv < 0.03, "{:?} with corrector: TV {tv} from the data", path.source());
+        eprintln!(
+            "{:?} cond_ot with corrector: TV {tv:.4} (iid noise floor {floor:.4})",
+            path.source()
+        );
+        assert!(
+            tv < 0.03,
+            "{:?} with corrector: TV {tv} from the data",
+            path.source()
+        );
     }
 }
 
@@ -145,9 +180,13 @@ fn too_few_steps_are_measurably_worse() {
     // The TV check can fail: two Euler steps of the uniform-source sampler leave a visible bias.
     let table = fixed_table();
     let path = MixturePath::new(3, Source::Uniform).unwrap();
-    let (tv, floor) = sampler_total_variation(&path, &common::cond_ot(), &table, 2, &Corrector::Off, 20_000, 13);
+    let (tv, floor) =
+        sampler_total_variation(&path, &common::cond_ot(), &table, 2, &Corrector::Off, 20_000, 13);
     eprintln!("Uniform cond_ot, 2 Euler steps: TV {tv:.4} (floor {floor:.4})");
-    assert!(tv > 3.0 * floor && tv > 0.03, "two steps give TV {tv}, noise floor {floor}");
+    assert!(
+        tv > 3.0 * floor && tv > 0.03,
+        "two steps give TV {tv}, noise floor {floor}"
+    );
 }
 
 #[test]
@@ -158,7 +197,16 @@ fn sampling_is_reproducible_under_a_seed() {
     let run = |seed| {
         let mut rng = rng(seed);
         let x0 = path.sample_source(64, 2, &mut rng);
-        sample(&path, &schedule, x0.view(), &uniform_grid(10).unwrap(), &Corrector::Off, |x_t, t| table.posterior_for_sampling(&path, &schedule, x_t, t), &mut rng).unwrap()
+        sample(
+            &path,
+            &schedule,
+            x0.view(),
+            &uniform_grid(10).unwrap(),
+            &Corrector::Off,
+            |x_t, t| table.posterior_for_sampling(&path, &schedule, x_t, t),
+            &mut rng,
+        )
+        .unwrap()
     };
     assert_eq!(run(5), run(5));
     assert_ne!(run(5), run(6));
@@ -170,16 +218,66 @@ fn the_sampler_passes_posterior_errors_through_and_refuses_bad_grids() {
     let schedule = common::cond_ot();
     let x0 = path.sample_source(2, 2, &mut rng(0));
     let failing = |_: ndarray::ArrayView2<Token>, t: f64| -> Result<Array3<f64>, DiscreteError> {
-        Err(DiscreteError::TimeOutOfRange { what: "from the closure", time: t, allowed: "nowhere" })
+        Err(DiscreteError::TimeOutOfRange {
+            what: "from the closure",
+            time: t,
+            allowed: "nowhere",
+        })
     };
-    let err = sample(&path, &schedule, x0.view(), &[0.0, 1.0], &Corrector::Off, failing, &mut rng(0)).unwrap_err();
-    assert!(matches!(err, DiscreteError::TimeOutOfRange { what: "from the closure", .. }));
+    let err = sample(
+        &path,
+        &schedule,
+        x0.view(),
+        &[0.0, 1.0],
+        &Corrector::Off,
+        failing,
+        &mut rng(0),
+    )
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        DiscreteError::TimeOutOfRange {
+            what: "from the closure",
+            ..
+        }
+    ));
     for grid in [vec![0.0], vec![0.0, 0.5, 0.5, 1.0], vec![0.0, 1.5]] {
-        let err = sample(&path, &schedule, x0.view(), &grid, &Corrector::Off, failing, &mut rng(0)).unwrap_err();
-        assert!(matches!(err, DiscreteError::InvalidGrid { .. }), "{grid:?}: {err}");
+        let err = sample(
+            &path,
+            &schedule,
+            x0.view(),
+            &grid,
+            &Corrector::Off,
+            failing,
+            &mut rng(0),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, DiscreteError::InvalidGrid { .. }),
+            "{grid:?}: {err}"
+        );
     }
     // A single Euler step refuses a step past t = 1.
     let probs = fixed_table().posterior(&path, &schedule, x0.view(), 0.5).unwrap();
-    let err = euler_step(&path, &schedule, probs.view(), x0.view(), 0.5, 0.6, &Corrector::Off, &mut rng(0)).unwrap_err();
-    assert!(matches!(err, DiscreteError::InvalidParameter { name: "step_size", .. }), "{err}");
+    let err = euler_step(
+        &path,
+        &schedule,
+        probs.view(),
+        x0.view(),
+        0.5,
+        0.6,
+        &Corrector::Off,
+        &mut rng(0),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DiscreteError::InvalidParameter {
+                name: "step_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

@@ -42,7 +42,10 @@ pub fn from_scheduler<S: Scheduler + 'static>(scheduler: S) -> BoxedSchedule {
 pub fn schedules() -> Vec<(&'static str, BoxedSchedule)> {
     vec![
         ("cond_ot", from_scheduler(CondOtScheduler)),
-        ("polynomial_2", from_scheduler(PolynomialScheduler::new(2.0).unwrap())),
+        (
+            "polynomial_2",
+            from_scheduler(PolynomialScheduler::new(2.0).unwrap()),
+        ),
         ("cosine", from_scheduler(CosineScheduler)),
     ]
 }
@@ -136,7 +139,12 @@ pub fn marginal_generator(
 }
 
 /// `p_t` on all `n_states^length` sequences.
-pub fn marginal_vector(path: &MixturePath, schedule: &dyn Fn(f64) -> Kappa, table: &DataTable, t: f64) -> Array1<f64> {
+pub fn marginal_vector(
+    path: &MixturePath,
+    schedule: &dyn Fn(f64) -> Kappa,
+    table: &DataTable,
+    t: f64,
+) -> Array1<f64> {
     let states = all_sequences(path.n_states(), table.length(), 1 << 16).unwrap();
     table.marginal(path, schedule, states.view(), t).unwrap()
 }
