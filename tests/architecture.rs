@@ -74,12 +74,13 @@ fn closure(packages: &BTreeMap<String, Package>, name: &str) -> BTreeSet<String>
     seen
 }
 
-const MATH_CRATES: [&str; 5] = [
+const MATH_CRATES: [&str; 6] = [
     "ferroflow-continuity",
     "ferroflow-paths",
     "ferroflow-coupling",
     "ferroflow-solvers",
     "ferroflow-manifolds",
+    "ferroflow-discrete",
 ];
 
 #[test]
@@ -140,7 +141,8 @@ fn layers_point_downwards() {
         | "ferroflow-paths"
         | "ferroflow-coupling"
         | "ferroflow-solvers"
-        | "ferroflow-manifolds" => Some(0),
+        | "ferroflow-manifolds"
+        | "ferroflow-discrete" => Some(0),
         "ferroflow-models" => Some(1),
         "ferroflow-guidance" => Some(2),
         "ferroflow-engine" => Some(3),
