@@ -206,7 +206,16 @@ impl Manifold for Sphere {
     fn dist(&self, x: ArrayView1<f64>, y: ArrayView1<f64>) -> Result<f64> {
         self.check("x", x)?;
         self.check("y", y)?;
-        Ok(self.log_parts(x, y).angle)
+        // The angle of log_parts, atan2(|y - cos x|, cos), without building the vector: cost matrices call
+        // this n^2 times.
+        let cosine = x.dot(&y);
+        let sine = x
+            .iter()
+            .zip(y.iter())
+            .map(|(a, b)| (b - cosine * a).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        Ok(sine.atan2(cosine))
     }
 
     fn geodesic(&self, x: ArrayView1<f64>, v: ArrayView1<f64>, s: f64) -> Result<GeodesicPoint> {

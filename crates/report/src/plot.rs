@@ -1080,9 +1080,8 @@ mod tests {
             y: None,
         };
         type Segment = ((f64, f64), (f64, f64));
-        let length = |pieces: &[Segment]| -> f64 {
-            pieces.iter().map(|(a, b)| (b.0 - a.0).hypot(b.1 - a.1)).sum()
-        };
+        let length =
+            |pieces: &[Segment]| -> f64 { pieces.iter().map(|(a, b)| (b.0 - a.0).hypot(b.1 - a.1)).sum() };
         // From longitude 3 to -3 the short way is 2 pi - 6 across the seam, in two pieces ending at the edges.
         let pieces = periods.pieces(&window, (3.0, 0.5), (-3.0, 0.5));
         assert_eq!(pieces.len(), 2, "{pieces:?}");
