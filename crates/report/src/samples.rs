@@ -325,11 +325,10 @@ pub fn write_manifold_trajectories(
         .collect();
     let reference = chart.map(reference_samples(&flow.config, 2000).view());
     let title = format!(
-        "{} -> {} on {}: trajectories ({})",
+        "{} -> {} on {}: trajectories",
         flow.config.data.source.name(),
         flow.config.data.target.name(),
-        manifold.name(),
-        chart.caption
+        manifold.name()
     );
     plot::trajectories_png(
         path,
