@@ -49,7 +49,7 @@ pub enum ManifoldError {
 
     /// A point meant to lie on a sphere does not have unit norm within the tolerance.
     #[error(
-        "point is off the sphere: coordinates {coordinates:?} have norm {norm}, expected 1 within {tolerance}"
+        "point is off the sphere: coordinates {coordinates:?} have norm {norm}, expected 1 within {tolerance:e}"
     )]
     OffSphere {
         /// The ambient coordinates of the sphere factor.
