@@ -114,7 +114,7 @@ impl TokenTransformerConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |key, detail: String| Err(ModelError::InvalidConfig { key, detail });
         validate_tokens(self.vocab_size, self.length, 65_536)?;
-        if !(2..=8192).contains(&self.d_model) || self.d_model % 2 != 0 {
+        if !(2..=8192).contains(&self.d_model) || !self.d_model.is_multiple_of(2) {
             return bad(
                 "d_model",
                 format!("{} must be even and in 2..=8192", self.d_model),
@@ -123,7 +123,7 @@ impl TokenTransformerConfig {
         if !(1..=256).contains(&self.n_heads) {
             return bad("n_heads", format!("{} is outside 1..=256", self.n_heads));
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return bad(
                 "n_heads",
                 format!(
@@ -318,11 +318,14 @@ impl TokenNet for TokenTransformer {
         let t = crate::unet::broadcast_to_batch(&t.to_kind(Kind::Float), batch);
         let [first, second] = self.time_embed;
         let features = crate::unet::sinusoidal_embedding(&t, d_model);
-        let mut conditioning = second.apply_linear(params, &first.apply_linear(params, &features).silu());
-        if let (Some(table), Some(classes)) = (self.label_embed, self.config.num_classes) {
-            let labels = labels_or_null(labels, classes, batch, x_t.device());
-            conditioning = conditioning + Tensor::embedding(&params[table.0], &labels, -1, false, false);
-        }
+        let time = second.apply_linear(params, &first.apply_linear(params, &features).silu());
+        let conditioning = match (self.label_embed, self.config.num_classes) {
+            (Some(table), Some(classes)) => {
+                let labels = labels_or_null(labels, classes, batch, x_t.device());
+                time + Tensor::embedding(&params[table.0], &labels, -1, false, false)
+            }
+            _ => time,
+        };
         let mut h = tokens + &params[self.pos_embed.0] + conditioning.unsqueeze(1);
         let n_heads = self.config.n_heads as i64;
         for block in &self.blocks {
