@@ -102,15 +102,17 @@ pub fn cross_entropy_loss_at(logits: &Tensor, x1: &Tensor, counted: &Tensor) -> 
             format!("{:?} (the shape of x1)", per_position.size()),
         ));
     }
-    let weights = counted.to_kind(per_position.kind());
+    let kind = per_position.kind();
+    let counted = counted.to_kind(Kind::Bool).to_device(per_position.device());
     // Selecting with `where` rather than multiplying keeps an infinite loss at an uncounted position out.
-    let selected = per_position.where_self(&counted.to_kind(Kind::Bool), &per_position.zeros_like());
-    Ok(selected.sum(per_position.kind()) / weights.sum(per_position.kind()).clamp_min(1.0))
+    let selected = per_position.where_self(&counted, &per_position.zeros_like());
+    Ok(selected.sum(kind) / counted.sum(kind).clamp_min(1.0))
 }
 
 /// The generalized KL loss per position, `[batch, length]` (formula in the module documentation): `logits`
 /// `[batch, length, vocab_size]`, states `x_t` and data tokens `x1` `[batch, length]`, and `kappa_t`,
-/// `d kappa_t / dt` with one or `batch` elements each (`kappa_t < 1`: the rates divide by `1 - kappa_t`).
+/// `d kappa_t / dt` with one or `batch` elements each, on any device (`kappa_t < 1`: the rates divide by
+/// `1 - kappa_t`).
 pub fn generalized_kl_per_position(
     logits: &Tensor,
     x_t: &Tensor,
@@ -131,9 +133,9 @@ pub fn generalized_kl_per_position(
             ));
         }
     }
-    let kind = log_probs.kind();
-    let remaining: Tensor = 1.0 - kappa.to_kind(kind);
-    let coefficient = (d_kappa.to_kind(kind) / remaining).reshape([-1, 1]);
+    let (kind, device) = (log_probs.kind(), log_probs.device());
+    let remaining: Tensor = 1.0 - kappa.to_kind(kind).to_device(device);
+    let coefficient = (d_kappa.to_kind(kind).to_device(device) / remaining).reshape([-1, 1]);
     let x_t = x_t.to_kind(Kind::Int64);
     // p_{1|t}(x_t^i): the mask (state `vocab`) has posterior 0, the network never predicts it.
     let is_data = x_t.lt(vocab);
