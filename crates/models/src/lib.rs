@@ -1,4 +1,5 @@
-//! libtorch-backed velocity networks for flow matching, their parameters, optimizers and checkpoints.
+//! libtorch-backed velocity networks for flow matching, their parameters, optimizers and checkpoints, and the
+//! token networks and losses of discrete flow matching ([`discrete`]).
 //!
 //! Models keep all parameters in one flat tensor ([`params::ParamStore`]) and compute their forward pass as
 //! plain functions of parameter views, so the optimizer ([`optim`]) and the EMA of the weights update every
@@ -7,6 +8,7 @@
 pub mod autograd;
 pub mod checkpoint;
 pub mod classifier;
+pub mod discrete;
 pub mod mlp;
 pub mod optim;
 pub mod params;
@@ -17,6 +19,9 @@ use std::path::PathBuf;
 use tch::Tensor;
 
 pub use autograd::{DivergenceEstimator, ProbeDistribution};
+pub use discrete::{
+    TokenMlp, TokenMlpConfig, TokenNet, TokenSource, TokenTransformer, TokenTransformerConfig,
+};
 pub use mlp::{Activation, Mlp, MlpConfig, TimeEmbedding};
 pub use params::{Init, ParamBuilder, ParamId, ParamStore};
 

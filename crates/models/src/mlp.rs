@@ -66,7 +66,7 @@ impl Default for TimeEmbedding {
 }
 
 impl TimeEmbedding {
-    fn width(self) -> i64 {
+    pub(crate) fn width(self) -> i64 {
         match self {
             TimeEmbedding::Concat {} => 1,
             TimeEmbedding::Fourier { n_freq } => 2 * n_freq as i64,

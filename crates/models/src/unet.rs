@@ -623,7 +623,7 @@ impl Unet {
 }
 
 /// `[cos(T t f_k), sin(T t f_k)]` for `f_k = MAX_PERIOD^(-k / half)`, `k < half = width / 2`, `T = TIME_SCALE`.
-fn sinusoidal_embedding(t: &Tensor, width: i64) -> Tensor {
+pub(crate) fn sinusoidal_embedding(t: &Tensor, width: i64) -> Tensor {
     let half = width / 2;
     let freqs: Vec<f32> = (0..half)
         .map(|k| (-(MAX_PERIOD.ln()) * k as f64 / half as f64).exp() as f32)
@@ -636,7 +636,7 @@ fn sinusoidal_embedding(t: &Tensor, width: i64) -> Tensor {
 }
 
 /// Flattens `values` and expands a single value over the batch (samplers pass one time for all samples).
-fn broadcast_to_batch(values: &Tensor, batch: i64) -> Tensor {
+pub(crate) fn broadcast_to_batch(values: &Tensor, batch: i64) -> Tensor {
     let values = values.reshape([-1]);
     if values.size()[0] == 1 && batch != 1 {
         values.expand([batch], false)
