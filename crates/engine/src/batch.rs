@@ -30,7 +30,9 @@ pub fn conditional_of(config: &RunConfig) -> Option<(usize, f64)> {
             .unet
             .num_classes
             .map(|c| (c, config.train.label_dropout)),
-        crate::config::ModelKind::Mlp => None,
+        crate::config::ModelKind::Mlp
+        | crate::config::ModelKind::TokenMlp
+        | crate::config::ModelKind::TokenTransformer => None,
     }
 }
 

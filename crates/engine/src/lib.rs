@@ -33,6 +33,7 @@ pub mod npy;
 pub mod run;
 pub mod sample;
 pub mod stream;
+pub mod tokens;
 pub mod train;
 
 pub use config::RunConfig;

@@ -122,6 +122,14 @@ pub fn build_model(config: &RunConfig) -> Result<Box<dyn VelocityNet>, TrainErro
             Box::new(Mlp::new(mlp, device)?)
         }
         ModelKind::Unet => Box::new(Unet::new(model.unet.clone(), device)?),
+        ModelKind::TokenMlp | ModelKind::TokenTransformer => {
+            return Err(TrainError::Model(ferroflow_models::ModelError::InvalidConfig {
+                key: "model.kind",
+                detail: "a token network is no velocity field; discrete runs train through \
+                         `ferroflow_engine::discrete`"
+                    .into(),
+            }));
+        }
     })
 }
 
