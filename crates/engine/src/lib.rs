@@ -21,6 +21,7 @@
 pub mod batch;
 pub mod config;
 pub mod data;
+pub mod discrete;
 pub mod error;
 pub mod files;
 pub mod guided;
