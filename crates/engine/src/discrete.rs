@@ -381,3 +381,104 @@ pub fn train(
         loss_curve: journal.loss_curve,
     })
 }
+
+/// The posterior over the `n_states` states of a position from a token network's logits
+/// (`[batch, length, vocab_size]`), in float64: a softmax at `temperature`, with a zero column for the mask
+/// when the source is masked (the network never predicts the mask).
+pub fn posterior_from_logits(logits: &Tensor, temperature: f64, n_states: usize) -> Tensor {
+    let probs = (logits.to_kind(Kind::Double) / temperature).softmax(-1, Kind::Double);
+    let vocab_size = probs.size()[2] as usize;
+    if n_states > vocab_size {
+        let mut size = probs.size();
+        size[2] = (n_states - vocab_size) as i64;
+        Tensor::cat(
+            &[
+                probs.shallow_clone(),
+                probs.zeros_like().narrow(2, 0, 1).expand(size.as_slice(), false),
+            ],
+            2,
+        )
+    } else {
+        probs
+    }
+}
+
+/// [`ferroflow_discrete::jump_probabilities`] without corrector on tensors: from the posterior `probs`
+/// (`[batch, length, n_states]`, float64) at states `x_t` (`[batch, length]`, int64), the distribution of
+/// the next state after a step of `step_size` with jump coefficient `coefficient = kappa'_t / (1 - kappa_t)`.
+/// The off-diagonal rates are `coefficient p(y)`; where `step_size` times their sum exceeds 1 the row is
+/// capped to the rates normalised (the position surely jumps), as in the array version.
+pub fn jump_probabilities_tensor(probs: &Tensor, x_t: &Tensor, coefficient: f64, step_size: f64) -> Tensor {
+    let n_states = probs.size()[2];
+    let stay = x_t.one_hot(n_states).to_kind(Kind::Double);
+    let leave: Tensor = stay.ones_like() - &stay;
+    let rates: Tensor = (probs * coefficient * leave).clamp_min(0.0);
+    let total = rates.sum_dim_intlist([-1i64].as_slice(), true, Kind::Double);
+    let remain: Tensor = total.ones_like() - &total * step_size;
+    let stepped: Tensor = &rates * step_size + &stay * remain;
+    let capped = &rates / total.clamp_min(f64::MIN_POSITIVE);
+    stepped.where_self(&(&total * step_size).le(1.0), &capped)
+}
+
+/// One Euler step of the CTMC on tensors: the next state of each position drawn from `jumps`
+/// (`[batch, length, n_states]`) with the uniforms `uniforms` (`[batch, length]`, float64; drawn row-major
+/// from a seeded stream, they reproduce [`ferroflow_discrete::euler_step`]): the first state whose cumulative
+/// probability exceeds the uniform, or the current state when round-off leaves none.
+pub fn euler_step_tensor(jumps: &Tensor, x_t: &Tensor, uniforms: &Tensor) -> Tensor {
+    let n_states = jumps.size()[2];
+    let cumulative = jumps.cumsum(-1, Kind::Double);
+    let below = cumulative.le_tensor(&uniforms.unsqueeze(-1)).to_kind(Kind::Int64);
+    let first = below.sum_dim_intlist([-1i64].as_slice(), false, Kind::Int64);
+    first.where_self(&first.lt(n_states), x_t)
+}
+
+/// Samples `n_samples` sequences from a token network (weights `params`) with the Euler CTMC sampler over
+/// `steps` uniform steps, posterior at `temperature`, every random number from `rng`: the source draw first,
+/// then per step one uniform per position (row-major). Returns `[n_samples, length]` token ids.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_tokens(
+    net: &dyn TokenNet,
+    params: &[Tensor],
+    path: &MixturePath,
+    kappa: &SchedulerKappa,
+    n_samples: usize,
+    steps: usize,
+    temperature: f64,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<Array2<Token>, TrainError> {
+    use ferroflow_discrete::KappaSchedule;
+    use rand::Rng;
+    let length = net.length();
+    let device = net.params().device();
+    let grid = ferroflow_discrete::uniform_grid(steps).map_err(|e| TrainError::Io {
+        path: "sample.steps".into(),
+        detail: e.to_string(),
+    })?;
+    let x0 = path.sample_source(n_samples, length, rng);
+    let mut x_t = tokens_tensor(&x0, device);
+    let _guard = tch::no_grad_guard();
+    for window in grid.windows(2) {
+        let (t, step_size) = (window[0], window[1] - window[0]);
+        let k = kappa.at(t);
+        let coefficient = k.derivative / (1.0 - k.value).max(f64::MIN_POSITIVE);
+        let times = Tensor::full([n_samples as i64], t, (Kind::Float, device));
+        let logits = net.forward_with(params, &x_t, &times, None);
+        let probs = posterior_from_logits(&logits, temperature, path.n_states());
+        let jumps = jump_probabilities_tensor(&probs, &x_t, coefficient, step_size.min(1.0 - t));
+        let uniforms: Vec<f64> = (0..n_samples * length).map(|_| rng.random::<f64>()).collect();
+        let uniforms = Tensor::from_slice(&uniforms)
+            .view([n_samples as i64, length as i64])
+            .to_device(device);
+        x_t = euler_step_tensor(&jumps, &x_t, &uniforms);
+    }
+    let flat =
+        Vec::<i64>::try_from(x_t.to_device(tch::Device::Cpu).reshape([-1])).map_err(|e| TrainError::Io {
+            path: "samples".into(),
+            detail: e.to_string(),
+        })?;
+    Ok(Array2::from_shape_vec(
+        (n_samples, length),
+        flat.into_iter().map(|t| t as Token).collect(),
+    )
+    .expect("the network's states are [n_samples, length]"))
+}

@@ -12,6 +12,8 @@ use ferroflow_engine::train::{OnStep, StepInfo};
 use ferroflow_engine::{RunConfig, TrainError};
 use ferroflow_models::checkpoint::load_tensors;
 
+static TORCH_SEED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ferroflow-discrete-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -46,6 +48,8 @@ fn flat_of(path: &Path) -> Vec<(String, Vec<f64>)> {
 /// Trains `config` straight through in one folder and in two invocations (3 steps, then resumed to 6) in
 /// another, and checks the checkpoints agree bit for bit.
 fn resumes_bit_identically(config: &RunConfig, root: &Path) {
+    // libtorch's seed is global: runs that build networks at once would draw each other's initial weights.
+    let _serial = TORCH_SEED.lock().unwrap_or_else(|e| e.into_inner());
     let straight = root.join("straight");
     std::fs::create_dir_all(&straight).unwrap();
     let summary = train(config, &straight, Start::Fresh, None, &mut []).unwrap();
@@ -139,5 +143,149 @@ fn a_words_run_from_a_small_word_file_trains_and_resumes_bit_identically() {
         assert!(split.train.contains(&word), "{word}");
     }
     resumes_bit_identically(&config, &root);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn the_tensor_ctmc_step_equals_the_array_step_on_random_inputs() {
+    use ferroflow_discrete::{Corrector, Kappa, MixturePath, Source, euler_step, jump_probabilities};
+    use ferroflow_engine::discrete::{euler_step_tensor, jump_probabilities_tensor};
+    use ndarray::{Array2, Array3};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    // Jumps counted over every case, so the comparison of next states is not only of states that stay.
+    let mut jumped = 0;
+    for (source, vocab_size) in [(Source::Masked, 5usize), (Source::Uniform, 4)] {
+        let path = MixturePath::new(vocab_size, source).unwrap();
+        let n_states = path.n_states();
+        for (t, step_size) in [(0.1, 0.05), (0.5, 0.3), (0.8, 0.2), (0.95, 0.05)] {
+            let schedule = |t: f64| Kappa {
+                value: t * t,
+                derivative: 2.0 * t,
+            };
+            let (batch, length) = (40, 3);
+            // Random posteriors over the data tokens (zero on the mask) and random states.
+            let mut probs = Array3::from_shape_fn((batch, length, n_states), |(_, _, s)| {
+                if s < vocab_size {
+                    rng.random::<f64>() + 0.01
+                } else {
+                    0.0
+                }
+            });
+            for mut row in probs.lanes_mut(ndarray::Axis(2)) {
+                let sum = row.sum();
+                row.mapv_inplace(|p| p / sum);
+            }
+            let x_t = Array2::from_shape_fn((batch, length), |_| rng.random_range(0..n_states as u32));
+            let expected = jump_probabilities(
+                &path,
+                &schedule,
+                probs.view(),
+                x_t.view(),
+                t,
+                step_size,
+                &Corrector::Off,
+            )
+            .unwrap();
+            let kappa = schedule(t);
+            let probs_tensor = tch::Tensor::from_slice(probs.as_slice().unwrap()).view([
+                batch as i64,
+                length as i64,
+                n_states as i64,
+            ]);
+            let x_tensor = tch::Tensor::from_slice(&x_t.iter().map(|&v| i64::from(v)).collect::<Vec<_>>())
+                .view([batch as i64, length as i64]);
+            let jumps = jump_probabilities_tensor(
+                &probs_tensor,
+                &x_tensor,
+                kappa.derivative / (1.0 - kappa.value),
+                step_size,
+            );
+            let got = Vec::<f64>::try_from(jumps.reshape([-1])).unwrap();
+            for (a, b) in got.iter().zip(expected.iter()) {
+                assert!((a - b).abs() < 1e-12, "t = {t}: {a} vs {b}");
+            }
+            // The same uniforms give the same next states.
+            let seed: u64 = rng.random();
+            let next = euler_step(
+                &path,
+                &schedule,
+                probs.view(),
+                x_t.view(),
+                t,
+                step_size,
+                &Corrector::Off,
+                &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            )
+            .unwrap();
+            let mut uniforms_rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let uniforms: Vec<f64> = (0..batch * length)
+                .map(|_| uniforms_rng.random::<f64>())
+                .collect();
+            let stepped = euler_step_tensor(
+                &jumps,
+                &x_tensor,
+                &tch::Tensor::from_slice(&uniforms).view([batch as i64, length as i64]),
+            );
+            let stepped: Vec<u32> = Vec::<i64>::try_from(stepped.reshape([-1]))
+                .unwrap()
+                .into_iter()
+                .map(|v| v as u32)
+                .collect();
+            assert_eq!(stepped, next.iter().copied().collect::<Vec<_>>(), "t = {t}");
+            jumped += next.iter().zip(&x_t).filter(|(a, b)| a != b).count();
+        }
+    }
+    assert!(jumped > 50, "{jumped} jumps");
+}
+
+#[test]
+fn the_ctmc_sampler_unmasks_every_position_and_is_reproducible_from_its_stream() {
+    use ferroflow_engine::discrete::{build_token_net, path_and_kappa, sample_tokens};
+    use ferroflow_engine::stream::Stream;
+    let root = scratch("sampler");
+    let config = config(
+        &root,
+        "{ kind = \"tokens_2d\", dataset = \"moons\", bins = 6 }",
+        "",
+    );
+    let net = {
+        let _serial = TORCH_SEED.lock().unwrap_or_else(|e| e.into_inner());
+        build_token_net(&config).unwrap()
+    };
+    let (path, kappa) = path_and_kappa(&config).unwrap();
+    let draw = |temperature: f64| {
+        let mut rng = Stream::Sample.rng(config.run.seed);
+        sample_tokens(
+            &*net,
+            &net.params().views(),
+            &path,
+            &kappa,
+            200,
+            10,
+            temperature,
+            &mut rng,
+        )
+        .unwrap()
+    };
+    let samples = draw(1.0);
+    assert_eq!(samples.dim(), (200, 2));
+    // The mask is state 6: a masked source leaves none after the last step (kappa_1 = 1).
+    assert!(samples.iter().all(|&token| token < 6), "{samples:?}");
+    assert_eq!(samples, draw(1.0));
+    // A low temperature concentrates the untrained posterior: fewer distinct pairs.
+    let distinct = |s: &ndarray::Array2<u32>| {
+        s.rows()
+            .into_iter()
+            .map(|r| (r[0], r[1]))
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    assert!(
+        distinct(&draw(0.05)) < distinct(&samples),
+        "{} vs {}",
+        distinct(&draw(0.05)),
+        distinct(&samples)
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
