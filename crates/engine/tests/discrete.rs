@@ -289,3 +289,56 @@ fn the_ctmc_sampler_unmasks_every_position_and_is_reproducible_from_its_stream()
     );
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn a_new_words_run_leaves_a_normal_run_folder_with_samples_txt_matching_samples_npy() {
+    let root = scratch("folder");
+    let file = root.join("words.txt");
+    std::fs::write(&file, "cat\ndog\nbird\nfish\ncow\npig\nhen\nox\n").unwrap();
+    let config = config(
+        &root,
+        &format!(
+            "{{ kind = \"words\", file = \"{}\", max_length = 4 }}",
+            file.display()
+        ),
+        "[sample]\nn_samples = 40\nsteps = 8\n",
+    );
+    let run_dir = {
+        let _serial = TORCH_SEED.lock().unwrap_or_else(|e| e.into_inner());
+        ferroflow_engine::run::train_new_discrete(&config, &mut [], None).unwrap()
+    };
+    for name in [
+        "config.toml",
+        CHECKPOINT_FILE,
+        MODEL_FILE,
+        "loss.csv",
+        "metrics.json",
+        "samples.npy",
+        "samples.txt",
+    ] {
+        assert!(run_dir.join(name).is_file(), "{name}");
+    }
+    let samples: ndarray::Array2<f32> = ndarray_npy::read_npy(run_dir.join("samples.npy")).unwrap();
+    assert_eq!(samples.dim(), (40, 4));
+    assert!(
+        samples
+            .iter()
+            .all(|&t| t.fract() == 0.0 && (0.0..27.0).contains(&t)),
+        "{samples:?}"
+    );
+    let words = ferroflow_engine::tokens::read_words(&run_dir.join("samples.txt")).unwrap();
+    assert_eq!(words.len(), 40);
+    for (word, row) in words.iter().zip(samples.rows()) {
+        let tokens: Vec<u32> = row.iter().map(|&t| t as u32).collect();
+        assert_eq!(word, &ferroflow_engine::tokens::decode_word(&tokens));
+        assert!(
+            word.len() <= 4 && word.bytes().all(|b| b.is_ascii_lowercase()),
+            "{word:?}"
+        );
+    }
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.json")).unwrap();
+    assert!(metrics.contains("final_loss"), "{metrics}");
+    // The name is taken now.
+    assert!(ferroflow_engine::run::train_new_discrete(&config, &mut [], None).is_err());
+    std::fs::remove_dir_all(&root).unwrap();
+}
