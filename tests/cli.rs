@@ -360,3 +360,48 @@ fn point_files_are_checked_before_any_work() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_discrete_config_trains_from_the_command_line_and_mixes_are_refused_by_key() {
+    let dir = scratch("discrete");
+    let path = dir.join("tokens.toml");
+    let text = format!(
+        "[run]\nname = \"tokens\"\nout_dir = \"{}\"\n[data]\ntarget = {{ kind = \"tokens_2d\", dataset = \
+         \"checkerboard\", bins = 8 }}\n[model]\nkind = \"token_mlp\"\n[model.token_mlp]\nwidth = 16\ndepth = 1\n\
+         [train]\nsteps = 20\nbatch_size = 32\n[sample]\nn_samples = 50\nsteps = 8\n",
+        dir.join("runs").display()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let out = ferroflow(&["train", "--config", path.to_str().unwrap(), "--quiet"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = dir.join("runs/tokens");
+    for name in [
+        "config.toml",
+        "checkpoint.safetensors",
+        "loss.csv",
+        "metrics.json",
+        "samples.npy",
+    ] {
+        assert!(run.join(name).is_file(), "{name}");
+    }
+    // 50 x 2 float32 token ids after the 128-byte header, all data tokens (the mask, 8, is gone).
+    let bytes = std::fs::read(run.join("samples.npy")).unwrap();
+    let ids: Vec<f32> = bytes[128..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(ids.len(), 100);
+    assert!(
+        ids.iter()
+            .all(|&id| id.fract() == 0.0 && (0.0..8.0).contains(&id)),
+        "{ids:?}"
+    );
+    std::fs::write(&path, text.replace("token_mlp\"", "mlp\"")).unwrap();
+    let out = ferroflow(&["train", "--config", path.to_str().unwrap(), "--quiet"]);
+    assert!(
+        !out.status.success() && stderr(&out).contains("model.kind"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

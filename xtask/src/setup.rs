@@ -14,8 +14,9 @@ use anyhow::{Context, Result, bail, ensure};
 
 /// The libtorch version tch 0.26 is built against.
 pub const TORCH_VERSION: &str = "2.13.0";
-/// Debian packages the build needs: OpenBLAS for ndarray-linalg, pkg-config to find it.
-const DEBIAN_PACKAGES: &[&str] = &["libopenblas-dev", "pkg-config"];
+/// Debian packages the build and runs need: OpenBLAS for ndarray-linalg, pkg-config to find it, and
+/// wamerican for the word list of discrete `words` runs (`/usr/share/dict/american-english`).
+const DEBIAN_PACKAGES: &[&str] = &["libopenblas-dev", "pkg-config", "wamerican"];
 const FASHION_MNIST_PACKAGE: &str = "dataset-fashion-mnist";
 const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 

@@ -30,8 +30,24 @@ pub fn conditional_of(config: &RunConfig) -> Option<(usize, f64)> {
             .unet
             .num_classes
             .map(|c| (c, config.train.label_dropout)),
-        crate::config::ModelKind::Mlp => None,
+        crate::config::ModelKind::Mlp
+        | crate::config::ModelKind::TokenMlp
+        | crate::config::ModelKind::TokenTransformer => None,
     }
+}
+
+/// A training time drawn as `time_sampling` says, in the open interval `[1e-6, 1 - 1e-6]`.
+pub fn draw_time(time_sampling: TimeSampling, rng: &mut ChaCha8Rng) -> f64 {
+    // Open interval: the Schrödinger-bridge path's noise derivative is singular at both ends, and the
+    // discrete losses divide by 1 - kappa_t.
+    let t = match time_sampling {
+        TimeSampling::Uniform {} => rng.random::<f64>(),
+        TimeSampling::LogitNormal { mean, std } => {
+            let z: f64 = rng.sample(StandardNormal);
+            1.0 / (1.0 + (-(mean + std * z)).exp())
+        }
+    };
+    t.clamp(1e-6, 1.0 - 1e-6)
 }
 
 /// Why a batch could not be made.
@@ -212,15 +228,7 @@ impl BatchMaker {
     }
 
     fn draw_time(&self, rng: &mut ChaCha8Rng) -> f64 {
-        // Open interval: the Schrödinger-bridge path's noise derivative is singular at both ends.
-        let t = match self.time_sampling {
-            TimeSampling::Uniform {} => rng.random::<f64>(),
-            TimeSampling::LogitNormal { mean, std } => {
-                let z: f64 = rng.sample(StandardNormal);
-                1.0 / (1.0 + (-(mean + std * z)).exp())
-            }
-        };
-        t.clamp(1e-6, 1.0 - 1e-6)
+        draw_time(self.time_sampling, rng)
     }
 
     /// Reorders the batch so that row i of `x0` is paired with row i of `x1` (pairs drawn with replacement

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use ferroflow_coupling::{CouplingConfig, IndependentOrder};
+use ferroflow_models::discrete::TokenSource;
 use ferroflow_models::optim::OptimizerConfig;
 use ferroflow_models::unet::UnetConfig;
 use ferroflow_models::{Activation, TimeEmbedding};
@@ -110,6 +111,108 @@ pub enum ModelKind {
     Mlp,
     /// The U-Net of `[model.unet]`, for 1 x 28 x 28 images.
     Unet,
+    /// The token MLP of `[model.token_mlp]`, for token data sets (discrete runs).
+    TokenMlp,
+    /// The token transformer of `[model.token_transformer]`, for token data sets (discrete runs).
+    TokenTransformer,
+}
+
+impl ModelKind {
+    /// Whether this is a token network (a discrete run's model).
+    pub fn is_token(self) -> bool {
+        matches!(self, ModelKind::TokenMlp | ModelKind::TokenTransformer)
+    }
+}
+
+/// `[model.token_mlp]`: the token MLP's sizes (the vocabulary, length and source come from `[data]` and
+/// `[flow.discrete]`). Written to the resolved config only when it differs from the defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenMlpSection {
+    /// Width of each token's embedding (default 16).
+    #[serde(default = "default_embedding_dim")]
+    pub embedding_dim: usize,
+    /// Width of each hidden layer (default 128).
+    #[serde(default = "default_token_width")]
+    pub width: usize,
+    /// Number of hidden layers (default 3).
+    #[serde(default = "default_depth")]
+    pub depth: usize,
+    /// Nonlinearity (default selu).
+    #[serde(default)]
+    pub activation: Activation,
+    /// How time enters (default 4 Fourier frequencies).
+    #[serde(default = "default_token_time_embedding")]
+    pub time_embedding: TimeEmbedding,
+}
+
+fn default_embedding_dim() -> usize {
+    16
+}
+fn default_token_width() -> usize {
+    128
+}
+fn default_token_time_embedding() -> TimeEmbedding {
+    TimeEmbedding::Fourier { n_freq: 4 }
+}
+
+impl Default for TokenMlpSection {
+    fn default() -> Self {
+        Self {
+            embedding_dim: default_embedding_dim(),
+            width: default_token_width(),
+            depth: default_depth(),
+            activation: Activation::default(),
+            time_embedding: default_token_time_embedding(),
+        }
+    }
+}
+
+/// `[model.token_transformer]`: the token transformer's sizes. Written to the resolved config only when it
+/// differs from the defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenTransformerSection {
+    /// Model width, even and divisible by `n_heads` (default 64).
+    #[serde(default = "default_d_model")]
+    pub d_model: usize,
+    /// Attention heads (default 4).
+    #[serde(default = "default_n_heads")]
+    pub n_heads: usize,
+    /// Transformer blocks (default 2).
+    #[serde(default = "default_n_layers")]
+    pub n_layers: usize,
+    /// Hidden width of each block's MLP in multiples of `d_model` (default 4).
+    #[serde(default = "default_mlp_ratio")]
+    pub mlp_ratio: usize,
+}
+
+fn default_d_model() -> usize {
+    64
+}
+fn default_n_heads() -> usize {
+    4
+}
+fn default_n_layers() -> usize {
+    2
+}
+fn default_mlp_ratio() -> usize {
+    4
+}
+
+impl Default for TokenTransformerSection {
+    fn default() -> Self {
+        Self {
+            d_model: default_d_model(),
+            n_heads: default_n_heads(),
+            n_layers: default_n_layers(),
+            mlp_ratio: default_mlp_ratio(),
+        }
+    }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// `[model]`: an MLP for vector data or a U-Net for images.
@@ -144,6 +247,12 @@ pub struct ModelSection {
     /// input of flow_matching's examples).
     #[serde(default = "default_angle_features")]
     pub angle_features: bool,
+    /// The token MLP's sizes (`kind = "token_mlp"`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub token_mlp: TokenMlpSection,
+    /// The token transformer's sizes (`kind = "token_transformer"`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub token_transformer: TokenTransformerSection,
 }
 
 fn default_angle_features() -> bool {
@@ -158,6 +267,48 @@ fn default_depth() -> usize {
 }
 
 impl ModelSection {
+    /// The models crate's token MLP config for `vocab_size` tokens, sequences of `length` and `source`.
+    pub fn token_mlp_config(
+        &self,
+        vocab_size: usize,
+        length: usize,
+        source: TokenSource,
+    ) -> ferroflow_models::discrete::TokenMlpConfig {
+        let section = &self.token_mlp;
+        ferroflow_models::discrete::TokenMlpConfig {
+            vocab_size,
+            length,
+            source,
+            embedding_dim: section.embedding_dim,
+            width: section.width,
+            depth: section.depth,
+            activation: section.activation,
+            time_embedding: section.time_embedding,
+            num_classes: None,
+        }
+    }
+
+    /// The models crate's token transformer config for `vocab_size` tokens, sequences of `length` and
+    /// `source`.
+    pub fn token_transformer_config(
+        &self,
+        vocab_size: usize,
+        length: usize,
+        source: TokenSource,
+    ) -> ferroflow_models::discrete::TokenTransformerConfig {
+        let section = &self.token_transformer;
+        ferroflow_models::discrete::TokenTransformerConfig {
+            vocab_size,
+            length,
+            source,
+            d_model: section.d_model,
+            n_heads: section.n_heads,
+            n_layers: section.n_layers,
+            mlp_ratio: section.mlp_ratio,
+            num_classes: None,
+        }
+    }
+
     /// The models crate's MLP config of this section for points of dimension `dim` on `manifold` (`None`:
     /// Euclidean); the angle columns are the manifold's torus coordinates when `angle_features` is on.
     pub fn mlp_config(
@@ -189,6 +340,8 @@ impl Default for ModelSection {
             time_embedding: TimeEmbedding::Concat {},
             unet: UnetConfig::default(),
             angle_features: default_angle_features(),
+            token_mlp: TokenMlpSection::default(),
+            token_transformer: TokenTransformerSection::default(),
         }
     }
 }
@@ -256,6 +409,35 @@ pub struct FlowSection {
     /// How training times are drawn.
     #[serde(default)]
     pub time_sampling: TimeSampling,
+    /// The discrete flow of a token target: `{ source = "masked" | "uniform", loss = "cross_entropy" |
+    /// "generalized_kl" }` (default masked, cross-entropy; filled in for token targets). Refused for
+    /// continuous targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discrete: Option<DiscreteSection>,
+}
+
+/// `[flow.discrete]`: the mixture path and loss of a discrete run; `kappa_t` is `alpha_t` of
+/// `flow.scheduler`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DiscreteSection {
+    /// Where tokens start: `masked` (every token the mask) or `uniform` (uniform over the vocabulary).
+    #[serde(default)]
+    pub source: TokenSource,
+    /// The training loss.
+    #[serde(default)]
+    pub loss: DiscreteLoss,
+}
+
+/// The loss of a discrete run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscreteLoss {
+    /// The cross-entropy of the posterior at x1 over every position.
+    #[default]
+    CrossEntropy,
+    /// The generalized KL of the mixture path (an ELBO term weighted by kappa'_t / (1 - kappa_t)).
+    GeneralizedKl,
 }
 
 fn default_prediction() -> Prediction {
@@ -279,6 +461,7 @@ impl Default for FlowSection {
             coupling: default_coupling(),
             prediction: Prediction::Velocity,
             time_sampling: TimeSampling::Uniform {},
+            discrete: None,
         }
     }
 }
@@ -394,6 +577,17 @@ pub struct SampleSection {
     /// Samples used for the exact 2-Wasserstein distance in `eval`.
     #[serde(default = "default_w2_samples")]
     pub w2_samples: usize,
+    /// Softmax temperature of a discrete run's posterior when sampling (default 1; below 1 sharpens).
+    /// Written only when not 1; refused for continuous runs.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub temperature: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn is_one(value: &f64) -> bool {
+    *value == 1.0
 }
 
 fn default_method() -> Method {
@@ -421,6 +615,7 @@ impl Default for SampleSection {
             atol: default_tol(),
             rtol: default_tol(),
             w2_samples: default_w2_samples(),
+            temperature: 1.0,
         }
     }
 }
@@ -502,7 +697,10 @@ impl RunConfig {
             source.insert("manifold".into(), manifold);
             data.insert("source".into(), toml::Value::Table(source));
         }
-        let config: RunConfig = table.try_into().map_err(parse_error)?;
+        let mut config: RunConfig = table.try_into().map_err(parse_error)?;
+        if config.data.target.is_tokens() && config.flow.discrete.is_none() {
+            config.flow.discrete = Some(DiscreteSection::default());
+        }
         config.validate()?;
         Ok(config)
     }
@@ -547,6 +745,10 @@ impl RunConfig {
         }
         self.data.source.validate("data.source")?;
         self.data.target.validate("data.target")?;
+        if self.data.target.is_tokens() {
+            return self.check_discrete();
+        }
+        self.check_continuous_only()?;
         self.check_manifold()?;
         if self.data.source.dim() != self.data.target.dim() {
             return Err(ConfigError::value(
@@ -830,6 +1032,191 @@ impl RunConfig {
     }
 }
 
+impl RunConfig {
+    /// Refuses the discrete settings in a continuous run: a token data set as the source, `flow.discrete`, a
+    /// token network, a sampling temperature.
+    fn check_continuous_only(&self) -> Result<(), ConfigError> {
+        if self.data.source.is_tokens() {
+            return Err(ConfigError::value(
+                "data.source",
+                format!(
+                    "{} is a token data set: it can only be the target of a discrete run (whose source is \
+                     flow.discrete.source)",
+                    self.data.source.name()
+                ),
+            ));
+        }
+        if self.flow.discrete.is_some() {
+            return Err(ConfigError::value(
+                "flow.discrete",
+                format!(
+                    "is for token targets (tokens_2d, words), but data.target is {}",
+                    self.data.target.name()
+                ),
+            ));
+        }
+        if self.model.kind.is_token() {
+            return Err(ConfigError::value(
+                "model.kind",
+                format!(
+                    "a token network needs a token target (tokens_2d, words), but data.target is {}",
+                    self.data.target.name()
+                ),
+            ));
+        }
+        if self.sample.temperature != 1.0 {
+            return Err(ConfigError::value(
+                "sample.temperature",
+                "is for discrete runs; a continuous flow has no posterior to sharpen",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a discrete run (a token target): the continuous keys it has no use for keep their defaults,
+    /// the model is a token network, `kappa_t = alpha_t` of `flow.scheduler` starts at 0 and increases to 1,
+    /// and the counts fit.
+    fn check_discrete(&self) -> Result<(), ConfigError> {
+        let target = &self.data.target;
+        let vocab_size = target.vocab_size().expect("a token target has a vocabulary");
+        let length = target.dim();
+        if self.data.manifold.is_some() {
+            return Err(ConfigError::value(
+                "data.manifold",
+                "token data sets live on no manifold; remove data.manifold",
+            ));
+        }
+        if self.data.source != Dataset::default() {
+            return Err(ConfigError::value(
+                "data.source",
+                "a discrete run's source is flow.discrete.source (masked or uniform); remove data.source",
+            ));
+        }
+        let model = &self.model;
+        if !model.kind.is_token() {
+            return Err(ConfigError::value(
+                "model.kind",
+                format!(
+                    "{} is a token data set: use kind = \"token_mlp\" or \"token_transformer\"",
+                    target.name()
+                ),
+            ));
+        }
+        let flow = &self.flow;
+        let source = flow.discrete.unwrap_or_default().source;
+        match model.kind {
+            ModelKind::TokenMlp => model
+                .token_mlp_config(vocab_size, length, source)
+                .validate()
+                .map_err(|e| model_config_error("model.token_mlp", "model.token_mlp", e))?,
+            _ => model
+                .token_transformer_config(vocab_size, length, source)
+                .validate()
+                .map_err(|e| model_config_error("model.token_transformer", "model.token_transformer", e))?,
+        }
+        if flow.path != PathKind::Affine {
+            return Err(ConfigError::value(
+                "flow.path",
+                "a discrete run follows the mixture path of flow.discrete; leave flow.path at affine",
+            ));
+        }
+        if flow.sigma != 0.0 {
+            return Err(ConfigError::value(
+                "flow.sigma",
+                "a discrete run adds no Gaussian noise; leave flow.sigma at 0",
+            ));
+        }
+        if flow.prediction != Prediction::Velocity {
+            return Err(ConfigError::value(
+                "flow.prediction",
+                "a discrete run's network predicts the posterior of x1; leave flow.prediction out",
+            ));
+        }
+        if flow.coupling != default_coupling() {
+            return Err(ConfigError::value(
+                "flow.coupling",
+                "a discrete run pairs source and data tokens independently; leave flow.coupling out",
+            ));
+        }
+        check_kappa_scheduler(&flow.scheduler)?;
+        if let TimeSampling::LogitNormal { mean, std } = flow.time_sampling {
+            ensure_finite("flow.time_sampling.mean", mean)?;
+            if !(std.is_finite() && std > 0.0) {
+                return Err(ConfigError::value(
+                    "flow.time_sampling.std",
+                    format!("{std} must be > 0"),
+                ));
+            }
+        }
+        let train = &self.train;
+        check_count("train.steps", train.steps, 1, MAX_STEPS)?;
+        check_count("train.checkpoint_every", train.checkpoint_every, 0, MAX_STEPS)?;
+        check_count("train.log_every", train.log_every, 1, MAX_STEPS)?;
+        check_count("train.batch_size", train.batch_size, 1, 1 << 20)?;
+        train
+            .optimizer
+            .validate()
+            .map_err(|e| model_config_error("train", "train.optimizer", e))?;
+        if !(0.0..1.0).contains(&train.ema_decay) {
+            return Err(ConfigError::value(
+                "train.ema_decay",
+                format!("{} is outside [0, 1)", train.ema_decay),
+            ));
+        }
+        let sample = &self.sample;
+        if sample.solver != Method::Euler {
+            return Err(ConfigError::value(
+                "sample.solver",
+                "a discrete run samples with the Euler CTMC sampler; leave sample.solver at euler",
+            ));
+        }
+        check_sample_count("sample.n_samples", sample.n_samples, length * vocab_size)?;
+        check_count("sample.steps", sample.steps, 1, 100_000)?;
+        check_count("sample.w2_samples", sample.w2_samples, 2, MAX_W2_SAMPLES)?;
+        if !(sample.temperature.is_finite() && sample.temperature > 0.0 && sample.temperature <= 100.0) {
+            return Err(ConfigError::value(
+                "sample.temperature",
+                format!("{} is outside (0, 100]", sample.temperature),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses a scheduler that cannot serve as `kappa_t = alpha_t`: it must start at 0, end at 1 and never
+/// decrease (checked on a grid of 1001 times).
+fn check_kappa_scheduler(kind: &SchedulerKind) -> Result<(), ConfigError> {
+    let scheduler = kind
+        .build()
+        .map_err(|e| ConfigError::value("flow.scheduler", e.to_string()))?;
+    let (start, end) = (scheduler.alpha(0.0), scheduler.alpha(1.0));
+    if start.abs() > 1e-9 || (end - 1.0).abs() > 1e-9 {
+        return Err(ConfigError::value(
+            "flow.scheduler",
+            format!(
+                "{}: a discrete run uses kappa_t = alpha_t, which must go from 0 to 1; this one has \
+                 alpha_0 = {start}, alpha_1 = {end} (allowed: cond_ot, polynomial, cosine, linear_vp)",
+                scheduler.name()
+            ),
+        ));
+    }
+    for step in 0..=1000 {
+        let t = step as f64 / 1000.0;
+        let d_alpha = scheduler.d_alpha(t);
+        if d_alpha.is_nan() || d_alpha < 0.0 || !(0.0..=1.0 + 1e-12).contains(&scheduler.alpha(t)) {
+            return Err(ConfigError::value(
+                "flow.scheduler",
+                format!(
+                    "{}: kappa_t = alpha_t must increase within [0, 1]; at t = {t} alpha = {}, d alpha = {d_alpha}",
+                    scheduler.name(),
+                    scheduler.alpha(t)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A models-crate setting error under this config's key: `section.key` for a named key, `fallback` otherwise.
 fn model_config_error(section: &str, fallback: &str, err: ferroflow_models::ModelError) -> ConfigError {
     match err {
@@ -1065,5 +1452,167 @@ mod tests {
         cfg.train.steps = usize::MAX;
         assert!(cfg.validate().unwrap_err().to_string().contains("train.steps"));
         assert!(cfg.to_toml().is_err());
+    }
+
+    const TOKENS: &str = "[run]\nname = \"d\"\n[data]\ntarget = { kind = \"tokens_2d\", dataset = \"checkerboard\", bins = 16 }\n[model]\nkind = \"token_mlp\"\n";
+
+    fn token_refusal(text: &str) -> String {
+        RunConfig::parse(text, Path::new("d.toml"))
+            .map(|_| format!("accepted: {text}"))
+            .unwrap_or_else(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_token_target_makes_a_discrete_run_with_defaults_that_round_trip() {
+        let cfg = RunConfig::parse(TOKENS, Path::new("d.toml")).unwrap();
+        assert_eq!(cfg.flow.discrete, Some(DiscreteSection::default()));
+        assert_eq!(cfg.data.target.vocab_size(), Some(16));
+        assert_eq!(cfg.data.target.dim(), 2);
+        let text = cfg.to_toml().unwrap();
+        assert!(
+            text.contains("[flow.discrete]") && text.contains("masked"),
+            "{text}"
+        );
+        assert_eq!(RunConfig::parse(&text, Path::new("r.toml")).unwrap(), cfg);
+        let words = TOKENS.replace(
+            "{ kind = \"tokens_2d\", dataset = \"checkerboard\", bins = 16 }",
+            "{ kind = \"words\", file = \"w.txt\", max_length = 5 }",
+        ) + "[flow]\ndiscrete = { source = \"uniform\", loss = \"generalized_kl\" }\n[sample]\ntemperature = 0.5\n";
+        let cfg = RunConfig::parse(&words, Path::new("d.toml")).unwrap();
+        assert_eq!(cfg.data.target.vocab_size(), Some(27));
+        assert_eq!(cfg.data.target.dim(), 5);
+        assert_eq!(
+            cfg.flow.discrete,
+            Some(DiscreteSection {
+                source: TokenSource::Uniform,
+                loss: DiscreteLoss::GeneralizedKl
+            })
+        );
+        assert_eq!(
+            RunConfig::parse(&cfg.to_toml().unwrap(), Path::new("r.toml")).unwrap(),
+            cfg
+        );
+        // A continuous config's resolved text does not grow the discrete keys.
+        let text = RunConfig::parse(MINIMAL, Path::new("c.toml"))
+            .unwrap()
+            .to_toml()
+            .unwrap();
+        assert!(
+            !text.contains("discrete") && !text.contains("token") && !text.contains("temperature"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn discrete_mixes_are_refused_by_key() {
+        let with = |old: &str, new: &str| TOKENS.replace(old, new);
+        for (text, key) in [
+            (with("kind = \"token_mlp\"", "kind = \"mlp\""), "model.kind"),
+            (with("kind = \"token_mlp\"", "kind = \"unet\""), "model.kind"),
+            (
+                with("[data]\n", "[data]\nsource = { kind = \"moons\" }\n"),
+                "data.source",
+            ),
+            (
+                with("[data]\n", "[data]\nmanifold = { kind = \"torus\", dim = 2 }\n"),
+                "data.manifold",
+            ),
+            (
+                format!("{TOKENS}[flow]\nscheduler = {{ kind = \"vp\" }}\n"),
+                "flow.scheduler",
+            ),
+            (
+                format!("{TOKENS}[flow]\npath = \"schrodinger_bridge\"\nsigma = 0.1\n"),
+                "flow.path",
+            ),
+            (format!("{TOKENS}[flow]\nsigma = 0.1\n"), "flow.sigma"),
+            (
+                format!("{TOKENS}[flow]\nprediction = \"x1\"\n"),
+                "flow.prediction",
+            ),
+            (
+                format!("{TOKENS}[flow]\ncoupling = {{ kind = \"exact_ot\" }}\n"),
+                "flow.coupling",
+            ),
+            (
+                format!("{TOKENS}[flow]\ndiscrete = {{ source = \"gaussian\" }}\n"),
+                "source",
+            ),
+            (
+                format!("{TOKENS}[flow]\ndiscrete = {{ loss = \"mse\" }}\n"),
+                "loss",
+            ),
+            (format!("{TOKENS}[flow]\ndiscrete = {{ bogus = 1 }}\n"), "bogus"),
+            (format!("{TOKENS}[sample]\nsolver = \"rk4\"\n"), "sample.solver"),
+            (
+                format!("{TOKENS}[sample]\ntemperature = 0.0\n"),
+                "sample.temperature",
+            ),
+            (
+                format!("{TOKENS}[model.token_mlp]\nwidth = 0\n"),
+                "model.token_mlp.width",
+            ),
+            (format!("{TOKENS}[model.token_mlp]\nwidht = 3\n"), "widht"),
+            (with("bins = 16", "bins = 1"), "data.target.bins"),
+            (
+                with("bins = 16", "bins = 16, half_width = -1.0"),
+                "data.target.half_width",
+            ),
+            (
+                with("kind = \"token_mlp\"", "kind = \"token_transformer\"")
+                    + "[model.token_transformer]\nd_model = 30\nn_heads = 4\n",
+                "model.token_transformer",
+            ),
+            (
+                with(
+                    "{ kind = \"tokens_2d\", dataset = \"checkerboard\", bins = 16 }",
+                    "{ kind = \"words\", max_length = 0 }",
+                ),
+                "data.target.max_length",
+            ),
+            (
+                with(
+                    "{ kind = \"tokens_2d\", dataset = \"checkerboard\", bins = 16 }",
+                    "{ kind = \"words\", held_out = 1.0 }",
+                ),
+                "data.target.held_out",
+            ),
+            (
+                with(
+                    "{ kind = \"tokens_2d\", dataset = \"checkerboard\", bins = 16 }",
+                    "{ kind = \"tokens_2d\", dataset = \"mnist\", bins = 16 }",
+                ),
+                "data.target",
+            ),
+        ] {
+            let err = token_refusal(&text);
+            assert!(err.contains(key) && !err.starts_with("accepted"), "{key}: {err}");
+        }
+        // And the other way round: discrete keys in a continuous run.
+        for (extra, key) in [
+            ("[flow]\ndiscrete = { source = \"masked\" }\n", "flow.discrete"),
+            ("[model]\nkind = \"token_transformer\"\n", "model.kind"),
+            ("[sample]\ntemperature = 0.7\n", "sample.temperature"),
+        ] {
+            let err = refusal(extra);
+            assert!(err.contains(key) && !err.starts_with("accepted"), "{key}: {err}");
+        }
+        let err = token_refusal(&MINIMAL.replace(
+            "target = { kind = \"moons\" }",
+            "target = { kind = \"moons\" }\nsource = { kind = \"words\" }",
+        ));
+        assert!(err.contains("data.source"), "{err}");
+        // Schedulers with alpha_0 = 0 that increase serve as kappa.
+        for scheduler in [
+            "{ kind = \"cond_ot\" }",
+            "{ kind = \"polynomial\", exponent = 2.0 }",
+            "{ kind = \"cosine\" }",
+        ] {
+            RunConfig::parse(
+                &format!("{TOKENS}[flow]\nscheduler = {scheduler}\n"),
+                Path::new("d.toml"),
+            )
+            .unwrap();
+        }
     }
 }

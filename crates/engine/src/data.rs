@@ -79,6 +79,45 @@ pub enum Dataset {
         #[serde(default = "default_fashion_dir")]
         dir: String,
     },
+    /// A 2D data set discretised into two tokens of `bins` bins each over the window
+    /// `[-half_width, half_width]^2` ([`crate::tokens`]): the target of a discrete run. Sampled as a
+    /// continuous set it draws the undiscretised points (the reference of its W2).
+    #[serde(rename = "tokens_2d")]
+    Tokens2d {
+        /// The continuous data set.
+        dataset: crate::tokens::Base2d,
+        /// Bins per axis (the vocabulary), 2..=4096.
+        bins: usize,
+        /// Half width of the window (default 4).
+        #[serde(default = "default_half_width")]
+        half_width: f64,
+    },
+    /// Words of a word list as letter tokens padded to `max_length` ([`crate::tokens`]): the target of a
+    /// discrete run, split with the run's seed into training and held-out words.
+    Words {
+        /// The word list, one word a line.
+        #[serde(default = "default_word_file")]
+        file: String,
+        /// The longest word kept and the sequence length (default 8).
+        #[serde(default = "default_max_length")]
+        max_length: usize,
+        /// The held-out fraction of the words (default 0.1).
+        #[serde(default = "default_held_out")]
+        held_out: f64,
+    },
+}
+
+fn default_half_width() -> f64 {
+    crate::tokens::DEFAULT_HALF_WIDTH
+}
+fn default_word_file() -> String {
+    "/usr/share/dict/american-english".into()
+}
+fn default_max_length() -> usize {
+    8
+}
+fn default_held_out() -> f64 {
+    crate::tokens::DEFAULT_HELD_OUT
 }
 
 fn default_fashion_dir() -> String {
@@ -150,6 +189,7 @@ impl Dataset {
             Dataset::Gaussian { dim, .. } => *dim,
             Dataset::Mixture(spec) => spec.means.first().map_or(0, Vec::len),
             Dataset::FashionMnist { .. } => 784,
+            Dataset::Words { max_length, .. } => *max_length,
             Dataset::Uniform { .. }
             | Dataset::VmfMixture { .. }
             | Dataset::WrappedGaussianMixture { .. }
@@ -170,6 +210,8 @@ impl Dataset {
             Dataset::Ring {} => "ring".into(),
             Dataset::Mixture(_) => "mixture".into(),
             Dataset::FashionMnist { .. } => "fashion_mnist".into(),
+            Dataset::Tokens2d { dataset, .. } => format!("tokens_2d-{}", dataset.dataset().name()),
+            Dataset::Words { .. } => "words".into(),
             Dataset::Uniform { .. } => "uniform".into(),
             Dataset::VmfMixture { .. } => "vmf_mixture".into(),
             Dataset::WrappedGaussianMixture { .. } => "wrapped_gaussian_mixture".into(),
@@ -183,6 +225,20 @@ impl Dataset {
         match self {
             Dataset::FashionMnist { .. } => vec![1, 28, 28],
             other => vec![other.dim() as i64],
+        }
+    }
+
+    /// Whether this is a token data set, the target of a discrete run.
+    pub fn is_tokens(&self) -> bool {
+        matches!(self, Dataset::Tokens2d { .. } | Dataset::Words { .. })
+    }
+
+    /// The vocabulary of a token data set (`None` for continuous ones).
+    pub fn vocab_size(&self) -> Option<usize> {
+        match self {
+            Dataset::Tokens2d { bins, .. } => Some(*bins),
+            Dataset::Words { .. } => Some(crate::tokens::WORD_VOCAB),
+            _ => None,
         }
     }
 
@@ -213,6 +269,14 @@ impl Dataset {
                 }
             }
             Dataset::Mixture(spec) => spec.validate(key)?,
+            Dataset::Tokens2d { bins, half_width, .. } => {
+                crate::tokens::validate_tokens_2d(key, *bins, *half_width)?;
+            }
+            Dataset::Words {
+                file,
+                max_length,
+                held_out,
+            } => crate::tokens::validate_words(key, file, *max_length, *held_out)?,
             Dataset::FashionMnist { dir } => {
                 fashion_store(dir).map_err(|e| ConfigError::value(format!("{key}.dir"), e))?;
             }
@@ -332,6 +396,12 @@ impl Dataset {
                 }
             }
             Dataset::Mixture(spec) => spec.sample_into(n_samples, rng, out, &mut label),
+            Dataset::Tokens2d { dataset, .. } => dataset.dataset().sample_into(n_samples, rng, out),
+            Dataset::Words { .. } => {
+                // `RunConfig::validate` refuses words anywhere but as a discrete run's target, whose batches
+                // come from `crate::discrete`, never from here.
+                panic!("a words data set has no continuous samples; it is a discrete run's target")
+            }
             Dataset::Uniform { .. }
             | Dataset::VmfMixture { .. }
             | Dataset::WrappedGaussianMixture { .. }

@@ -13,6 +13,8 @@
 //! - [`images`]: Fashion-MNIST files, the project's classifier, its Frechet distance, image grids as pixels.
 //! - [`metrics`]: a run's typed metrics (`metrics.json`).
 //! - [`run`]: whole runs (train, finish, evaluate) in run folders, each a transaction under [`lock`].
+//! - [`tokens`] and [`discrete`]: token targets (`tokens_2d`, `words`) and discrete runs: batches, the token
+//!   trainer on the same loop, the Euler CTMC sampler on tensors.
 //! - [`manifold`]: runs on spheres, tori and their products (`data.manifold`), on `ferroflow-manifolds`.
 //! - [`lock`]: one process at a time in a run folder; leftovers of killed writers removed.
 //! - [`files`]: atomic writes, `.npy` arrays and run folders.
@@ -21,6 +23,7 @@
 pub mod batch;
 pub mod config;
 pub mod data;
+pub mod discrete;
 pub mod error;
 pub mod files;
 pub mod guided;
@@ -33,6 +36,7 @@ pub mod npy;
 pub mod run;
 pub mod sample;
 pub mod stream;
+pub mod tokens;
 pub mod train;
 
 pub use config::RunConfig;

@@ -39,6 +39,46 @@ pub fn train_new(
     observers: &mut [&mut dyn Observer<FlowModel>],
     stop: Option<&AtomicBool>,
 ) -> Result<PathBuf> {
+    train_new_with(config, observers, stop, train, finish)
+}
+
+/// [`train_new`] for a discrete run (a token target): trained by [`crate::discrete::train`], finished by
+/// writing `loss.csv`, `samples.npy` (`[n_samples, length]` token ids as float32, drawn with the Euler CTMC
+/// sampler from [`Stream::TrainSamples`]), for words `samples.txt` (one word a line, padding stripped), and
+/// `metrics.json`.
+pub fn train_new_discrete(
+    config: &RunConfig,
+    observers: &mut [&mut dyn Observer<crate::discrete::DiscreteModel>],
+    stop: Option<&AtomicBool>,
+) -> Result<PathBuf> {
+    if !config.data.target.is_tokens() {
+        bail!(
+            "data.target is {}, not a token data set",
+            config.data.target.name()
+        );
+    }
+    train_new_with(config, observers, stop, crate::discrete::train, finish_discrete)
+}
+
+/// The file holding a words run's samples, one word a line.
+pub const WORDS_FILE: &str = "samples.txt";
+
+/// The training function of a run whose model observers see as `M`.
+type TrainFn<M> = fn(
+    &RunConfig,
+    &Path,
+    Start,
+    Option<&AtomicBool>,
+    &mut [&mut dyn Observer<M>],
+) -> std::result::Result<TrainSummary, crate::error::TrainError>;
+
+fn train_new_with<M: ?Sized>(
+    config: &RunConfig,
+    observers: &mut [&mut dyn Observer<M>],
+    stop: Option<&AtomicBool>,
+    train: TrainFn<M>,
+    finish: fn(&RunConfig, &Path, &TrainSummary) -> Result<()>,
+) -> Result<PathBuf> {
     config.validate()?;
     config.to_toml()?;
     crate::train::resolve_device(&config.run.device)?;
@@ -144,7 +184,7 @@ fn claim_new_run_dir(out_dir: &Path, name: &str) -> Result<(PathBuf, RunLock)> {
 }
 
 /// Removes the temporaries that a process killed while writing left in the (locked) folder, saying so.
-fn clean_temporaries(run_dir: &Path, observers: &mut [&mut dyn Observer<FlowModel>]) -> Result<()> {
+fn clean_temporaries<M: ?Sized>(run_dir: &Path, observers: &mut [&mut dyn Observer<M>]) -> Result<()> {
     let removed =
         remove_temporaries(run_dir).with_context(|| format!("cannot clean {}", run_dir.display()))?;
     if removed > 0 {
@@ -160,7 +200,7 @@ fn clean_temporaries(run_dir: &Path, observers: &mut [&mut dyn Observer<FlowMode
 }
 
 /// Hands a message to every observer.
-fn tell(observers: &mut [&mut dyn Observer<FlowModel>], note: Option<&str>) {
+fn tell<M: ?Sized>(observers: &mut [&mut dyn Observer<M>], note: Option<&str>) {
     if let Some(note) = note {
         for observer in observers.iter_mut() {
             observer.on_note(note);
@@ -189,6 +229,54 @@ fn finish(config: &RunConfig, run_dir: &Path, summary: &TrainSummary) -> Result<
         final_loss: summary.loss_curve.last().map(|p| p.loss),
         sample_seconds: Some(sample_seconds),
         sample_field_evals: Some(solution.stats.field_evals),
+        ..RunMetrics::default()
+    }
+    .merge(run_dir)?;
+    Ok(())
+}
+
+/// Writes a discrete run's loss curve, samples and metrics (see [`train_new_discrete`]).
+fn finish_discrete(config: &RunConfig, run_dir: &Path, summary: &TrainSummary) -> Result<()> {
+    use crate::discrete::{build_token_net, path_and_kappa, sample_tokens};
+    let mut csv = String::from("step,loss\n");
+    for point in &summary.loss_curve {
+        csv.push_str(&format!("{},{}\n", point.step, point.loss));
+    }
+    write_atomic(&run_dir.join(LOSS_FILE), csv.as_bytes())?;
+    let net = build_token_net(config)?;
+    let weights = ferroflow_models::checkpoint::load_tensors(&run_dir.join(crate::train::MODEL_FILE))?;
+    let params = net.params();
+    let sampling = params.flat().zeros_like();
+    params.load_named_into(&sampling, weights, &run_dir.join(crate::train::MODEL_FILE))?;
+    let (path, kappa) = path_and_kappa(config)?;
+    let started = Instant::now();
+    let samples = sample_tokens(
+        &*net,
+        &params.views_of(&sampling),
+        &path,
+        &kappa,
+        config.sample.n_samples,
+        config.sample.steps,
+        config.sample.temperature,
+        &mut Stream::TrainSamples.rng(config.run.seed),
+    )?;
+    let sample_seconds = started.elapsed().as_secs_f64();
+    write_npy(&run_dir.join(SAMPLES_FILE), samples.mapv(|t| t as f32).view())?;
+    if matches!(config.data.target, crate::data::Dataset::Words { .. }) {
+        let mut text = String::new();
+        for row in samples.rows() {
+            text.push_str(&crate::tokens::decode_word(&row.to_vec()));
+            text.push('\n');
+        }
+        write_atomic(&run_dir.join(WORDS_FILE), text.as_bytes())?;
+    }
+    RunMetrics {
+        train_steps: Some(summary.total_steps),
+        train_seconds: Some(summary.total_seconds),
+        train_steps_per_second: Some(summary.steps_per_second()),
+        device: Some(crate::train::device_name(params.device())),
+        final_loss: summary.loss_curve.last().map(|p| p.loss),
+        sample_seconds: Some(sample_seconds),
         ..RunMetrics::default()
     }
     .merge(run_dir)?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
+use ferroflow_engine::discrete::DiscreteModel;
 use ferroflow_engine::metrics::RunMetrics;
 use ferroflow_engine::train::{FlowModel, Observer};
 use ferroflow_engine::{RunConfig, TrainError};
@@ -77,13 +78,16 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let stop = stop_on_signals()?;
     let mut progress = Progress::auto();
     let mut notes = Notes;
-    let mut observers: Vec<&mut dyn Observer<FlowModel>> = vec![&mut notes];
-    if !args.quiet {
-        observers.push(&mut progress);
-    }
+    let mut discrete = false;
     let run_dir = match (&args.resume, &args.config) {
-        (Some(dir), _) => ferroflow_engine::run::resume(dir, args.steps, &mut observers, Some(&stop))
-            .map_err(|e| name_interruption(e, dir))?,
+        (Some(dir), _) => {
+            let mut observers: Vec<&mut dyn Observer<FlowModel>> = vec![&mut notes];
+            if !args.quiet {
+                observers.push(&mut progress);
+            }
+            ferroflow_engine::run::resume(dir, args.steps, &mut observers, Some(&stop))
+                .map_err(|e| name_interruption(e, dir))?
+        }
         (None, Some(path)) => {
             let mut config = RunConfig::load(path)?;
             if let Some(name) = &args.name {
@@ -102,12 +106,30 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 eprintln!("{note}");
             }
             let dir = Path::new(&config.run.out_dir).join(&config.run.name);
-            ferroflow_engine::run::train_new(&config, &mut observers, Some(&stop))
-                .map_err(|e| name_interruption(e, &dir))?
+            if config.data.target.is_tokens() {
+                // A discrete run: the same observers, watching a token network.
+                discrete = true;
+                let mut observers: Vec<&mut dyn Observer<DiscreteModel>> = vec![&mut notes];
+                if !args.quiet {
+                    observers.push(&mut progress);
+                }
+                ferroflow_engine::run::train_new_discrete(&config, &mut observers, Some(&stop))
+                    .map_err(|e| name_interruption(e, &dir))?
+            } else {
+                let mut observers: Vec<&mut dyn Observer<FlowModel>> = vec![&mut notes];
+                if !args.quiet {
+                    observers.push(&mut progress);
+                }
+                ferroflow_engine::run::train_new(&config, &mut observers, Some(&stop))
+                    .map_err(|e| name_interruption(e, &dir))?
+            }
         }
         (None, None) => unreachable!("clap requires --config without --resume"),
     };
-    ferroflow_report::write_samples_picture(&run_dir)?;
+    // The report draws continuous samples; a discrete run's pictures are not drawn yet.
+    if !discrete {
+        ferroflow_report::write_samples_picture(&run_dir)?;
+    }
     let metrics = RunMetrics::read(&run_dir)?;
     println!(
         "trained {} in {:.1} s ({:.2} steps/s), final loss {:.4}; results in {}",

@@ -122,6 +122,14 @@ pub fn build_model(config: &RunConfig) -> Result<Box<dyn VelocityNet>, TrainErro
             Box::new(Mlp::new(mlp, device)?)
         }
         ModelKind::Unet => Box::new(Unet::new(model.unet.clone(), device)?),
+        ModelKind::TokenMlp | ModelKind::TokenTransformer => {
+            return Err(TrainError::Model(ferroflow_models::ModelError::InvalidConfig {
+                key: "model.kind",
+                detail: "a token network is no velocity field; discrete runs train through \
+                         `ferroflow_engine::discrete`"
+                    .into(),
+            }));
+        }
     })
 }
 
@@ -219,18 +227,25 @@ impl<'a> Checkpoints<'a> {
     }
 }
 
-impl Observer<FlowModel> for Checkpoints<'_> {
+/// A model whose training state a checkpoint holds: the weights, Adam's state and the EMA.
+pub trait TrainState {
+    /// The parameters, the optimizer and the EMA (if any).
+    fn state(&self) -> (&ferroflow_models::params::ParamStore, &FlatAdam, Option<&Ema>);
+}
+
+impl TrainState for FlowModel {
+    fn state(&self) -> (&ferroflow_models::params::ParamStore, &FlatAdam, Option<&Ema>) {
+        (self.net.params(), &self.adam, self.ema.as_ref())
+    }
+}
+
+impl<M: TrainState> Observer<M> for Checkpoints<'_> {
     fn on_start(&mut self, _: usize, _: usize) -> Result<(), TrainError> {
         self.started = Instant::now();
         Ok(())
     }
 
-    fn on_step(
-        &mut self,
-        model: &FlowModel,
-        info: &StepInfo,
-        journal: &mut Journal,
-    ) -> Result<(), TrainError> {
+    fn on_step(&mut self, model: &M, info: &StepInfo, journal: &mut Journal) -> Result<(), TrainError> {
         let stop = self.stop.is_some_and(|flag| flag.load(Ordering::SeqCst));
         if stop || (self.every > 0 && info.step.is_multiple_of(self.every)) || info.step == info.total {
             journal.train_seconds = self.seconds_before + self.started.elapsed().as_secs_f64();
@@ -364,7 +379,7 @@ pub fn train(
 }
 
 /// Writes `config` as the run's `config.toml` unless the file already says exactly that.
-fn commit_config(config: &RunConfig, run_dir: &Path) -> Result<(), TrainError> {
+pub(crate) fn commit_config(config: &RunConfig, run_dir: &Path) -> Result<(), TrainError> {
     let path = run_dir.join(crate::run::CONFIG_FILE);
     let text = config.to_toml().map_err(|e| TrainError::Io {
         path: path.clone(),
@@ -379,10 +394,13 @@ fn commit_config(config: &RunConfig, run_dir: &Path) -> Result<(), TrainError> {
     })
 }
 
-fn save_checkpoint(path: &Path, model: &FlowModel, journal: &Journal) -> Result<(), TrainError> {
+pub(crate) fn save_checkpoint(
+    path: &Path,
+    model: &impl TrainState,
+    journal: &Journal,
+) -> Result<(), TrainError> {
     let loss_curve = &journal.loss_curve;
-    let (adam, ema) = (&model.adam, model.ema.as_ref());
-    let params = model.net.params();
+    let (params, adam, ema) = model.state();
     let mut named: Vec<(String, Tensor)> = params
         .named_of(params.flat())
         .into_iter()
@@ -419,7 +437,23 @@ fn save_checkpoint(path: &Path, model: &FlowModel, journal: &Journal) -> Result<
 /// Restores weights, EMA, optimizer moments, step, the loss curve, its open window and the training seconds
 /// (0 for checkpoints older than that key) into `model` and `journal`.
 fn load_checkpoint(path: &Path, model: &mut FlowModel, journal: &mut Journal) -> Result<(), TrainError> {
-    let (net, adam, ema) = (&model.net, &mut model.adam, model.ema.as_mut());
+    load_checkpoint_into(
+        path,
+        model.net.params(),
+        &mut model.adam,
+        model.ema.as_mut(),
+        journal,
+    )
+}
+
+/// [`load_checkpoint`] for any network's parameters.
+pub(crate) fn load_checkpoint_into(
+    path: &Path,
+    params: &ferroflow_models::params::ParamStore,
+    adam: &mut FlatAdam,
+    ema: Option<&mut Ema>,
+    journal: &mut Journal,
+) -> Result<(), TrainError> {
     let named = load_tensors(path)?;
     let mismatch = |detail: String| {
         TrainError::Model(ferroflow_models::ModelError::CheckpointMismatch {
@@ -439,7 +473,6 @@ fn load_checkpoint(path: &Path, model: &mut FlowModel, journal: &mut Journal) ->
             rest.insert(name, tensor);
         }
     }
-    let params = net.params();
     params.load_named_into(params.flat(), model, path)?;
     if let Some(ema) = ema {
         if ema_named.is_empty() {

@@ -1,0 +1,484 @@
+//! Discrete runs: token targets ([`crate::tokens`]) trained with discrete flow matching through the one
+//! training loop ([`crate::train::observe`]) with the same observers (NaN guard, loss curve, checkpoints) and
+//! the same checkpoint format as flow runs.
+//!
+//! The batch of step `k` is a pure function of `(seed, k)` drawn from [`Stream::Batch`]: `x1` from the data
+//! set (2D points binned, or training words drawn with replacement), `x0` from the source of
+//! `flow.discrete`, `t` from `flow.time_sampling`, and `x_t` from [`MixturePath::sample_x_t`] with
+//! `kappa_t = alpha_t` of `flow.scheduler`. Batches are made on the training thread: they cost a few
+//! microseconds per row, far below the network's step, so the flow trainer's producer thread would buy nothing.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use ferroflow_discrete::{Kappa, MixturePath, Token};
+use ferroflow_models::discrete::{
+    TokenMlp, TokenNet, TokenTransformer, cross_entropy_loss, generalized_kl_loss,
+};
+use ferroflow_models::optim::{Ema, FlatAdam};
+use ferroflow_models::params::ParamStore;
+use ferroflow_paths::Scheduler;
+use ndarray::{Array1, Array2};
+use tch::{Kind, Tensor};
+
+use crate::config::{DiscreteLoss, ModelKind, RunConfig};
+use crate::data::Dataset;
+use crate::error::TrainError;
+use crate::stream::Stream;
+use crate::tokens::{Grid, WordSplit};
+use crate::train::observe::{Journal, LossCurve, NanGuard, Observer, Trainable, execute};
+use crate::train::{CHECKPOINT_FILE, Checkpoints, MODEL_FILE, Start, TrainState, TrainSummary};
+
+/// The data of a token target, ready to draw `x1` from.
+#[derive(Clone, Debug)]
+pub enum TokenData {
+    /// A 2D data set and its grid.
+    Grid2d {
+        /// The continuous data set.
+        dataset: Dataset,
+        /// The bins.
+        grid: Grid,
+    },
+    /// Words split into training and held-out words.
+    Words(WordSplit),
+}
+
+impl TokenData {
+    /// Loads the token target of `config` (reads the word list with the run's seed).
+    pub fn load(config: &RunConfig) -> Result<Self, TrainError> {
+        let config_error = |e: crate::error::ConfigError| TrainError::Io {
+            path: "config".into(),
+            detail: e.to_string(),
+        };
+        match &config.data.target {
+            Dataset::Tokens2d {
+                dataset,
+                bins,
+                half_width,
+            } => Ok(TokenData::Grid2d {
+                dataset: dataset.dataset(),
+                grid: Grid {
+                    bins: *bins,
+                    half_width: *half_width,
+                },
+            }),
+            Dataset::Words {
+                file,
+                max_length,
+                held_out,
+            } => Ok(TokenData::Words(
+                WordSplit::load("data.target", file, *max_length, *held_out, config.run.seed)
+                    .map_err(config_error)?,
+            )),
+            other => Err(config_error(crate::error::ConfigError::value(
+                "data.target",
+                format!("{} is not a token data set", other.name()),
+            ))),
+        }
+    }
+
+    /// `n_samples` data sequences drawn with `rng`, `[n_samples, length]`.
+    pub fn sample(&self, n_samples: usize, rng: &mut rand_chacha::ChaCha8Rng) -> Array2<Token> {
+        use rand::Rng;
+        match self {
+            TokenData::Grid2d { dataset, grid } => {
+                let points = dataset.sample(n_samples, rng);
+                Array2::from_shape_fn((n_samples, 2), |(row, col)| {
+                    grid.encode(f64::from(points[row * 2 + col]))
+                })
+            }
+            TokenData::Words(split) => {
+                let length = split.max_length;
+                let mut out = Array2::zeros((n_samples, length));
+                for mut row in out.rows_mut() {
+                    let word = &split.train[rng.random_range(0..split.train.len())];
+                    let tokens = crate::tokens::encode_words(std::slice::from_ref(word), length);
+                    row.assign(&Array1::from(tokens));
+                }
+                out
+            }
+        }
+    }
+}
+
+/// `kappa_t = alpha_t` of a scheduler, the schedule of a discrete run's mixture path.
+pub struct SchedulerKappa(pub Box<dyn Scheduler + Send + Sync>);
+
+impl ferroflow_discrete::KappaSchedule for SchedulerKappa {
+    fn at(&self, t: f64) -> Kappa {
+        Kappa {
+            value: self.0.alpha(t).clamp(0.0, 1.0),
+            derivative: self.0.d_alpha(t).max(0.0),
+        }
+    }
+}
+
+/// A discrete training batch: `x_t`, `x1` (`[batch, length]`) and `t` (`[batch]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenBatch {
+    /// Noisy states.
+    pub x_t: Array2<Token>,
+    /// Data tokens.
+    pub x1: Array2<Token>,
+    /// Times.
+    pub t: Array1<f64>,
+}
+
+/// Makes the batches of a discrete run.
+pub struct TokenBatchMaker {
+    data: TokenData,
+    path: MixturePath,
+    kappa: SchedulerKappa,
+    seed: u64,
+    batch_size: usize,
+    length: usize,
+    time_sampling: crate::config::TimeSampling,
+}
+
+impl TokenBatchMaker {
+    /// The batch maker of `config`'s discrete run.
+    pub fn new(config: &RunConfig, data: TokenData) -> Result<Self, TrainError> {
+        let (path, kappa) = path_and_kappa(config)?;
+        Ok(Self {
+            data,
+            path,
+            kappa,
+            seed: config.run.seed,
+            batch_size: config.train.batch_size,
+            length: config.data.target.dim(),
+            time_sampling: config.flow.time_sampling,
+        })
+    }
+
+    /// The batch of step `step`, a pure function of `(seed, step)`.
+    pub fn make(&self, step: u64) -> Result<TokenBatch, TrainError> {
+        let mut rng = Stream::Batch { step }.rng(self.seed);
+        let x1 = self.data.sample(self.batch_size, &mut rng);
+        let x0 = self.path.sample_source(self.batch_size, self.length, &mut rng);
+        let t = Array1::from_shape_fn(self.batch_size, |_| {
+            crate::batch::draw_time(self.time_sampling, &mut rng)
+        });
+        let x_t = self
+            .path
+            .sample_x_t(&self.kappa, x0.view(), x1.view(), t.view(), &mut rng)
+            .map_err(|e| TrainError::Coupling {
+                step: step as usize,
+                detail: e.to_string(),
+            })?;
+        Ok(TokenBatch { x_t, x1, t })
+    }
+}
+
+/// The mixture path and schedule of `config`'s discrete run.
+pub fn path_and_kappa(config: &RunConfig) -> Result<(MixturePath, SchedulerKappa), TrainError> {
+    let invalid = |detail: String| TrainError::Io {
+        path: "config".into(),
+        detail,
+    };
+    let vocab_size = config
+        .data
+        .target
+        .vocab_size()
+        .ok_or_else(|| invalid("data.target is not a token data set".into()))?;
+    let source = config.flow.discrete.unwrap_or_default().source;
+    let path = MixturePath::new(vocab_size, source.into()).map_err(|e| invalid(e.to_string()))?;
+    let scheduler = config
+        .flow
+        .scheduler
+        .build()
+        .map_err(|e| invalid(format!("flow.scheduler: {e}")))?;
+    Ok((path, SchedulerKappa(scheduler)))
+}
+
+/// Builds the run's token network with its seeded initialisation.
+pub fn build_token_net(config: &RunConfig) -> Result<Box<dyn TokenNet>, TrainError> {
+    tch::manual_seed(config.run.seed as i64);
+    let device = crate::train::resolve_device(&config.run.device)?;
+    let vocab_size = config.data.target.vocab_size().unwrap_or(0);
+    let length = config.data.target.dim();
+    let source = config.flow.discrete.unwrap_or_default().source;
+    let model = &config.model;
+    Ok(match model.kind {
+        ModelKind::TokenTransformer => Box::new(TokenTransformer::new(
+            model.token_transformer_config(vocab_size, length, source),
+            device,
+        )?),
+        _ => Box::new(TokenMlp::new(
+            model.token_mlp_config(vocab_size, length, source),
+            device,
+        )?),
+    })
+}
+
+/// A token network being trained, with its optimizer and EMA.
+pub struct DiscreteModel {
+    /// The network.
+    pub net: Box<dyn TokenNet>,
+    /// Adam's state.
+    pub adam: FlatAdam,
+    /// The EMA of the weights, when `train.ema_decay > 0`.
+    pub ema: Option<Ema>,
+}
+
+impl TrainState for DiscreteModel {
+    fn state(&self) -> (&ParamStore, &FlatAdam, Option<&Ema>) {
+        (self.net.params(), &self.adam, self.ema.as_ref())
+    }
+}
+
+struct DiscreteTrainer {
+    model: DiscreteModel,
+    maker: TokenBatchMaker,
+    loss: DiscreteLoss,
+}
+
+fn tokens_tensor(tokens: &Array2<Token>, device: tch::Device) -> Tensor {
+    let flat: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+    Tensor::from_slice(&flat)
+        .view([tokens.nrows() as i64, tokens.ncols() as i64])
+        .to_device(device)
+}
+
+impl Trainable for DiscreteTrainer {
+    type Model = DiscreteModel;
+
+    fn model(&self) -> &DiscreteModel {
+        &self.model
+    }
+
+    fn step(&mut self, step: usize) -> Result<f64, TrainError> {
+        use ferroflow_discrete::KappaSchedule;
+        let batch = self.maker.make(step as u64)?;
+        let net = &self.model.net;
+        let device = net.params().device();
+        let x_t = tokens_tensor(&batch.x_t, device);
+        let x1 = tokens_tensor(&batch.x1, device);
+        let t_values: Vec<f32> = batch.t.iter().map(|&t| t as f32).collect();
+        let t = Tensor::from_slice(&t_values).to_device(device);
+        let logits = net.forward_with(&net.params().views(), &x_t, &t, None);
+        let loss = match self.loss {
+            DiscreteLoss::CrossEntropy => cross_entropy_loss(&logits, &x1)?,
+            DiscreteLoss::GeneralizedKl => {
+                let (kappa, d_kappa): (Vec<f32>, Vec<f32>) = batch
+                    .t
+                    .iter()
+                    .map(|&t| {
+                        let k = self.maker.kappa.at(t);
+                        (k.value as f32, k.derivative as f32)
+                    })
+                    .unzip();
+                generalized_kl_loss(
+                    &logits,
+                    &x_t,
+                    &x1,
+                    &Tensor::from_slice(&kappa).to_device(device),
+                    &Tensor::from_slice(&d_kappa).to_device(device),
+                )?
+            }
+        };
+        let loss = loss.to_kind(Kind::Float);
+        loss.backward();
+        let loss_value = loss.double_value(&[]);
+        // As in the flow trainer: a non-finite loss never reaches the weights.
+        if loss_value.is_finite() {
+            let weights = self.model.net.params().flat();
+            self.model.adam.step(weights);
+            if let Some(ema) = self.model.ema.as_mut() {
+                ema.update(weights);
+            }
+        }
+        Ok(loss_value)
+    }
+}
+
+/// Trains (or resumes) the discrete run of `config` in `run_dir`, like [`crate::train::train`] does for flows:
+/// step-0 checkpoint before the config, checkpoints every `train.checkpoint_every` steps and at the end,
+/// `model.safetensors` with the sampling weights (the EMA when enabled).
+pub fn train(
+    config: &RunConfig,
+    run_dir: &Path,
+    start: Start,
+    stop: Option<&AtomicBool>,
+    observers: &mut [&mut dyn Observer<DiscreteModel>],
+) -> Result<TrainSummary, TrainError> {
+    crate::train::apply_threads(config);
+    let net = build_token_net(config)?;
+    let adam = FlatAdam::new(config.train.optimizer.clone(), net.params().flat())?;
+    let ema = if config.train.ema_decay > 0.0 {
+        Some(Ema::new(config.train.ema_decay, net.params().flat())?)
+    } else {
+        None
+    };
+    let mut model = DiscreteModel { net, adam, ema };
+    let mut journal = Journal::default();
+    let checkpoint_path = run_dir.join(CHECKPOINT_FILE);
+    let resumed = start == Start::Resume && checkpoint_path.exists();
+    if resumed {
+        crate::train::load_checkpoint_into(
+            &checkpoint_path,
+            model.net.params(),
+            &mut model.adam,
+            model.ema.as_mut(),
+            &mut journal,
+        )?;
+    }
+    let seconds_before = journal.train_seconds;
+    let start_step = model.adam.step;
+    let total = config.train.steps;
+    if start_step > total {
+        return Err(TrainError::Io {
+            path: checkpoint_path,
+            detail: format!(
+                "the checkpoint is at step {start_step}, beyond train.steps = {total}: ask for at least \
+                 {start_step} steps"
+            ),
+        });
+    }
+    let maker = TokenBatchMaker::new(config, TokenData::load(config)?)?;
+    if !resumed {
+        crate::train::save_checkpoint(&checkpoint_path, &model, &journal)?;
+    }
+    journal.last_checkpoint = start_step;
+    crate::train::commit_config(config, run_dir)?;
+    let started = Instant::now();
+    let mut nan_guard = NanGuard;
+    let mut loss_curve = LossCurve::new(config.train.log_every);
+    let mut checkpoints = Checkpoints::new(
+        checkpoint_path,
+        config.train.checkpoint_every,
+        stop,
+        seconds_before,
+    );
+    let mut all: Vec<&mut dyn Observer<DiscreteModel>> =
+        vec![&mut nan_guard, &mut loss_curve, &mut checkpoints];
+    all.extend(
+        observers
+            .iter_mut()
+            .map(|o| &mut **o as &mut dyn Observer<DiscreteModel>),
+    );
+    let mut trainer = DiscreteTrainer {
+        model,
+        maker,
+        loss: config.flow.discrete.unwrap_or_default().loss,
+    };
+    execute(&mut trainer, start_step, total, &mut journal, &mut all)?;
+    let model = trainer.model;
+    let seconds = started.elapsed().as_secs_f64();
+    let sampling_weights = model
+        .ema
+        .as_ref()
+        .map_or(model.net.params().flat(), |e| &e.weights);
+    ferroflow_models::checkpoint::save_tensors(
+        &model.net.params().named_of(sampling_weights),
+        &run_dir.join(MODEL_FILE),
+    )?;
+    Ok(TrainSummary {
+        steps_run: total - start_step,
+        total_steps: total,
+        seconds,
+        total_seconds: journal.train_seconds,
+        loss_curve: journal.loss_curve,
+    })
+}
+
+/// The posterior over the `n_states` states of a position from a token network's logits
+/// (`[batch, length, vocab_size]`), in float64: a softmax at `temperature`, with a zero column for the mask
+/// when the source is masked (the network never predicts the mask).
+pub fn posterior_from_logits(logits: &Tensor, temperature: f64, n_states: usize) -> Tensor {
+    let probs = (logits.to_kind(Kind::Double) / temperature).softmax(-1, Kind::Double);
+    let vocab_size = probs.size()[2] as usize;
+    if n_states > vocab_size {
+        let mut size = probs.size();
+        size[2] = (n_states - vocab_size) as i64;
+        Tensor::cat(
+            &[
+                probs.shallow_clone(),
+                probs.zeros_like().narrow(2, 0, 1).expand(size.as_slice(), false),
+            ],
+            2,
+        )
+    } else {
+        probs
+    }
+}
+
+/// [`ferroflow_discrete::jump_probabilities`] without corrector on tensors: from the posterior `probs`
+/// (`[batch, length, n_states]`, float64) at states `x_t` (`[batch, length]`, int64), the distribution of
+/// the next state after a step of `step_size` with jump coefficient `coefficient = kappa'_t / (1 - kappa_t)`.
+/// The off-diagonal rates are `coefficient p(y)`; where `step_size` times their sum exceeds 1 the row is
+/// capped to the rates normalised (the position surely jumps), as in the array version.
+pub fn jump_probabilities_tensor(probs: &Tensor, x_t: &Tensor, coefficient: f64, step_size: f64) -> Tensor {
+    let n_states = probs.size()[2];
+    let stay = x_t.one_hot(n_states).to_kind(Kind::Double);
+    let leave: Tensor = stay.ones_like() - &stay;
+    let rates: Tensor = (probs * coefficient * leave).clamp_min(0.0);
+    let total = rates.sum_dim_intlist([-1i64].as_slice(), true, Kind::Double);
+    let remain: Tensor = total.ones_like() - &total * step_size;
+    let stepped: Tensor = &rates * step_size + &stay * remain;
+    let capped = &rates / total.clamp_min(f64::MIN_POSITIVE);
+    stepped.where_self(&(&total * step_size).le(1.0), &capped)
+}
+
+/// One Euler step of the CTMC on tensors: the next state of each position drawn from `jumps`
+/// (`[batch, length, n_states]`) with the uniforms `uniforms` (`[batch, length]`, float64; drawn row-major
+/// from a seeded stream, they reproduce [`ferroflow_discrete::euler_step`]): the first state whose cumulative
+/// probability exceeds the uniform, or the current state when round-off leaves none.
+pub fn euler_step_tensor(jumps: &Tensor, x_t: &Tensor, uniforms: &Tensor) -> Tensor {
+    let n_states = jumps.size()[2];
+    let cumulative = jumps.cumsum(-1, Kind::Double);
+    let below = cumulative.le_tensor(&uniforms.unsqueeze(-1)).to_kind(Kind::Int64);
+    let first = below.sum_dim_intlist([-1i64].as_slice(), false, Kind::Int64);
+    first.where_self(&first.lt(n_states), x_t)
+}
+
+/// Samples `n_samples` sequences from a token network (weights `params`) with the Euler CTMC sampler over
+/// `steps` uniform steps, posterior at `temperature`, every random number from `rng`: the source draw first,
+/// then per step one uniform per position (row-major). Returns `[n_samples, length]` token ids.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_tokens(
+    net: &dyn TokenNet,
+    params: &[Tensor],
+    path: &MixturePath,
+    kappa: &SchedulerKappa,
+    n_samples: usize,
+    steps: usize,
+    temperature: f64,
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<Array2<Token>, TrainError> {
+    use ferroflow_discrete::KappaSchedule;
+    use rand::Rng;
+    let length = net.length();
+    let device = net.params().device();
+    let grid = ferroflow_discrete::uniform_grid(steps).map_err(|e| TrainError::Io {
+        path: "sample.steps".into(),
+        detail: e.to_string(),
+    })?;
+    let x0 = path.sample_source(n_samples, length, rng);
+    let mut x_t = tokens_tensor(&x0, device);
+    let _guard = tch::no_grad_guard();
+    for window in grid.windows(2) {
+        let (t, step_size) = (window[0], window[1] - window[0]);
+        let k = kappa.at(t);
+        let coefficient = k.derivative / (1.0 - k.value).max(f64::MIN_POSITIVE);
+        let times = Tensor::full([n_samples as i64], t, (Kind::Float, device));
+        let logits = net.forward_with(params, &x_t, &times, None);
+        let probs = posterior_from_logits(&logits, temperature, path.n_states());
+        let jumps = jump_probabilities_tensor(&probs, &x_t, coefficient, step_size.min(1.0 - t));
+        let uniforms: Vec<f64> = (0..n_samples * length).map(|_| rng.random::<f64>()).collect();
+        let uniforms = Tensor::from_slice(&uniforms)
+            .view([n_samples as i64, length as i64])
+            .to_device(device);
+        x_t = euler_step_tensor(&jumps, &x_t, &uniforms);
+    }
+    let flat =
+        Vec::<i64>::try_from(x_t.to_device(tch::Device::Cpu).reshape([-1])).map_err(|e| TrainError::Io {
+            path: "samples".into(),
+            detail: e.to_string(),
+        })?;
+    Ok(Array2::from_shape_vec(
+        (n_samples, length),
+        flat.into_iter().map(|t| t as Token).collect(),
+    )
+    .expect("the network's states are [n_samples, length]"))
+}
