@@ -186,22 +186,7 @@ impl Mlp {
         let mut dims = vec![input];
         dims.extend(std::iter::repeat_n(width, config.depth));
         dims.push(config.dim as i64);
-        let layers = dims
-            .windows(2)
-            .enumerate()
-            .map(|(layer_idx, pair)| {
-                let (fan_in, fan_out) = (pair[0], pair[1]);
-                let bound = 1.0 / (fan_in as f64).sqrt();
-                let index = 2 * layer_idx;
-                let w = builder.add(
-                    format!("net.{index}.weight"),
-                    &[fan_out, fan_in],
-                    Init::Uniform { bound },
-                );
-                let b = builder.add(format!("net.{index}.bias"), &[fan_out], Init::Uniform { bound });
-                (w, b)
-            })
-            .collect();
+        let layers = add_linear_layers(&mut builder, &dims);
         Ok(Self {
             config,
             layers,
@@ -244,17 +229,48 @@ impl VelocityNet for Mlp {
             t
         };
         let mut h = Tensor::cat(&[self.features(x), self.config.time_embedding.embed(&t)], 1);
-        let last = self.layers.len() - 1;
-        for (layer_idx, (w, b)) in self.layers.iter().enumerate() {
-            h = h.linear(&params[w.0], Some(&params[b.0]));
-            if layer_idx < last {
-                h = self.config.activation.apply(&h);
-            }
-        }
+        h = apply_linear_layers(h, params, &self.layers, self.config.activation);
         h
     }
 
     fn sample_shape(&self) -> Vec<i64> {
         vec![self.config.dim as i64]
     }
+}
+
+/// The linear layers `net.{2k}.weight` / `net.{2k}.bias` between consecutive widths of `dims`, with PyTorch's
+/// default `nn.Linear` initialisation (uniform in +-1/sqrt(fan_in)); shared by [`Mlp`] and the token MLP.
+pub(crate) fn add_linear_layers(builder: &mut ParamBuilder, dims: &[i64]) -> Vec<(ParamId, ParamId)> {
+    dims.windows(2)
+        .enumerate()
+        .map(|(layer_idx, pair)| {
+            let (fan_in, fan_out) = (pair[0], pair[1]);
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let index = 2 * layer_idx;
+            let w = builder.add(
+                format!("net.{index}.weight"),
+                &[fan_out, fan_in],
+                Init::Uniform { bound },
+            );
+            let b = builder.add(format!("net.{index}.bias"), &[fan_out], Init::Uniform { bound });
+            (w, b)
+        })
+        .collect()
+}
+
+/// Applies `layers` to `h` with `activation` after every layer but the last.
+pub(crate) fn apply_linear_layers(
+    mut h: Tensor,
+    params: &[Tensor],
+    layers: &[(ParamId, ParamId)],
+    activation: Activation,
+) -> Tensor {
+    let last = layers.len() - 1;
+    for (layer_idx, (w, b)) in layers.iter().enumerate() {
+        h = h.linear(&params[w.0], Some(&params[b.0]));
+        if layer_idx < last {
+            h = activation.apply(&h);
+        }
+    }
+    h
 }

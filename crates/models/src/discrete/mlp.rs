@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use super::{TokenNet, TokenSource, labels_or_null, validate_num_classes, validate_tokens};
+use crate::mlp::{add_linear_layers, apply_linear_layers};
 use crate::params::{Init, ParamBuilder, ParamId, ParamStore};
 use crate::{Activation, ModelError, TimeEmbedding};
 
@@ -173,22 +174,7 @@ impl TokenMlp {
         let mut dims = vec![input];
         dims.extend(std::iter::repeat_n(config.width as i64, config.depth));
         dims.push((config.length * config.vocab_size) as i64);
-        let layers = dims
-            .windows(2)
-            .enumerate()
-            .map(|(layer_idx, pair)| {
-                let (fan_in, fan_out) = (pair[0], pair[1]);
-                let bound = 1.0 / (fan_in as f64).sqrt();
-                let index = 2 * layer_idx;
-                let w = builder.add(
-                    format!("net.{index}.weight"),
-                    &[fan_out, fan_in],
-                    Init::Uniform { bound },
-                );
-                let b = builder.add(format!("net.{index}.bias"), &[fan_out], Init::Uniform { bound });
-                (w, b)
-            })
-            .collect();
+        let layers = add_linear_layers(&mut builder, &dims);
         Ok(Self {
             config,
             token_embed,
@@ -226,13 +212,7 @@ impl TokenNet for TokenMlp {
             features.push(Tensor::embedding(&params[table.0], &labels, -1, false, false));
         }
         let mut h = Tensor::cat(&features, 1);
-        let last = self.layers.len() - 1;
-        for (layer_idx, (w, b)) in self.layers.iter().enumerate() {
-            h = h.linear(&params[w.0], Some(&params[b.0]));
-            if layer_idx < last {
-                h = self.config.activation.apply(&h);
-            }
-        }
+        h = apply_linear_layers(h, params, &self.layers, self.config.activation);
         h.reshape([batch, self.config.length as i64, self.config.vocab_size as i64])
     }
 
