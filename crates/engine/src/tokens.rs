@@ -85,6 +85,16 @@ impl Grid {
     pub fn decode(&self, token: u32) -> f64 {
         -self.half_width + (token as f64 + 0.5) * self.width()
     }
+
+    /// The points (bin centres) of token pairs `[n, 2]`, as `f32` like every continuous sample.
+    pub fn decode_points(&self, tokens: ndarray::ArrayView2<u32>) -> ndarray::Array2<f32> {
+        tokens.mapv(|token| self.decode(token) as f32)
+    }
+
+    /// The token pairs of points `[n, 2]`.
+    pub fn encode_points(&self, points: ndarray::ArrayView2<f32>) -> ndarray::Array2<u32> {
+        points.mapv(|x| self.encode(f64::from(x)))
+    }
 }
 
 /// Checks a `tokens_2d` target's settings.
@@ -238,6 +248,10 @@ mod tests {
         for token in 0..8 {
             assert_eq!(grid.encode(grid.decode(token)), token);
         }
+        let pairs = ndarray::array![[0u32, 7], [3, 4]];
+        let points = grid.decode_points(pairs.view());
+        assert_eq!(points, ndarray::array![[-3.5f32, 3.5], [-0.5, 0.5]]);
+        assert_eq!(grid.encode_points(points.view()), pairs);
     }
 
     #[test]
