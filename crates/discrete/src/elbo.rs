@@ -116,24 +116,36 @@ where
     check_ends(schedule)?;
     let support = conditional_support(path, x1, max_states)?;
     let mut integral = 0.0;
-    for pair in grid.windows(2) {
-        let (start, width) = (pair[0], pair[1] - pair[0]);
-        for (node, weight) in GAUSS_LEGENDRE_3 {
-            let time = start + 0.5 * width * (1.0 + node);
-            if kappa_at(schedule, time)?.value >= 1.0 {
-                // kappa_t has rounded to 1 before t = 1 (cosine within about 1e-8 of the end): the node's weight
-                // and the integrand there, O(kappa' ln(1 - kappa)), are below what f64 resolves; it adds nothing.
-                continue;
-            }
-            let probs = posterior(support.view(), time)?;
-            integral += 0.5 * width * weight * expected_loss(path, schedule, &support, x1, probs, time)?;
-        }
+    for (time, weight) in quadrature_nodes(schedule, grid)? {
+        let probs = posterior(support.view(), time)?;
+        integral += weight * expected_loss(path, schedule, &support, x1, probs, time)?;
     }
     let log_likelihood_bound = -integral;
     Ok(Elbo {
         log_likelihood_bound,
         bits_per_token: -log_likelihood_bound / (x1.len() as f64 * std::f64::consts::LN_2),
     })
+}
+
+/// The nodes and weights `(t, w)` of the ELBO's time integral on `grid` (strictly increasing from 0 to 1):
+/// composite three-point Gauss-Legendre, so `sum w f(t)` approximates `int_0^1 f(t) dt`, exact for polynomials
+/// of degree 5 on each interval. Nodes where `kappa_t` has rounded to 1 before `t = 1` (cosine within about
+/// `1e-8` of the end) are left out: their weight times the integrand there, `O(kappa' ln(1 - kappa))`, is below
+/// what f64 resolves, and the rate's `1 / (1 - kappa_t)` is undefined. A Monte Carlo estimate of the ELBO on a
+/// network's tensors (the engine's held-out evaluation) uses the same nodes.
+pub fn quadrature_nodes<S: KappaSchedule + ?Sized>(schedule: &S, grid: &[f64]) -> Result<Vec<(f64, f64)>> {
+    check::grid(grid)?;
+    let mut nodes = Vec::with_capacity(3 * (grid.len() - 1));
+    for pair in grid.windows(2) {
+        let (start, width) = (pair[0], pair[1] - pair[0]);
+        for (node, weight) in GAUSS_LEGENDRE_3 {
+            let time = start + 0.5 * width * (1.0 + node);
+            if kappa_at(schedule, time)?.value < 1.0 {
+                nodes.push((time, 0.5 * width * weight));
+            }
+        }
+    }
+    Ok(nodes)
 }
 
 fn check_ends<S: KappaSchedule + ?Sized>(schedule: &S) -> Result<()> {

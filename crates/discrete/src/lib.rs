@@ -55,7 +55,7 @@ pub mod rate;
 pub mod sampler;
 
 pub use check::PROBABILITY_TOLERANCE;
-pub use elbo::{Elbo, conditional_support, elbo};
+pub use elbo::{Elbo, conditional_support, elbo, quadrature_nodes};
 pub use error::{DiscreteError, Result};
 pub use exact::{DataTable, all_sequences, sequence_index};
 pub use logits::{classifier_free_guidance, log_softmax, softmax};

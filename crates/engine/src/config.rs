@@ -273,6 +273,7 @@ impl ModelSection {
         vocab_size: usize,
         length: usize,
         source: TokenSource,
+        num_classes: Option<usize>,
     ) -> ferroflow_models::discrete::TokenMlpConfig {
         let section = &self.token_mlp;
         ferroflow_models::discrete::TokenMlpConfig {
@@ -284,7 +285,7 @@ impl ModelSection {
             depth: section.depth,
             activation: section.activation,
             time_embedding: section.time_embedding,
-            num_classes: None,
+            num_classes,
         }
     }
 
@@ -295,6 +296,7 @@ impl ModelSection {
         vocab_size: usize,
         length: usize,
         source: TokenSource,
+        num_classes: Option<usize>,
     ) -> ferroflow_models::discrete::TokenTransformerConfig {
         let section = &self.token_transformer;
         ferroflow_models::discrete::TokenTransformerConfig {
@@ -305,7 +307,7 @@ impl ModelSection {
             n_heads: section.n_heads,
             n_layers: section.n_layers,
             mlp_ratio: section.mlp_ratio,
-            num_classes: None,
+            num_classes,
         }
     }
 
@@ -427,6 +429,29 @@ pub struct DiscreteSection {
     /// The training loss.
     #[serde(default)]
     pub loss: DiscreteLoss,
+    /// What the network is conditioned on, for classifier-free guidance (default: nothing). Labels are dropped
+    /// to the null class with probability `train.label_dropout` while training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<TokenCondition>,
+}
+
+/// The label of a class-conditional discrete run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenCondition {
+    /// A word's length in letters (words targets): class `n - 1` for a word of `n` letters, `max_length`
+    /// classes.
+    Length,
+}
+
+impl DiscreteSection {
+    /// The number of classes the network of this run is conditioned on, for `target` (`None`: unconditional).
+    pub fn num_classes(&self, target: &Dataset) -> Option<usize> {
+        match (self.condition?, target) {
+            (TokenCondition::Length, Dataset::Words { max_length, .. }) => Some(*max_length),
+            (TokenCondition::Length, _) => None,
+        }
+    }
 }
 
 /// The loss of a discrete run.
@@ -1103,14 +1128,38 @@ impl RunConfig {
             ));
         }
         let flow = &self.flow;
-        let source = flow.discrete.unwrap_or_default().source;
+        let discrete = flow.discrete.unwrap_or_default();
+        let source = discrete.source;
+        let num_classes = discrete.num_classes(target);
+        if let Some(condition) = discrete.condition {
+            if num_classes.is_none() {
+                return Err(ConfigError::value(
+                    "flow.discrete.condition",
+                    format!(
+                        "{condition:?} is a condition of words targets, not of {}",
+                        target.name()
+                    )
+                    .to_lowercase(),
+                ));
+            }
+            if !(self.train.label_dropout > 0.0 && self.train.label_dropout < 1.0) {
+                return Err(ConfigError::value(
+                    "train.label_dropout",
+                    format!(
+                        "{} must be in (0, 1) for a conditional run: classifier-free guidance needs the \
+                         unconditional model that dropped labels train",
+                        self.train.label_dropout
+                    ),
+                ));
+            }
+        }
         match model.kind {
             ModelKind::TokenMlp => model
-                .token_mlp_config(vocab_size, length, source)
+                .token_mlp_config(vocab_size, length, source, num_classes)
                 .validate()
                 .map_err(|e| model_config_error("model.token_mlp", "model.token_mlp", e))?,
             _ => model
-                .token_transformer_config(vocab_size, length, source)
+                .token_transformer_config(vocab_size, length, source, num_classes)
                 .validate()
                 .map_err(|e| model_config_error("model.token_transformer", "model.token_transformer", e))?,
         }
@@ -1485,9 +1534,24 @@ mod tests {
             cfg.flow.discrete,
             Some(DiscreteSection {
                 source: TokenSource::Uniform,
-                loss: DiscreteLoss::GeneralizedKl
+                loss: DiscreteLoss::GeneralizedKl,
+                condition: None,
             })
         );
+        assert_eq!(cfg.flow.discrete.unwrap().num_classes(&cfg.data.target), None);
+        // Conditioned on the word length: one class per length, and the key round-trips.
+        let conditional = words.replace("loss = \"generalized_kl\"", "condition = \"length\"");
+        let cfg = RunConfig::parse(&conditional, Path::new("d.toml")).unwrap();
+        assert_eq!(cfg.flow.discrete.unwrap().num_classes(&cfg.data.target), Some(5));
+        assert_eq!(
+            RunConfig::parse(&cfg.to_toml().unwrap(), Path::new("r.toml")).unwrap(),
+            cfg
+        );
+        let no_dropout = conditional.replace("[sample]", "[train]\nlabel_dropout = 0.0\n[sample]");
+        let err = RunConfig::parse(&no_dropout, Path::new("d.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("train.label_dropout"), "{err}");
         assert_eq!(
             RunConfig::parse(&cfg.to_toml().unwrap(), Path::new("r.toml")).unwrap(),
             cfg

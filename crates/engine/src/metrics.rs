@@ -87,6 +87,35 @@ pub struct RunMetrics {
     /// Its standard error over independent draws (bench2d).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_target_w2_sq_stderr: Option<f64>,
+    /// W2 of a fresh discretised data sample against the same target points: the floor of a discrete 2D run's
+    /// `w2` (what the grid alone costs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub w2_floor: Option<f64>,
+    /// Total variation between the bin histograms of a discrete 2D run's samples and of discretised fresh
+    /// target points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_tv: Option<f64>,
+    /// The same for a second fresh data sample: the floor of `bin_tv` at this sample size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bin_tv_floor: Option<f64>,
+    /// The held-out ELBO of a discrete run, as an upper bound on the NLL in bits per token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elbo_bits_per_token: Option<f64>,
+    /// Its standard error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elbo_stderr: Option<f64>,
+    /// Held-out sequences of the ELBO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elbo_sequences: Option<usize>,
+    /// A words run's figures (real, novel and distinct shares; letter and length total variation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub words: Option<crate::discrete::eval::WordFigures>,
+    /// Samples behind `words`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub word_samples: Option<usize>,
+    /// A conditional words run's figures at several guidance weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_guidance: Option<Vec<crate::discrete::eval::GuidanceFigures>>,
     /// Keys this version does not know, kept as they were.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,

@@ -105,12 +105,56 @@ fn train_new_with<M: ?Sized>(
 
 /// Continues the run in `run_dir` from its last checkpoint (or from step 0 when it has a config but no
 /// checkpoint yet) to `config.train.steps`, or to `steps` when given: the run's `config.toml` then says so,
-/// but only once the checkpoint has loaded and fits (a refused resume changes nothing).
+/// but only once the checkpoint has loaded and fits (a refused resume changes nothing). A discrete run (a token
+/// target) is refused here, naming [`resume_discrete`]; [`is_discrete_run`] tells them apart.
 pub fn resume(
     run_dir: &Path,
     steps: Option<usize>,
     observers: &mut [&mut dyn Observer<FlowModel>],
     stop: Option<&AtomicBool>,
+) -> Result<PathBuf> {
+    resume_with(run_dir, steps, observers, stop, false, train, finish)
+}
+
+/// [`resume`] for a discrete run.
+pub fn resume_discrete(
+    run_dir: &Path,
+    steps: Option<usize>,
+    observers: &mut [&mut dyn Observer<crate::discrete::DiscreteModel>],
+    stop: Option<&AtomicBool>,
+) -> Result<PathBuf> {
+    resume_with(
+        run_dir,
+        steps,
+        observers,
+        stop,
+        true,
+        crate::discrete::train,
+        finish_discrete,
+    )
+}
+
+/// Whether the run in `run_dir` is a discrete run (its `config.toml` has a token target).
+pub fn is_discrete_run(run_dir: &Path) -> Result<bool> {
+    let config_path = run_dir.join(CONFIG_FILE);
+    if !config_path.exists() {
+        bail!(
+            "{} has no {CONFIG_FILE}: it is not a run folder, or training never started there (the config is \
+             written after the first checkpoint); start it again with `ferroflow train --config ...`",
+            run_dir.display()
+        );
+    }
+    Ok(RunConfig::load(&config_path)?.data.target.is_tokens())
+}
+
+fn resume_with<M: ?Sized>(
+    run_dir: &Path,
+    steps: Option<usize>,
+    observers: &mut [&mut dyn Observer<M>],
+    stop: Option<&AtomicBool>,
+    discrete: bool,
+    train: TrainFn<M>,
+    finish: fn(&RunConfig, &Path, &TrainSummary) -> Result<()>,
 ) -> Result<PathBuf> {
     if !run_dir.is_dir() {
         bail!("{} is not a run folder", run_dir.display());
@@ -126,6 +170,18 @@ pub fn resume(
         );
     }
     let mut config = RunConfig::load(&config_path)?;
+    if config.data.target.is_tokens() != discrete {
+        bail!(
+            "{}: data.target = {} is {}, which this resume does not train",
+            config_path.display(),
+            config.data.target.name(),
+            if discrete {
+                "not a token data set"
+            } else {
+                "a token data set (a discrete run)"
+            }
+        );
+    }
     if let Some(steps) = steps {
         config.train.steps = steps;
         config.validate().context("--steps")?;
@@ -256,8 +312,7 @@ fn finish_discrete(config: &RunConfig, run_dir: &Path, summary: &TrainSummary) -
         &path,
         &kappa,
         config.sample.n_samples,
-        config.sample.steps,
-        config.sample.temperature,
+        &crate::discrete::TokenSampling::of(config),
         &mut Stream::TrainSamples.rng(config.run.seed),
     )?;
     let sample_seconds = started.elapsed().as_secs_f64();

@@ -45,6 +45,9 @@ pub enum Stream {
     /// The data pools a side-by-side benchmark hands to a Python peer (`bench riemannian`): source and target
     /// points for every training step, apart from every stream ferroflow's own run draws.
     PeerData,
+    /// The held-out evaluation of a discrete run: the states `x_t` of its ELBO estimate, then the second data
+    /// sample of the discretisation floor.
+    EvalHeldOut,
     /// Source points of image-eval's samples: `class` (`None` for unconditional sampling) and chunk
     /// `chunk < IMAGE_EVAL_MAX_CHUNKS`.
     ImageEval {
@@ -69,6 +72,7 @@ impl Stream {
             Stream::Report => NAMED + 4,
             Stream::Benchmark => NAMED + 7,
             Stream::PeerData => NAMED + 8,
+            Stream::EvalHeldOut => NAMED + 9,
             Stream::ImageEval { class, chunk } => {
                 let class_code = class.map_or(0, |c| c as u64 + 1);
                 NAMED + 10 + 1000 * (class_code + 1) + chunk as u64
@@ -102,6 +106,7 @@ mod tests {
             Stream::Report,
             Stream::Benchmark,
             Stream::PeerData,
+            Stream::EvalHeldOut,
         ];
         all.extend((1..=max_step).map(|step| Stream::Batch { step }));
         for class in std::iter::once(None).chain((0..12).map(Some)) {

@@ -241,7 +241,7 @@ fn the_tensor_ctmc_step_equals_the_array_step_on_random_inputs() {
 
 #[test]
 fn the_ctmc_sampler_unmasks_every_position_and_is_reproducible_from_its_stream() {
-    use ferroflow_engine::discrete::{build_token_net, path_and_kappa, sample_tokens};
+    use ferroflow_engine::discrete::{TokenSampling, build_token_net, path_and_kappa, sample_tokens};
     use ferroflow_engine::stream::Stream;
     let root = scratch("sampler");
     let config = config(
@@ -262,8 +262,11 @@ fn the_ctmc_sampler_unmasks_every_position_and_is_reproducible_from_its_stream()
             &path,
             &kappa,
             200,
-            10,
-            temperature,
+            &TokenSampling {
+                steps: 10,
+                temperature,
+                guidance: None,
+            },
             &mut rng,
         )
         .unwrap()

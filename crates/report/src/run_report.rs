@@ -31,6 +31,7 @@ use ndarray::{Array2, ArrayView2};
 use serde_json::{Map, Value};
 use tch::Tensor;
 
+use ferroflow_engine::RunConfig;
 use ferroflow_engine::data::Dataset;
 use ferroflow_engine::files::{read_points, write_atomic};
 use ferroflow_engine::likelihood::log_likelihood;
@@ -90,6 +91,10 @@ enum Outcome {
 /// `metrics.json` when there is one (run `ferroflow eval` first to have W2 in the report).
 pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
     let started = Instant::now();
+    let config_path = run_dir.join(ferroflow_engine::run::CONFIG_FILE);
+    if config_path.exists() && RunConfig::load(&config_path)?.data.target.is_tokens() {
+        return discrete_report(run_dir, started);
+    }
     let flow = TrainedFlow::load(run_dir)
         .with_context(|| format!("cannot load the run in {} for its report", run_dir.display()))?;
     let mut outcomes = Vec::new();
@@ -169,7 +174,13 @@ pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
         Value::Object(map) => map,
         _ => Map::new(),
     };
-    let page = markdown(&flow, &metrics, &outcomes, started.elapsed().as_secs_f64());
+    let page = markdown(
+        &flow.config,
+        &metrics,
+        &outcomes,
+        "",
+        started.elapsed().as_secs_f64(),
+    );
     let page_path = run_dir.join(REPORT_FILE);
     write_atomic(&page_path, page.as_bytes())?;
     let mut written: Vec<PathBuf> = outcomes
@@ -181,6 +192,124 @@ pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
         .collect();
     written.push(page_path);
     Ok(written)
+}
+
+/// Words listed on a words run's page.
+pub const LISTED_WORDS: usize = 60;
+
+/// The report of a discrete run: for a 2D token target `samples.png` (the bin histogram of `samples.npy`) and
+/// `data.png` (the same for as many discretised fresh target points), the loss curve, and `report.md`, which
+/// for words lists the first [`LISTED_WORDS`] sampled words.
+fn discrete_report(run_dir: &Path, started: Instant) -> Result<Vec<PathBuf>> {
+    let config = RunConfig::load(&run_dir.join(ferroflow_engine::run::CONFIG_FILE))?;
+    let samples_path = run_dir.join("samples.npy");
+    let samples = if samples_path.exists() {
+        Some(read_points(&samples_path)?)
+    } else {
+        None
+    };
+    let mut outcomes = Vec::new();
+    let mut extra = String::new();
+    match (ferroflow_engine::discrete::eval::grid_of(&config), &samples) {
+        (Some(grid), Some(samples)) => {
+            let tokens = samples.mapv(|value| value as u32);
+            if let Some(bad) = tokens.iter().find(|&&token| token as usize >= grid.bins) {
+                bail!(
+                    "{}: token {bad} is outside the {} bins",
+                    samples_path.display(),
+                    grid.bins
+                );
+            }
+            let reference = reference_samples(&config, tokens.nrows());
+            let data = grid.encode_points(reference.view());
+            let window = Window {
+                x_min: -grid.half_width,
+                x_max: grid.half_width,
+                y_min: -grid.half_width,
+                y_max: grid.half_width,
+            };
+            for (file, what, tokens) in [
+                ("samples.png", "generated samples (`samples.npy`)", &tokens),
+                ("data.png", "discretised fresh target points", &data),
+            ] {
+                let counts = bin_counts(tokens.view(), grid.bins);
+                outcomes.push(timed(
+                    file,
+                    format!(
+                        "Bin counts of {} {what} on the {} x {} grid over [-{w}, {w}]^2.",
+                        tokens.nrows(),
+                        grid.bins,
+                        grid.bins,
+                        w = grid.half_width
+                    ),
+                    || {
+                        plot::density_png(
+                            &run_dir.join(file),
+                            &format!("{} {what}", tokens.nrows()),
+                            &counts,
+                            grid.bins,
+                            &window,
+                        )
+                    },
+                )?);
+            }
+        }
+        (None, _) => {
+            let words_path = run_dir.join(ferroflow_engine::run::WORDS_FILE);
+            if words_path.exists() {
+                let words = ferroflow_engine::tokens::read_words(&words_path)
+                    .with_context(|| format!("cannot read {}", words_path.display()))?;
+                let listed: Vec<String> = words
+                    .iter()
+                    .take(LISTED_WORDS)
+                    .map(|w| format!("`{w}`"))
+                    .collect();
+                let _ = writeln!(
+                    extra,
+                    "## Sampled words
+
+The first {} of {} (`{}`): {}\n",
+                    listed.len(),
+                    words.len(),
+                    ferroflow_engine::run::WORDS_FILE,
+                    listed.join(" ")
+                );
+            }
+        }
+        (Some(_), None) => {}
+    }
+    outcomes.push(loss_picture(run_dir)?);
+    let metrics = match serde_json::to_value(RunMetrics::read(run_dir)?)? {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    };
+    let page = markdown(
+        &config,
+        &metrics,
+        &outcomes,
+        &extra,
+        started.elapsed().as_secs_f64(),
+    );
+    let page_path = run_dir.join(REPORT_FILE);
+    write_atomic(&page_path, page.as_bytes())?;
+    let mut written: Vec<PathBuf> = outcomes
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Written { file, .. } => Some(run_dir.join(file)),
+            Outcome::Skipped { .. } | Outcome::Kept { .. } => None,
+        })
+        .collect();
+    written.push(page_path);
+    Ok(written)
+}
+
+/// Counts of token pairs per bin, `[bins^2]` in the order of [`Window::grid`] (x fastest).
+fn bin_counts(tokens: ArrayView2<u32>, bins: usize) -> Vec<f64> {
+    let mut counts = vec![0.0; bins * bins];
+    for row in tokens.rows() {
+        counts[row[1] as usize * bins + row[0] as usize] += 1.0;
+    }
+    counts
 }
 
 /// Runs `f`, timing it, and records the file as written with `caption`.
@@ -608,15 +737,26 @@ const SUMMARY_KEYS: [&str; 21] = [
 ];
 
 /// The Markdown page.
-fn markdown(flow: &TrainedFlow, metrics: &Map<String, Value>, outcomes: &[Outcome], seconds: f64) -> String {
-    let config = &flow.config;
+fn markdown(
+    config: &RunConfig,
+    metrics: &Map<String, Value>,
+    outcomes: &[Outcome],
+    extra: &str,
+    seconds: f64,
+) -> String {
     let mut page = String::new();
+    let source = match config.flow.discrete {
+        Some(discrete) if config.data.target.is_tokens() => {
+            format!("{:?} tokens", discrete.source).to_lowercase()
+        }
+        _ => config.data.source.name(),
+    };
     // Writing into a String cannot fail.
     let _ = writeln!(
         page,
         "# Run `{}`: {} -> {}\n",
         config.run.name,
-        config.data.source.name(),
+        source,
         config.data.target.name()
     );
 
@@ -631,7 +771,7 @@ fn markdown(flow: &TrainedFlow, metrics: &Map<String, Value>, outcomes: &[Outcom
     let _ = writeln!(page, "\nThe whole resolved config is at the end of the page.\n");
 
     let _ = writeln!(page, "## Metrics\n\n| metric | value |\n|---|---|");
-    if !metrics.contains_key("w2") {
+    if !metrics.contains_key("w2") && !metrics.contains_key("elbo_bits_per_token") {
         let _ = writeln!(
             page,
             "| W2 to fresh target samples (exact) | not measured yet (`ferroflow eval`) |"
@@ -666,6 +806,7 @@ fn markdown(flow: &TrainedFlow, metrics: &Map<String, Value>, outcomes: &[Outcom
             "### {stem}\n\n![{stem}]({file})\n\n{caption} ([{file}]({file}), {cost})\n"
         );
     }
+    page.push_str(extra);
     let skipped: Vec<_> = outcomes
         .iter()
         .filter_map(|o| match o {

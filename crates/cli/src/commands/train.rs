@@ -80,6 +80,15 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let mut notes = Notes;
     let mut discrete = false;
     let run_dir = match (&args.resume, &args.config) {
+        (Some(dir), _) if ferroflow_engine::run::is_discrete_run(dir)? => {
+            discrete = true;
+            let mut observers: Vec<&mut dyn Observer<DiscreteModel>> = vec![&mut notes];
+            if !args.quiet {
+                observers.push(&mut progress);
+            }
+            ferroflow_engine::run::resume_discrete(dir, args.steps, &mut observers, Some(&stop))
+                .map_err(|e| name_interruption(e, dir))?
+        }
         (Some(dir), _) => {
             let mut observers: Vec<&mut dyn Observer<FlowModel>> = vec![&mut notes];
             if !args.quiet {
@@ -126,8 +135,10 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         (None, None) => unreachable!("clap requires --config without --resume"),
     };
-    // The report draws continuous samples; a discrete run's pictures are not drawn yet.
-    if !discrete {
+    if discrete {
+        // A discrete run's report is cheap (bin histograms, or the words listed): write it whole.
+        ferroflow_report::write_report(&run_dir)?;
+    } else {
         ferroflow_report::write_samples_picture(&run_dir)?;
     }
     let metrics = RunMetrics::read(&run_dir)?;

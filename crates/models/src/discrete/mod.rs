@@ -142,6 +142,27 @@ impl<N: TokenNet + ?Sized> TokenNet for Box<N> {
     }
 }
 
+/// Carry-over of a masked source: at every position of `x_t` (`[batch, length]`) that is not the mask, the
+/// logits (`[batch, length, vocab_size]`) become those of the point mass on the token it holds (0 there,
+/// `-inf` elsewhere). Under a masked path an unmasked token is its data token, so the exact posterior is that
+/// point mass; imposing it keeps the sampler from moving revealed tokens and the ELBO from charging the
+/// network for copying them (the "carry-over unmasking" of masked diffusion models, Sahoo et al. 2024). A
+/// uniform source has no such positions: the logits come back unchanged.
+pub fn carry_over(logits: &Tensor, x_t: &Tensor, source: TokenSource) -> Tensor {
+    if source != TokenSource::Masked {
+        return logits.shallow_clone();
+    }
+    let vocab = *logits.size().last().expect("logits have a vocabulary axis");
+    let x_t = x_t.to_kind(Kind::Int64).to_device(logits.device());
+    let revealed = x_t.lt(vocab).unsqueeze(-1);
+    let point_mass = x_t
+        .clamp_max(vocab - 1)
+        .one_hot(vocab)
+        .to_kind(logits.kind())
+        .log();
+    point_mass.where_self(&revealed, logits)
+}
+
 fn is_integer(kind: Kind) -> bool {
     matches!(
         kind,
@@ -249,4 +270,29 @@ fn validate_tokens(vocab_size: usize, length: usize, max_length: usize) -> Resul
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carry_over_pins_revealed_tokens_and_leaves_masked_positions_and_uniform_sources_alone() {
+        let logits = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.1, 0.2, 0.3]).view([1, 2, 3]);
+        // Position 0 shows token 2, position 1 is the mask (state 3).
+        let x_t = Tensor::from_slice(&[2i64, 3]).view([1, 2]);
+        let pinned = carry_over(&logits, &x_t, TokenSource::Masked);
+        let probs = Vec::<f32>::try_from(pinned.softmax(-1, Kind::Float).reshape([-1])).unwrap();
+        assert_eq!(&probs[..3], &[0.0, 0.0, 1.0]);
+        let expected =
+            Vec::<f32>::try_from(logits.narrow(1, 1, 1).softmax(-1, Kind::Float).reshape([-1])).unwrap();
+        for (a, b) in probs[3..].iter().zip(&expected) {
+            assert!((a - b).abs() < 1e-7);
+        }
+        let unchanged = carry_over(&logits, &x_t.clamp_max(2), TokenSource::Uniform);
+        assert_eq!(
+            Vec::<f32>::try_from(unchanged.reshape([-1])).unwrap(),
+            Vec::<f32>::try_from(logits.reshape([-1])).unwrap()
+        );
+    }
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use ferroflow_discrete::{Kappa, MixturePath, Token};
 use ferroflow_models::discrete::{
-    TokenMlp, TokenNet, TokenTransformer, cross_entropy_loss, generalized_kl_loss,
+    TokenMlp, TokenNet, TokenTransformer, carry_over, cross_entropy_loss, generalized_kl_loss,
 };
 use ferroflow_models::optim::{Ema, FlatAdam};
 use ferroflow_models::params::ParamStore;
@@ -22,7 +22,12 @@ use ferroflow_paths::Scheduler;
 use ndarray::{Array1, Array2};
 use tch::{Kind, Tensor};
 
-use crate::config::{DiscreteLoss, ModelKind, RunConfig};
+pub mod eval;
+pub mod trained;
+
+pub use trained::{ElboEstimate, TokenGuidance, TokenSampling, TrainedTokens};
+
+use crate::config::{DiscreteLoss, ModelKind, RunConfig, TokenCondition};
 use crate::data::Dataset;
 use crate::error::TrainError;
 use crate::stream::Stream;
@@ -114,7 +119,8 @@ impl ferroflow_discrete::KappaSchedule for SchedulerKappa {
     }
 }
 
-/// A discrete training batch: `x_t`, `x1` (`[batch, length]`) and `t` (`[batch]`).
+/// A discrete training batch: `x_t`, `x1` (`[batch, length]`), `t` (`[batch]`) and, for a conditional run,
+/// the labels (`[batch]`, the null class `num_classes` where dropped).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TokenBatch {
     /// Noisy states.
@@ -123,6 +129,20 @@ pub struct TokenBatch {
     pub x1: Array2<Token>,
     /// Times.
     pub t: Array1<f64>,
+    /// Labels of a conditional run.
+    pub labels: Option<Array1<i64>>,
+}
+
+/// The label of each row of `x1` under `condition` (`[n]`): for [`TokenCondition::Length`], the number of
+/// letters minus one.
+pub fn labels_of(condition: TokenCondition, x1: ndarray::ArrayView2<Token>) -> Array1<i64> {
+    match condition {
+        TokenCondition::Length => x1
+            .rows()
+            .into_iter()
+            .map(|row| row.iter().filter(|&&token| token < crate::tokens::PAD).count() as i64 - 1)
+            .collect(),
+    }
 }
 
 /// Makes the batches of a discrete run.
@@ -134,6 +154,8 @@ pub struct TokenBatchMaker {
     batch_size: usize,
     length: usize,
     time_sampling: crate::config::TimeSampling,
+    /// The condition, its number of classes and the label dropout of a conditional run.
+    condition: Option<(TokenCondition, usize, f64)>,
 }
 
 impl TokenBatchMaker {
@@ -148,6 +170,7 @@ impl TokenBatchMaker {
             batch_size: config.train.batch_size,
             length: config.data.target.dim(),
             time_sampling: config.flow.time_sampling,
+            condition: discrete_condition(config),
         })
     }
 
@@ -166,8 +189,29 @@ impl TokenBatchMaker {
                 step: step as usize,
                 detail: e.to_string(),
             })?;
-        Ok(TokenBatch { x_t, x1, t })
+        // Drawn last, so that an unconditional run's batches do not depend on the option.
+        let labels = self.condition.map(|(condition, classes, dropout)| {
+            use rand::Rng;
+            let mut labels = labels_of(condition, x1.view());
+            for label in &mut labels {
+                if rng.random::<f64>() < dropout {
+                    *label = classes as i64;
+                }
+            }
+            labels
+        });
+        Ok(TokenBatch { x_t, x1, t, labels })
     }
+}
+
+/// The condition, number of classes and label dropout of a conditional discrete run.
+pub fn discrete_condition(config: &RunConfig) -> Option<(TokenCondition, usize, f64)> {
+    let discrete = config.flow.discrete?;
+    Some((
+        discrete.condition?,
+        discrete.num_classes(&config.data.target)?,
+        config.train.label_dropout,
+    ))
 }
 
 /// The mixture path and schedule of `config`'s discrete run.
@@ -197,15 +241,16 @@ pub fn build_token_net(config: &RunConfig) -> Result<Box<dyn TokenNet>, TrainErr
     let device = crate::train::resolve_device(&config.run.device)?;
     let vocab_size = config.data.target.vocab_size().unwrap_or(0);
     let length = config.data.target.dim();
-    let source = config.flow.discrete.unwrap_or_default().source;
+    let discrete = config.flow.discrete.unwrap_or_default();
+    let (source, num_classes) = (discrete.source, discrete.num_classes(&config.data.target));
     let model = &config.model;
     Ok(match model.kind {
         ModelKind::TokenTransformer => Box::new(TokenTransformer::new(
-            model.token_transformer_config(vocab_size, length, source),
+            model.token_transformer_config(vocab_size, length, source, num_classes),
             device,
         )?),
         _ => Box::new(TokenMlp::new(
-            model.token_mlp_config(vocab_size, length, source),
+            model.token_mlp_config(vocab_size, length, source, num_classes),
             device,
         )?),
     })
@@ -256,7 +301,10 @@ impl Trainable for DiscreteTrainer {
         let x1 = tokens_tensor(&batch.x1, device);
         let t_values: Vec<f32> = batch.t.iter().map(|&t| t as f32).collect();
         let t = Tensor::from_slice(&t_values).to_device(device);
-        let logits = net.forward_with(&net.params().views(), &x_t, &t, None);
+        let labels = batch.labels.as_ref().map(|labels| {
+            Tensor::from_slice(labels.as_slice().expect("labels are contiguous")).to_device(device)
+        });
+        let logits = net.forward_with(&net.params().views(), &x_t, &t, labels.as_ref());
         let loss = match self.loss {
             DiscreteLoss::CrossEntropy => cross_entropy_loss(&logits, &x1)?,
             DiscreteLoss::GeneralizedKl => {
@@ -433,27 +481,30 @@ pub fn euler_step_tensor(jumps: &Tensor, x_t: &Tensor, uniforms: &Tensor) -> Ten
 }
 
 /// Samples `n_samples` sequences from a token network (weights `params`) with the Euler CTMC sampler over
-/// `steps` uniform steps, posterior at `temperature`, every random number from `rng`: the source draw first,
-/// then per step one uniform per position (row-major). Returns `[n_samples, length]` token ids.
-#[allow(clippy::too_many_arguments)]
+/// `sampling.steps` uniform steps, posterior at `sampling.temperature` after classifier-free guidance (when
+/// given; the class must be one the network knows, see [`TrainedTokens::check_guidance`]), every random number
+/// from `rng`: the source draw first, then per step one uniform per position (row-major). Returns
+/// `[n_samples, length]` token ids.
 pub fn sample_tokens(
     net: &dyn TokenNet,
     params: &[Tensor],
     path: &MixturePath,
     kappa: &SchedulerKappa,
     n_samples: usize,
-    steps: usize,
-    temperature: f64,
+    sampling: &TokenSampling,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Result<Array2<Token>, TrainError> {
     use ferroflow_discrete::KappaSchedule;
     use rand::Rng;
     let length = net.length();
     let device = net.params().device();
-    let grid = ferroflow_discrete::uniform_grid(steps).map_err(|e| TrainError::Io {
+    let grid = ferroflow_discrete::uniform_grid(sampling.steps).map_err(|e| TrainError::Io {
         path: "sample.steps".into(),
         detail: e.to_string(),
     })?;
+    let labels = sampling
+        .guidance
+        .map(|g| Tensor::full([n_samples as i64], g.class as i64, (Kind::Int64, device)));
     let x0 = path.sample_source(n_samples, length, rng);
     let mut x_t = tokens_tensor(&x0, device);
     let _guard = tch::no_grad_guard();
@@ -462,8 +513,22 @@ pub fn sample_tokens(
         let k = kappa.at(t);
         let coefficient = k.derivative / (1.0 - k.value).max(f64::MIN_POSITIVE);
         let times = Tensor::full([n_samples as i64], t, (Kind::Float, device));
-        let logits = net.forward_with(params, &x_t, &times, None);
-        let probs = posterior_from_logits(&logits, temperature, path.n_states());
+        let logits = match (&labels, sampling.guidance) {
+            (Some(labels), Some(guidance)) => {
+                let conditional = net.forward_with(params, &x_t, &times, Some(labels));
+                let log_cond = conditional.to_kind(Kind::Double).log_softmax(-1, Kind::Double);
+                if guidance.weight == 0.0 {
+                    log_cond
+                } else {
+                    let unconditional = net.forward_with(params, &x_t, &times, None);
+                    let log_uncond = unconditional.to_kind(Kind::Double).log_softmax(-1, Kind::Double);
+                    log_cond * (1.0 + guidance.weight) - log_uncond * guidance.weight
+                }
+            }
+            _ => net.forward_with(params, &x_t, &times, None),
+        };
+        let logits = carry_over(&logits, &x_t, net.source());
+        let probs = posterior_from_logits(&logits, sampling.temperature, path.n_states());
         let jumps = jump_probabilities_tensor(&probs, &x_t, coefficient, step_size.min(1.0 - t));
         let uniforms: Vec<f64> = (0..n_samples * length).map(|_| rng.random::<f64>()).collect();
         let uniforms = Tensor::from_slice(&uniforms)

@@ -1,0 +1,258 @@
+//! A finished discrete run loaded for sampling and evaluation: its config, its token network with the sampling
+//! weights (the EMA when the run kept one), the mixture path, and the two things done with them — the Euler
+//! CTMC sampler with optional classifier-free guidance ([`TrainedTokens::sample`]) and a Monte Carlo estimate of
+//! the ELBO of held-out sequences in bits per token ([`TrainedTokens::elbo`]).
+//!
+//! Guidance mixes the conditional and unconditional posteriors in log space, `(1 + w) log p_cond - w log
+//! p_uncond` renormalised (as [`ferroflow_discrete::classifier_free_guidance`], which the tests compare with),
+//! then applies the temperature; `w = 0` samples the conditional model, and a conditional run sampled without a
+//! class samples its unconditional (null-class) model.
+//!
+//! Both apply the carry-over of a masked source ([`ferroflow_models::discrete::carry_over`]): a revealed token
+//! keeps its value, as under the exact posterior of the masked path.
+//!
+//! The ELBO estimate integrates the generalized KL term over `t` with the math crate's quadrature nodes
+//! ([`ferroflow_discrete::quadrature_nodes`]) and replaces the exact expectation over `x_t ~ p_t(. | x1)` of
+//! [`ferroflow_discrete::elbo()`] (which enumerates `2^L` states) by one draw per node and sequence: an unbiased
+//! estimate of the same quadrature sum, whose standard error over sequences is reported with it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use ferroflow_discrete::{KappaSchedule, MixturePath, Source, Token};
+use ferroflow_models::discrete::{TokenNet, carry_over, generalized_kl_per_position};
+use ndarray::{Array1, Array2, ArrayView2};
+use rand_chacha::ChaCha8Rng;
+use tch::{Kind, Tensor};
+
+use super::{SchedulerKappa, build_token_net, path_and_kappa, tokens_tensor};
+use crate::config::RunConfig;
+use crate::train::MODEL_FILE;
+
+/// Classifier-free guidance of a conditional discrete run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenGuidance {
+    /// The class sampled, `0..num_classes`.
+    pub class: usize,
+    /// The guidance weight `w` (0: the conditional model).
+    pub weight: f64,
+}
+
+/// How to sample a discrete run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenSampling {
+    /// Uniform Euler steps from 0 to 1.
+    pub steps: usize,
+    /// Softmax temperature of the posterior (1: the model's).
+    pub temperature: f64,
+    /// Classifier-free guidance, for conditional runs.
+    pub guidance: Option<TokenGuidance>,
+}
+
+impl TokenSampling {
+    /// The sampling settings of `config` (no guidance).
+    pub fn of(config: &RunConfig) -> Self {
+        Self {
+            steps: config.sample.steps,
+            temperature: config.sample.temperature,
+            guidance: None,
+        }
+    }
+}
+
+/// An ELBO estimate over held-out sequences.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ElboEstimate {
+    /// The upper bound on the negative log-likelihood, in bits per token (padding positions count as tokens).
+    pub bits_per_token: f64,
+    /// Its standard error over the sequences (the draws of `x_t` included).
+    pub stderr: f64,
+    /// The number of sequences.
+    pub sequences: usize,
+}
+
+/// A trained discrete run.
+pub struct TrainedTokens {
+    /// The run's config.
+    pub config: RunConfig,
+    /// The network, holding the sampling weights.
+    pub net: Box<dyn TokenNet>,
+    /// The mixture path.
+    pub path: MixturePath,
+    /// `kappa_t` of the path.
+    pub kappa: SchedulerKappa,
+}
+
+/// Time intervals of the held-out ELBO's quadrature (three nodes each).
+pub const ELBO_INTERVALS: usize = 32;
+
+/// Rows per forward pass of the ELBO and the sampler's chunks.
+const CHUNK_ROWS: usize = 4096;
+
+impl TrainedTokens {
+    /// Loads the discrete run in `run_dir` (its `config.toml` and `model.safetensors`).
+    pub fn load(run_dir: &Path) -> Result<Self> {
+        let config_path = run_dir.join(crate::run::CONFIG_FILE);
+        let config = RunConfig::load(&config_path)?;
+        if !config.data.target.is_tokens() {
+            bail!(
+                "{}: data.target = {} is not a token data set (a continuous run)",
+                config_path.display(),
+                config.data.target.name()
+            );
+        }
+        Self::from_config(config, run_dir)
+    }
+
+    /// Builds the network of `config` with the weights in `run_dir/model.safetensors`.
+    pub fn from_config(config: RunConfig, run_dir: &Path) -> Result<Self> {
+        crate::train::apply_threads(&config);
+        let net = build_token_net(&config)?;
+        let model_path = run_dir.join(MODEL_FILE);
+        net.params()
+            .load(&model_path)
+            .map_err(crate::error::TrainError::from)
+            .with_context(|| format!("cannot load the weights of {}", run_dir.display()))?;
+        let (path, kappa) = path_and_kappa(&config)?;
+        Ok(Self {
+            config,
+            net,
+            path,
+            kappa,
+        })
+    }
+
+    /// Sequence length.
+    pub fn length(&self) -> usize {
+        self.net.length()
+    }
+
+    /// Checks guidance against the network: a class it knows, a finite weight, and a conditional network.
+    pub fn check_guidance(&self, guidance: Option<TokenGuidance>) -> Result<()> {
+        let Some(guidance) = guidance else {
+            return Ok(());
+        };
+        let Some(classes) = self.net.num_classes() else {
+            bail!(
+                "class {}: this run's network is unconditional (set flow.discrete.condition to train a \
+                 conditional one)",
+                guidance.class
+            );
+        };
+        if guidance.class >= classes {
+            bail!(
+                "class {} is not one of this run's {classes} classes (0..={}{})",
+                guidance.class,
+                classes - 1,
+                if matches!(self.config.data.target, crate::data::Dataset::Words { .. }) {
+                    "; class n - 1 is a word of n letters"
+                } else {
+                    ""
+                }
+            );
+        }
+        if !guidance.weight.is_finite() || guidance.weight.abs() > 1e3 {
+            bail!("guidance weight {} is outside [-1000, 1000]", guidance.weight);
+        }
+        Ok(())
+    }
+
+    /// Draws `n_samples` sequences (`[n_samples, length]`), every random number from `rng`: the source draw,
+    /// then per step one uniform per position (row-major).
+    pub fn sample(
+        &self,
+        n_samples: usize,
+        sampling: &TokenSampling,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Array2<Token>> {
+        self.check_guidance(sampling.guidance)?;
+        Ok(super::sample_tokens(
+            &*self.net,
+            &self.net.params().views(),
+            &self.path,
+            &self.kappa,
+            n_samples,
+            sampling,
+            rng,
+        )?)
+    }
+
+    /// The ELBO of the held-out sequences `x1` (`[n, length]` data tokens) under the unconditional (null-class)
+    /// model, with [`ELBO_INTERVALS`] quadrature intervals (crowded towards `t = 1` for a uniform source, whose
+    /// integrand has a logarithmic singularity there) and the draws of `x_t` from `rng`.
+    pub fn elbo(&self, x1: ArrayView2<Token>, rng: &mut ChaCha8Rng) -> Result<ElboEstimate> {
+        let (n, length) = x1.dim();
+        if n < 2 {
+            bail!("the ELBO needs at least 2 held-out sequences, got {n}");
+        }
+        if length != self.length() {
+            bail!(
+                "held-out sequences have {length} tokens, the network reads {}",
+                self.length()
+            );
+        }
+        if let Some(bad) = x1.iter().find(|&&token| token as usize >= self.path.vocab_size()) {
+            bail!(
+                "held-out token {bad} is outside the vocabulary of {} tokens",
+                self.path.vocab_size()
+            );
+        }
+        let grid = match self.path.source() {
+            Source::Masked => ferroflow_discrete::uniform_grid(ELBO_INTERVALS)?,
+            Source::Uniform => ferroflow_discrete::graded_grid(ELBO_INTERVALS, 2.0)?,
+        };
+        let nodes = ferroflow_discrete::quadrature_nodes(&self.kappa, &grid)?;
+        let device = self.net.params().device();
+        let params = self.net.params().views();
+        let _guard = tch::no_grad_guard();
+        let mut per_sequence = Array1::<f64>::zeros(n);
+        for start in (0..n).step_by(CHUNK_ROWS) {
+            let rows = CHUNK_ROWS.min(n - start);
+            let x1_chunk = x1.slice(ndarray::s![start..start + rows, ..]);
+            let x1_tensor = tokens_tensor(&x1_chunk.to_owned(), device);
+            let mut integral = Tensor::zeros([rows as i64], (Kind::Double, device));
+            for &(time, weight) in &nodes {
+                let times = Array1::from_elem(rows, time);
+                let x0 = self.path.sample_source(rows, length, rng);
+                let x_t = self
+                    .path
+                    .sample_x_t(&self.kappa, x0.view(), x1_chunk, times.view(), rng)?;
+                let x_t = tokens_tensor(&x_t, device);
+                let t = Tensor::full([rows as i64], time, (Kind::Float, device));
+                let logits = carry_over(
+                    &self
+                        .net
+                        .forward_with(&params, &x_t, &t, None)
+                        .to_kind(Kind::Double),
+                    &x_t,
+                    self.net.source(),
+                );
+                let kappa = self.kappa.at(time);
+                let loss = generalized_kl_per_position(
+                    &logits,
+                    &x_t,
+                    &x1_tensor,
+                    &Tensor::from(kappa.value),
+                    &Tensor::from(kappa.derivative),
+                )?;
+                integral += loss.sum_dim_intlist([1i64].as_slice(), false, Kind::Double) * weight;
+            }
+            let values = Vec::<f64>::try_from(integral.to_device(tch::Device::Cpu))
+                .context("cannot read the ELBO terms back")?;
+            per_sequence
+                .slice_mut(ndarray::s![start..start + rows])
+                .assign(&Array1::from(values));
+        }
+        if let Some(bad) = per_sequence.iter().find(|value| !value.is_finite()) {
+            bail!("the ELBO came out {bad}: the model gives a held-out token probability 0");
+        }
+        let scale = 1.0 / (length as f64 * std::f64::consts::LN_2);
+        let mean = per_sequence.mean().expect("n >= 2");
+        let stderr = (per_sequence.var(1.0) / n as f64).sqrt();
+        Ok(ElboEstimate {
+            bits_per_token: mean * scale,
+            stderr: stderr * scale,
+            sequences: n,
+        })
+    }
+}
