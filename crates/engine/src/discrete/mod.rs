@@ -480,6 +480,16 @@ pub fn euler_step_tensor(jumps: &Tensor, x_t: &Tensor, uniforms: &Tensor) -> Ten
     first.where_self(&first.lt(n_states), x_t)
 }
 
+/// Classifier-free guidance of a token network's posterior: `log_softmax((1 + w) log p_cond - w log p_uncond)`
+/// from conditional and unconditional logits (`[batch, length, vocab_size]`), in float64; the tensor version of
+/// [`ferroflow_discrete::classifier_free_guidance`] (a network's softmax gives no zero probabilities, so the
+/// array version's refusals do not arise).
+pub fn guided_log_posterior(conditional: &Tensor, unconditional: &Tensor, weight: f64) -> Tensor {
+    let log_cond = conditional.to_kind(Kind::Double).log_softmax(-1, Kind::Double);
+    let log_uncond = unconditional.to_kind(Kind::Double).log_softmax(-1, Kind::Double);
+    (log_cond * (1.0 + weight) - log_uncond * weight).log_softmax(-1, Kind::Double)
+}
+
 /// Samples `n_samples` sequences from a token network (weights `params`) with the Euler CTMC sampler over
 /// `sampling.steps` uniform steps, posterior at `sampling.temperature` after classifier-free guidance (when
 /// given; the class must be one the network knows, see [`TrainedTokens::check_guidance`]), every random number
@@ -516,13 +526,11 @@ pub fn sample_tokens(
         let logits = match (&labels, sampling.guidance) {
             (Some(labels), Some(guidance)) => {
                 let conditional = net.forward_with(params, &x_t, &times, Some(labels));
-                let log_cond = conditional.to_kind(Kind::Double).log_softmax(-1, Kind::Double);
                 if guidance.weight == 0.0 {
-                    log_cond
+                    conditional
                 } else {
                     let unconditional = net.forward_with(params, &x_t, &times, None);
-                    let log_uncond = unconditional.to_kind(Kind::Double).log_softmax(-1, Kind::Double);
-                    log_cond * (1.0 + guidance.weight) - log_uncond * guidance.weight
+                    guided_log_posterior(&conditional, &unconditional, guidance.weight)
                 }
             }
             _ => net.forward_with(params, &x_t, &times, None),
