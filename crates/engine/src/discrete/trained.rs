@@ -181,22 +181,51 @@ impl TrainedTokens {
     /// model, with [`ELBO_INTERVALS`] quadrature intervals (crowded towards `t = 1` for a uniform source, whose
     /// integrand has a logarithmic singularity there) and the draws of `x_t` from `rng`.
     pub fn elbo(&self, x1: ArrayView2<Token>, rng: &mut ChaCha8Rng) -> Result<ElboEstimate> {
-        let (n, length) = x1.dim();
+        let n = x1.nrows();
         if n < 2 {
             bail!("the ELBO needs at least 2 held-out sequences, got {n}");
         }
+        let per_sequence = self.elbo_per_sequence(x1, rng)?;
+        let scale = -1.0 / (x1.ncols() as f64 * std::f64::consts::LN_2);
+        let mean = per_sequence.mean().expect("n >= 2");
+        let stderr = (per_sequence.var(1.0) / n as f64).sqrt();
+        Ok(ElboEstimate {
+            bits_per_token: mean * scale,
+            stderr: stderr * scale.abs(),
+            sequences: n,
+        })
+    }
+
+    /// Checks sequences against the network: `[n >= 1, length]` data tokens, naming the first bad one.
+    pub fn check_sequences(&self, x1: ArrayView2<Token>) -> Result<()> {
+        let (n, length) = x1.dim();
+        if n == 0 {
+            bail!("no sequences");
+        }
         if length != self.length() {
             bail!(
-                "held-out sequences have {length} tokens, the network reads {}",
+                "sequences of {length} tokens; this run's network reads {}",
                 self.length()
             );
         }
-        if let Some(bad) = x1.iter().find(|&&token| token as usize >= self.path.vocab_size()) {
+        if let Some(((row, column), bad)) = x1
+            .indexed_iter()
+            .find(|(_, token)| **token as usize >= self.path.vocab_size())
+        {
             bail!(
-                "held-out token {bad} is outside the vocabulary of {} tokens",
-                self.path.vocab_size()
+                "token {bad} (sequence {row}, position {column}) is outside the vocabulary of {} tokens (0..={})",
+                self.path.vocab_size(),
+                self.path.vocab_size() - 1
             );
         }
+        Ok(())
+    }
+
+    /// The ELBO of each sequence of `x1` (a lower bound on `ln p(x1)` in nats, `[n]`), as [`Self::elbo`]
+    /// estimates it: one draw of `x_t` per quadrature node and sequence.
+    pub fn elbo_per_sequence(&self, x1: ArrayView2<Token>, rng: &mut ChaCha8Rng) -> Result<Array1<f64>> {
+        self.check_sequences(x1)?;
+        let (n, length) = x1.dim();
         let grid = match self.path.source() {
             Source::Masked => ferroflow_discrete::uniform_grid(ELBO_INTERVALS)?,
             Source::Uniform => ferroflow_discrete::graded_grid(ELBO_INTERVALS, 2.0)?,
@@ -244,15 +273,60 @@ impl TrainedTokens {
                 .assign(&Array1::from(values));
         }
         if let Some(bad) = per_sequence.iter().find(|value| !value.is_finite()) {
-            bail!("the ELBO came out {bad}: the model gives a held-out token probability 0");
+            bail!("the ELBO came out {bad}: the model gives a token of the sequences probability 0");
         }
-        let scale = 1.0 / (length as f64 * std::f64::consts::LN_2);
-        let mean = per_sequence.mean().expect("n >= 2");
-        let stderr = (per_sequence.var(1.0) / n as f64).sqrt();
-        Ok(ElboEstimate {
-            bits_per_token: mean * scale,
-            stderr: stderr * scale,
-            sequences: n,
-        })
+        Ok(per_sequence.mapv(|integral| -integral))
     }
+}
+
+/// Reads sequences for a discrete run from `path`: a `.txt` file of words for a words run (one a line,
+/// lowercased like the word list; each 1 to `max_length` letters a-z), or a `.npy` array `[n, length]` of token
+/// ids (whole numbers stored as float32 or float64, the format of `samples.npy`). Errors name the file and
+/// the line, or the row and column, of the first bad entry; the vocabulary and the length are checked by
+/// [`TrainedTokens::check_sequences`].
+pub fn read_sequences(path: &Path, tokens: &TrainedTokens) -> Result<Array2<Token>> {
+    let is_text = path.extension().is_some_and(|e| e == "txt");
+    if is_text {
+        let crate::data::Dataset::Words { max_length, .. } = tokens.config.data.target else {
+            bail!(
+                "{}: a words file, but this run's target is {} (give a .npy of token ids)",
+                path.display(),
+                tokens.config.data.target.name()
+            );
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut words = Vec::new();
+        for (line, word) in text.lines().enumerate() {
+            let word = word.trim().to_lowercase();
+            if !(1..=max_length).contains(&word.len()) || !word.bytes().all(|b| b.is_ascii_lowercase()) {
+                bail!(
+                    "{} line {}: {word:?} is not a word of 1 to {max_length} letters a-z",
+                    path.display(),
+                    line + 1
+                );
+            }
+            words.push(word);
+        }
+        let n = words.len();
+        return Ok(Array2::from_shape_vec(
+            (n, max_length),
+            crate::tokens::encode_words(&words, max_length),
+        )?);
+    }
+    let values = crate::files::read_points(path)?;
+    let mut out = Array2::<Token>::zeros(values.dim());
+    for ((row, column), &value) in values.indexed_iter() {
+        if !(value.is_finite() && value.fract() == 0.0 && value >= 0.0 && value < 1e9) {
+            bail!(
+                "{} row {row}, column {column}: {value} is not a token id (a whole number >= 0)",
+                path.display()
+            );
+        }
+        out[[row, column]] = value as Token;
+    }
+    tokens
+        .check_sequences(out.view())
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(out)
 }
