@@ -275,6 +275,25 @@ fn the_ctmc_sampler_unmasks_every_position_and_is_reproducible_from_its_stream()
     assert_eq!(samples.dim(), (200, 2));
     // The mask is state 6: a masked source leaves none after the last step (kappa_1 = 1).
     assert!(samples.iter().all(|&token| token < 6), "{samples:?}");
+    // Nor with kappa_t = t^2, whose Euler coefficient 2t / (1 - t^2) would leave h / 2 of them masked.
+    let mut squared = config.clone();
+    squared.flow.scheduler = ferroflow_paths::SchedulerKind::Polynomial { exponent: 2.0 };
+    let (_, kappa_squared) = path_and_kappa(&squared).unwrap();
+    let many = sample_tokens(
+        &*net,
+        &net.params().views(),
+        &path,
+        &kappa_squared,
+        4000,
+        &TokenSampling {
+            steps: 4,
+            temperature: 1.0,
+            guidance: None,
+        },
+        &mut Stream::Sample.rng(1),
+    )
+    .unwrap();
+    assert!(many.iter().all(|&token| token < 6));
     assert_eq!(samples, draw(1.0));
     // A low temperature concentrates the untrained posterior: fewer distinct pairs.
     let distinct = |s: &ndarray::Array2<u32>| {
@@ -344,4 +363,25 @@ fn a_new_words_run_leaves_a_normal_run_folder_with_samples_txt_matching_samples_
     // The name is taken now.
     assert!(ferroflow_engine::run::train_new_discrete(&config, &mut [], None).is_err());
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+#[test]
+fn the_samplers_step_coefficient_is_exact_for_the_mixture_path_and_tends_to_eulers() {
+    use ferroflow_discrete::KappaSchedule;
+    use ferroflow_engine::discrete::{SchedulerKappa, exact_step_coefficient};
+    let kappa = SchedulerKappa(
+        ferroflow_paths::SchedulerKind::Polynomial { exponent: 2.0 }
+            .build()
+            .unwrap(),
+    );
+    // The last step leaves nothing: h c = (1 - kappa_t) / (1 - kappa_t) = 1.
+    for steps in [1usize, 3, 64] {
+        let h = 1.0 / steps as f64;
+        assert!((exact_step_coefficient(&kappa, 1.0 - h, h) * h - 1.0).abs() < 1e-12);
+    }
+    // From t = 0.5 over h = 0.1: (0.36 - 0.25) / 0.75 / 0.1.
+    assert!((exact_step_coefficient(&kappa, 0.5, 0.1) - 0.11 / 0.75 / 0.1).abs() < 1e-12);
+    // Small steps: Euler's kappa' / (1 - kappa).
+    let euler = kappa.at(0.5).derivative / (1.0 - kappa.at(0.5).value);
+    assert!((exact_step_coefficient(&kappa, 0.5, 1e-7) - euler).abs() < 1e-5);
 }

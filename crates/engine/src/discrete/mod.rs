@@ -480,6 +480,18 @@ pub fn euler_step_tensor(jumps: &Tensor, x_t: &Tensor, uniforms: &Tensor) -> Ten
     first.where_self(&first.lt(n_states), x_t)
 }
 
+/// The jump coefficient of one sampler step from `t` to `t + step_size`: `(kappa_{t+h} - kappa_t) / ((1 -
+/// kappa_t) h)`, so that `h` times it is the probability that a position not yet at its data token jumps during
+/// the step under the mixture path with the posterior held at `t`. Euler's `kappa'_t / (1 - kappa_t)` is its
+/// limit for small `h`, but leaves positions unjumped at the end wherever `kappa` is convex near 1
+/// (`kappa_t = t^2` keeps a share `h / 2` masked after the last step); this coefficient reaches 1 at the last
+/// step, where every remaining position draws its token from the posterior, as `flow_matching`'s solver does.
+pub fn exact_step_coefficient(kappa: &dyn ferroflow_discrete::KappaSchedule, t: f64, step_size: f64) -> f64 {
+    let (now, next) = (kappa.at(t).value, kappa.at((t + step_size).min(1.0)).value);
+    let leave = ((next - now) / (1.0 - now).max(f64::MIN_POSITIVE)).clamp(0.0, 1.0);
+    leave / step_size
+}
+
 /// Classifier-free guidance of a token network's posterior: `log_softmax((1 + w) log p_cond - w log p_uncond)`
 /// from conditional and unconditional logits (`[batch, length, vocab_size]`), in float64; the tensor version of
 /// [`ferroflow_discrete::classifier_free_guidance`] (a network's softmax gives no zero probabilities, so the
@@ -520,8 +532,9 @@ pub fn sample_tokens(
     let _guard = tch::no_grad_guard();
     for window in grid.windows(2) {
         let (t, step_size) = (window[0], window[1] - window[0]);
-        let k = kappa.at(t);
-        let coefficient = k.derivative / (1.0 - k.value).max(f64::MIN_POSITIVE);
+        // The coefficient that makes the step's leave probability the exact (kappa_{t+h} - kappa_t) /
+        // (1 - kappa_t) of the mixture path with the posterior held at t (see `exact_step_coefficient`).
+        let coefficient = exact_step_coefficient(kappa, t, step_size);
         let times = Tensor::full([n_samples as i64], t, (Kind::Float, device));
         let logits = match (&labels, sampling.guidance) {
             (Some(labels), Some(guidance)) => {
@@ -537,7 +550,7 @@ pub fn sample_tokens(
         };
         let logits = carry_over(&logits, &x_t, net.source());
         let probs = posterior_from_logits(&logits, sampling.temperature, path.n_states());
-        let jumps = jump_probabilities_tensor(&probs, &x_t, coefficient, step_size.min(1.0 - t));
+        let jumps = jump_probabilities_tensor(&probs, &x_t, coefficient, step_size);
         let uniforms: Vec<f64> = (0..n_samples * length).map(|_| rng.random::<f64>()).collect();
         let uniforms = Tensor::from_slice(&uniforms)
             .view([n_samples as i64, length as i64])

@@ -317,7 +317,7 @@ pub fn read_sequences(path: &Path, tokens: &TrainedTokens) -> Result<Array2<Toke
     let values = crate::files::read_points(path)?;
     let mut out = Array2::<Token>::zeros(values.dim());
     for ((row, column), &value) in values.indexed_iter() {
-        if !(value.is_finite() && value.fract() == 0.0 && value >= 0.0 && value < 1e9) {
+        if !(value.is_finite() && value.fract() == 0.0 && (0.0..1e9).contains(&value)) {
             bail!(
                 "{} row {row}, column {column}: {value} is not a token id (a whole number >= 0)",
                 path.display()
