@@ -516,7 +516,6 @@ pub fn sample_tokens(
     sampling: &TokenSampling,
     rng: &mut rand_chacha::ChaCha8Rng,
 ) -> Result<Array2<Token>, TrainError> {
-    use ferroflow_discrete::KappaSchedule;
     use rand::Rng;
     let length = net.length();
     let device = net.params().device();
