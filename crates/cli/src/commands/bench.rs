@@ -1,7 +1,8 @@
-//! `ferroflow bench likelihood | train | guidance | riemannian`: the flags of each benchmark, handed to the experiments
+//! `ferroflow bench likelihood | train | guidance | riemannian | discrete`: the flags of each benchmark, handed to the experiments
 //! crate as plain settings.
 
 use anyhow::Result;
+use ferroflow_experiments::bench::discrete::DiscreteBenchSettings;
 use ferroflow_experiments::bench::guidance::GuidanceBenchSettings;
 use ferroflow_experiments::bench::riemannian::RiemannianBenchSettings;
 use ferroflow_experiments::bench::train::TrainBenchSettings;
@@ -31,6 +32,46 @@ pub enum BenchKind {
     /// The Riemannian configs trained and measured, side by side with flow_matching's Riemannian flow
     /// matching when `--peer-python` is given (`cargo xtask bench riemannian --peers`).
     Riemannian(RiemannianBenchArgs),
+    /// A discrete run (checkerboard tokens) trained and measured, side by side with flow_matching's discrete
+    /// flow matching when `--peer-python` is given (`cargo xtask bench discrete --peers`).
+    Discrete(DiscreteBenchArgs),
+}
+
+/// Arguments of `ferroflow bench discrete`.
+#[derive(Debug, clap::Args)]
+pub struct DiscreteBenchArgs {
+    /// The discrete config to run (a `tokens_2d` target and the token MLP).
+    #[arg(long, default_value = "configs/discrete/checkerboard.toml")]
+    pub config: PathBuf,
+    /// Where the run, the peer's folder and the report are written (each replaced on every call).
+    #[arg(long, default_value = "bench-out/discrete")]
+    pub out_dir: PathBuf,
+    /// Training steps instead of the config's.
+    #[arg(long, default_value_t = 3000)]
+    pub steps: usize,
+    /// A Python with flow_matching (`.peers/python` from `cargo xtask setup --peers`): run it side by side.
+    #[arg(long)]
+    pub peer_python: Option<String>,
+    /// The peer's torch threads (0: torch's default, as its users run it).
+    #[arg(long, default_value_t = 0)]
+    pub peer_threads: usize,
+    /// Timed sampling runs of each program (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+}
+
+impl DiscreteBenchArgs {
+    /// The experiment's settings.
+    pub fn settings(&self) -> DiscreteBenchSettings {
+        DiscreteBenchSettings {
+            config: self.config.clone(),
+            out_dir: self.out_dir.clone(),
+            steps: Some(self.steps),
+            peer_python: self.peer_python.clone(),
+            peer_threads: self.peer_threads,
+            repeats: self.repeats,
+        }
+    }
 }
 
 /// Arguments of `ferroflow bench riemannian`.
@@ -191,5 +232,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             &args.settings(),
             &mut [&mut Progress::auto()],
         ),
+        BenchKind::Discrete(args) => ferroflow_experiments::bench::discrete::discrete_bench(
+            &args.settings(),
+            &mut [&mut Progress::auto()],
+        )
+        .map(|_| ()),
     }
 }

@@ -41,6 +41,7 @@ use ferroflow_models::DivergenceEstimator;
 
 use crate::timing::{Timing, load_average, median_time};
 
+pub mod discrete;
 pub mod guidance;
 pub mod riemannian;
 pub mod train;
