@@ -529,10 +529,10 @@ fn read_peer(dir: &Path, config: &RunConfig, grid: Grid, parameters: i64) -> Res
         samples.dim()
     );
     let mut tokens = Array2::zeros((n, 2));
-    for ((index, &value), token) in samples.indexed_iter().zip(tokens.iter_mut()) {
+    for (((row, column), &value), token) in samples.indexed_iter().zip(tokens.iter_mut()) {
         ensure!(
             value.fract() == 0.0 && value >= 0.0 && (value as usize) < grid.bins,
-            "{}: entry {index:?} is {value}, not a token id in 0..{} (the vocabulary)",
+            "{}: row {row}, column {column} is {value}, not a token id in 0..{} (the vocabulary)",
             samples_path.display(),
             grid.bins
         );
