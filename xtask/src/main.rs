@@ -20,7 +20,7 @@ tasks:
   train [--config FILE] [-- ARGS]   set up, then train (default config: configs/default.toml)
   eval [--run DIR] [-- ARGS]  set up, then evaluate a run (default: the newest folder under runs/)
   test                       set up, then fmt --check, clippy -D warnings, and the whole test suite
-  bench ot|train|likelihood|guidance|riemannian [--peers] [-- ARGS]   benchmarks in release mode;
+  bench ot|train|likelihood|guidance|riemannian|discrete [--peers] [-- ARGS]   benchmarks in release mode;
                              --peers installs the Python peers and runs them side by side
   bench2d [--seeds N] [--steps S] [--only TEXT,...]   the 2D OT-CFM benchmark, written to docs/results-2d.md
   data fashion-mnist         install and prepare Fashion-MNIST under data/
@@ -141,7 +141,7 @@ fn parse_setup_flags(rest: &[String]) -> Result<(setup::Mode, bool)> {
 
 fn bench(root: &Path, rest: &[String]) -> Result<()> {
     let Some((which, extra)) = rest.split_first() else {
-        bail!("bench needs one of: ot, train, likelihood, guidance, riemannian");
+        bail!("bench needs one of: ot, train, likelihood, guidance, riemannian, discrete");
     };
     let with_peers = extra.iter().take_while(|a| *a != "--").any(|a| a == "--peers");
     let mut extra: Vec<String> = extra
@@ -150,8 +150,8 @@ fn bench(root: &Path, rest: &[String]) -> Result<()> {
         .cloned()
         .collect();
     ensure!(
-        !with_peers || which == "train" || which == "riemannian",
-        "bench {which} has no side-by-side peer run; --peers goes with train and riemannian"
+        !with_peers || ["train", "riemannian", "discrete"].contains(&which.as_str()),
+        "bench {which} has no side-by-side peer run; --peers goes with train, riemannian and discrete"
     );
     match which.as_str() {
         // The OT benchmark needs no libtorch: it runs the coupling crate's example directly.
@@ -168,7 +168,7 @@ fn bench(root: &Path, rest: &[String]) -> Result<()> {
             args.extend(extra.iter().map(String::as_str));
             cargo(&args)
         }
-        "train" | "likelihood" | "guidance" | "riemannian" => {
+        "train" | "likelihood" | "guidance" | "riemannian" | "discrete" => {
             setup::ensure(root)?;
             if with_peers {
                 let python = setup::peers(root)?;
@@ -179,7 +179,9 @@ fn bench(root: &Path, rest: &[String]) -> Result<()> {
             args.extend(extra);
             ferroflow(&args)
         }
-        other => bail!("unknown benchmark `{other}`; known: ot, train, likelihood, guidance, riemannian"),
+        other => {
+            bail!("unknown benchmark `{other}`; known: ot, train, likelihood, guidance, riemannian, discrete")
+        }
     }
 }
 
