@@ -604,6 +604,14 @@ fn markdown(config: &RunConfig, report: &DiscreteBenchReport) -> String {
             peer.seconds_per_train_step / report.ferroflow.seconds_per_train_step,
             peer.seconds_per_sample_step / report.ferroflow.seconds_per_sample_step,
         ));
+        if peer.threads != report.ferroflow.threads {
+            out.push_str(&format!(
+                "The two programs ran with different thread counts ({} and {}): the ratios compare two settings, \
+                 not two programs (`--peer-threads {}` runs the peer like ferroflow; on a loaded machine, \
+                 threads that wait for each other can make the larger count much slower).\n",
+                report.ferroflow.threads, peer.threads, report.ferroflow.threads
+            ));
+        }
     }
     out.push_str(
         "\nW2: exact, decoded bin centres against the same fresh continuous data points; TV: total variation \
