@@ -31,11 +31,10 @@ use anyhow::{Context, Result, bail, ensure};
 use ferroflow_engine::RunConfig;
 use ferroflow_engine::config::{DiscreteLoss, ModelKind, TimeSampling};
 use ferroflow_engine::data::Dataset;
-use ferroflow_engine::discrete::{build_token_net, path_and_kappa, sample_tokens};
+use ferroflow_engine::discrete::{TokenSampling, TrainedTokens};
 use ferroflow_engine::metrics::RunMetrics;
 use ferroflow_engine::stream::Stream;
 use ferroflow_engine::tokens::Grid;
-use ferroflow_engine::train::MODEL_FILE;
 use ferroflow_models::discrete::TokenSource;
 use ferroflow_models::optim::OptimizerKind;
 use ferroflow_paths::SchedulerKind;
@@ -156,28 +155,13 @@ pub fn discrete_bench(
     let metrics = RunMetrics::read(&run_dir)?;
     let measure = Measure::new(&config, grid)?;
 
-    let net = build_token_net(&config)?;
-    let model_file = run_dir.join(MODEL_FILE);
-    let weights = ferroflow_models::checkpoint::load_tensors(&model_file)?;
-    let params = net.params();
-    let sampling = params.flat().zeros_like();
-    params.load_named_into(&sampling, weights, &model_file)?;
-    let views = params.views_of(&sampling);
-    let (path, kappa) = path_and_kappa(&config)?;
-    ferroflow_engine::train::apply_threads(&config);
+    // The run's own sampler (`eval`'s and `sample`'s), from the weights training saved (the EMA when enabled).
+    let tokens = TrainedTokens::from_config(config.clone(), &run_dir)?;
+    let sampling = TokenSampling::of(&config);
     let n = config.sample.w2_samples;
     println!("bench discrete: sampling {n} sequences with ferroflow");
     let (timing, samples) = median_time(settings.repeats, || {
-        sample_tokens(
-            &*net,
-            &views,
-            &path,
-            &kappa,
-            n,
-            config.sample.steps,
-            config.sample.temperature,
-            &mut Stream::EvalSource.rng(config.run.seed),
-        )
+        tokens.sample(n, &sampling, &mut Stream::EvalSource.rng(config.run.seed))
     })?;
     let (w2, tv) = measure.of_tokens(samples.view())?;
     let ours = Figures {
@@ -187,7 +171,7 @@ pub fn discrete_bench(
         w2,
         tv,
         threads: tch::get_num_threads() as usize,
-        parameters: params.numel(),
+        parameters: tokens.net.params().numel(),
         final_loss: metrics.final_loss,
         unrevealed: unrevealed(&config, samples.view()),
     };
