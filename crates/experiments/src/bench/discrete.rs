@@ -601,9 +601,10 @@ fn markdown(config: &RunConfig, report: &DiscreteBenchReport) -> String {
         "\nW2: exact, decoded bin centres against the same fresh continuous data points; TV: total variation \
          between the samples' histogram over the bins and that of 1,000,000 fresh discretised data points. The \
          floor row is a fresh discretised data sample of the same size: the best W2 the grid and the best TV the \
-         sample size allow. Unrevealed: positions still holding the mask after the last sampling step (they \
-         decode just outside the window and count fully in TV); flow_matching's solver draws every position \
-         from the posterior at its last step, so it leaves none.\n",
+         sample size allow. Unrevealed: positions still holding the mask after the last sampling step, a check \
+         (they would decode just outside the window and count fully in TV): flow_matching's solver draws every \
+         position from the posterior at its last step, and ferroflow's exact jump probability reveals every \
+         position by t = 1, so both should show 0.\n",
     );
     out
 }
