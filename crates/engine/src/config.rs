@@ -606,6 +606,13 @@ pub struct SampleSection {
     /// Written only when not 1; refused for continuous runs.
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub temperature: f64,
+    /// Whether a discrete run's sampler keeps revealed tokens of a masked source (`true`: the carry-over of
+    /// masked diffusion models, the model whose ELBO `eval` reports) or follows the network's own rates, which
+    /// can also move a revealed token (`false`, the default, as `flow_matching`'s solver: on the checkerboard
+    /// after 2,000 steps it measured W2 0.104 against 0.118 and bin TV 0.279 against 0.289 on the same
+    /// weights). Written only when true; refused for continuous runs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub carry_over: bool,
 }
 
 fn one() -> f64 {
@@ -641,6 +648,7 @@ impl Default for SampleSection {
             rtol: default_tol(),
             w2_samples: default_w2_samples(),
             temperature: 1.0,
+            carry_over: false,
         }
     }
 }
@@ -1093,6 +1101,12 @@ impl RunConfig {
             return Err(ConfigError::value(
                 "sample.temperature",
                 "is for discrete runs; a continuous flow has no posterior to sharpen",
+            ));
+        }
+        if self.sample.carry_over {
+            return Err(ConfigError::value(
+                "sample.carry_over",
+                "is for discrete runs with a masked source; a continuous flow reveals no tokens",
             ));
         }
         Ok(())
@@ -1657,6 +1671,7 @@ mod tests {
             ("[flow]\ndiscrete = { source = \"masked\" }\n", "flow.discrete"),
             ("[model]\nkind = \"token_transformer\"\n", "model.kind"),
             ("[sample]\ntemperature = 0.7\n", "sample.temperature"),
+            ("[sample]\ncarry_over = true\n", "sample.carry_over"),
         ] {
             let err = refusal(extra);
             assert!(err.contains(key) && !err.starts_with("accepted"), "{key}: {err}");

@@ -266,6 +266,7 @@ fn the_ctmc_sampler_unmasks_every_position_and_is_reproducible_from_its_stream()
                 steps: 10,
                 temperature,
                 guidance: None,
+                carry_over: false,
             },
             &mut rng,
         )
@@ -289,6 +290,7 @@ fn the_ctmc_sampler_unmasks_every_position_and_is_reproducible_from_its_stream()
             steps: 4,
             temperature: 1.0,
             guidance: None,
+            carry_over: false,
         },
         &mut Stream::Sample.rng(1),
     )

@@ -60,27 +60,31 @@ fn a_trained_tiny_model_samples_its_nine_state_data_within_a_chi_square_test() {
     let (run_dir, tokens) = trained(&root, NINE_STATES, 4000, "");
     let probabilities = nine_state_probabilities(&tokens.config);
     let n = 3000;
-    let sampling = TokenSampling {
-        steps: 64,
-        temperature: 1.0,
-        guidance: None,
-    };
-    let samples = tokens.sample(n, &sampling, &mut Stream::Sample.rng(1)).unwrap();
-    let mut counts = [0.0; 9];
-    for row in samples.rows() {
-        counts[(row[0] * 3 + row[1]) as usize] += 1.0;
+    // Both samplers: the network's own rates, and the carry-over of revealed tokens.
+    for carry_over in [false, true] {
+        let sampling = TokenSampling {
+            steps: 64,
+            temperature: 1.0,
+            guidance: None,
+            carry_over,
+        };
+        let samples = tokens.sample(n, &sampling, &mut Stream::Sample.rng(1)).unwrap();
+        let mut counts = [0.0; 9];
+        for row in samples.rows() {
+            counts[(row[0] * 3 + row[1]) as usize] += 1.0;
+        }
+        let chi_square: f64 = counts
+            .iter()
+            .zip(probabilities)
+            .filter(|(_, p)| *p > 0.0)
+            .map(|(observed, p)| (observed - n as f64 * p).powi(2) / (n as f64 * p))
+            .sum();
+        // The 0.999 quantile of chi-square with 8 degrees of freedom is 26.12.
+        assert!(
+            chi_square < 26.12,
+            "carry-over {carry_over}: chi-square {chi_square}: counts {counts:?} against {probabilities:?}"
+        );
     }
-    let chi_square: f64 = counts
-        .iter()
-        .zip(probabilities)
-        .filter(|(_, p)| *p > 0.0)
-        .map(|(observed, p)| (observed - n as f64 * p).powi(2) / (n as f64 * p))
-        .sum();
-    // The 0.999 quantile of chi-square with 8 degrees of freedom is 26.12.
-    assert!(
-        chi_square < 26.12,
-        "chi-square {chi_square}: counts {counts:?} against {probabilities:?}"
-    );
     // And not by luck of a flat model: the data is far from uniform.
     assert!(probabilities.iter().any(|&p| p > 0.2) && probabilities.iter().any(|&p| p < 0.05));
     // The held-out ELBO bounds the cross-entropy E_data[-log2 p_model] >= H(data) from above: six pairs of
@@ -202,6 +206,7 @@ fn a_length_conditional_words_run_follows_its_class_more_as_guidance_grows_and_e
             steps: 16,
             temperature: 1.0,
             guidance: Some(TokenGuidance { class, weight }),
+            carry_over: false,
         };
         let samples = tokens.sample(400, &sampling, &mut Stream::Sample.rng(2)).unwrap();
         eval::words_of(samples.view())
@@ -229,6 +234,7 @@ fn a_length_conditional_words_run_follows_its_class_more_as_guidance_grows_and_e
             class: 4,
             weight: 1.0,
         }),
+        carry_over: false,
     };
     let err = tokens
         .sample(2, &bad, &mut Stream::Sample.rng(0))

@@ -547,7 +547,11 @@ pub fn sample_tokens(
             }
             _ => net.forward_with(params, &x_t, &times, None),
         };
-        let logits = carry_over(&logits, &x_t, net.source());
+        let logits = if sampling.carry_over {
+            carry_over(&logits, &x_t, net.source())
+        } else {
+            logits
+        };
         let probs = posterior_from_logits(&logits, sampling.temperature, path.n_states());
         let jumps = jump_probabilities_tensor(&probs, &x_t, coefficient, step_size);
         let uniforms: Vec<f64> = (0..n_samples * length).map(|_| rng.random::<f64>()).collect();
