@@ -613,6 +613,35 @@ pub struct SampleSection {
     /// weights). Written only when true; refused for continuous runs.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub carry_over: bool,
+    /// The divergence-free corrector of a discrete run's sampler (Gat et al. 2024, section 2.3): its rate
+    /// `beta_t kappa'_t / (kappa_t (1 - kappa_t)) [kappa_t p_{1|t} + (1 - kappa_t) p_0 - delta]` with
+    /// `beta_t = scale t^t_exponent (1 - t)^one_minus_t_exponent` is added to the marginal rate; it leaves the
+    /// path's marginals unchanged and lets tokens be re-drawn. Absent: no corrector. Refused for continuous runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrector: Option<CorrectorSection>,
+}
+
+/// `[sample] corrector = { scale, t_exponent, one_minus_t_exponent }`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectorSection {
+    /// `scale >= 0`.
+    pub scale: f64,
+    /// The exponent of `t`, `> 0` (the corrector's rate divides by `kappa_t`, which is 0 at `t = 0`).
+    pub t_exponent: f64,
+    /// The exponent of `1 - t`, `>= 0`.
+    pub one_minus_t_exponent: f64,
+}
+
+impl CorrectorSection {
+    /// The math crate's corrector schedule.
+    pub fn corrector(&self) -> ferroflow_discrete::Corrector {
+        ferroflow_discrete::Corrector::Power {
+            scale: self.scale,
+            t_exponent: self.t_exponent,
+            one_minus_t_exponent: self.one_minus_t_exponent,
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -649,6 +678,7 @@ impl Default for SampleSection {
             w2_samples: default_w2_samples(),
             temperature: 1.0,
             carry_over: false,
+            corrector: None,
         }
     }
 }
@@ -1109,6 +1139,12 @@ impl RunConfig {
                 "is for discrete runs with a masked source; a continuous flow reveals no tokens",
             ));
         }
+        if self.sample.corrector.is_some() {
+            return Err(ConfigError::value(
+                "sample.corrector",
+                "is for discrete runs; a continuous flow has no jump rates to correct",
+            ));
+        }
         Ok(())
     }
 
@@ -1241,6 +1277,40 @@ impl RunConfig {
                 "sample.temperature",
                 format!("{} is outside (0, 100]", sample.temperature),
             ));
+        }
+        if let Some(corrector) = sample.corrector {
+            let bounded = |v: f64| v.is_finite() && (0.0..=1e3).contains(&v);
+            for (key, value, ok) in [
+                (
+                    "sample.corrector.scale",
+                    corrector.scale,
+                    bounded(corrector.scale),
+                ),
+                (
+                    "sample.corrector.t_exponent",
+                    corrector.t_exponent,
+                    bounded(corrector.t_exponent) && corrector.t_exponent > 0.0,
+                ),
+                (
+                    "sample.corrector.one_minus_t_exponent",
+                    corrector.one_minus_t_exponent,
+                    bounded(corrector.one_minus_t_exponent),
+                ),
+            ] {
+                if !ok {
+                    return Err(ConfigError::value(
+                        key,
+                        format!(
+                            "{value} is outside {}",
+                            if key.ends_with("t_exponent") && !key.contains("one_minus") {
+                                "(0, 1000] (the corrector divides by kappa_t, 0 at t = 0)"
+                            } else {
+                                "[0, 1000]"
+                            }
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -1627,6 +1697,18 @@ mod tests {
                 "sample.temperature",
             ),
             (
+                format!(
+                    "{TOKENS}[sample]\ncorrector = {{ scale = 1.0, t_exponent = 0.0, one_minus_t_exponent = 1.0 }}\n"
+                ),
+                "sample.corrector.t_exponent",
+            ),
+            (
+                format!(
+                    "{TOKENS}[sample]\ncorrector = {{ scale = -1.0, t_exponent = 1.0, one_minus_t_exponent = 1.0 }}\n"
+                ),
+                "sample.corrector.scale",
+            ),
+            (
                 format!("{TOKENS}[model.token_mlp]\nwidth = 0\n"),
                 "model.token_mlp.width",
             ),
@@ -1672,6 +1754,10 @@ mod tests {
             ("[model]\nkind = \"token_transformer\"\n", "model.kind"),
             ("[sample]\ntemperature = 0.7\n", "sample.temperature"),
             ("[sample]\ncarry_over = true\n", "sample.carry_over"),
+            (
+                "[sample]\ncorrector = { scale = 1.0, t_exponent = 1.0, one_minus_t_exponent = 1.0 }\n",
+                "sample.corrector",
+            ),
         ] {
             let err = refusal(extra);
             assert!(err.contains(key) && !err.starts_with("accepted"), "{key}: {err}");

@@ -205,6 +205,36 @@ fn the_tensor_ctmc_step_equals_the_array_step_on_random_inputs() {
             for (a, b) in got.iter().zip(expected.iter()) {
                 assert!((a - b).abs() < 1e-12, "t = {t}: {a} vs {b}");
             }
+            // With the corrector: the marginal and corrector rates' target, stepped with coefficient 1.
+            let corrector = Corrector::Power {
+                scale: 0.7,
+                t_exponent: 1.0,
+                one_minus_t_exponent: 0.5,
+            };
+            let expected = jump_probabilities(
+                &path,
+                &schedule,
+                probs.view(),
+                x_t.view(),
+                t,
+                step_size,
+                &corrector,
+            )
+            .unwrap();
+            let coefficient = kappa.derivative / (1.0 - kappa.value);
+            let rates = ferroflow_engine::discrete::corrected_rate_target(
+                &probs_tensor,
+                &path,
+                kappa.value,
+                kappa.derivative,
+                corrector.coefficient(t).unwrap(),
+                coefficient,
+            );
+            let corrected = jump_probabilities_tensor(&rates, &x_tensor, 1.0, step_size);
+            let got = Vec::<f64>::try_from(corrected.reshape([-1])).unwrap();
+            for (a, b) in got.iter().zip(expected.iter()) {
+                assert!((a - b).abs() < 1e-12, "corrector, t = {t}: {a} vs {b}");
+            }
             // The same uniforms give the same next states.
             let seed: u64 = rng.random();
             let next = euler_step(
@@ -267,6 +297,7 @@ fn the_ctmc_sampler_unmasks_every_position_and_is_reproducible_from_its_stream()
                 temperature,
                 guidance: None,
                 carry_over: false,
+                corrector: ferroflow_discrete::Corrector::Off,
             },
             &mut rng,
         )
@@ -291,6 +322,7 @@ fn the_ctmc_sampler_unmasks_every_position_and_is_reproducible_from_its_stream()
             temperature: 1.0,
             guidance: None,
             carry_over: false,
+            corrector: ferroflow_discrete::Corrector::Off,
         },
         &mut Stream::Sample.rng(1),
     )

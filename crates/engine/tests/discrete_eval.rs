@@ -60,13 +60,24 @@ fn a_trained_tiny_model_samples_its_nine_state_data_within_a_chi_square_test() {
     let (run_dir, tokens) = trained(&root, NINE_STATES, 4000, "");
     let probabilities = nine_state_probabilities(&tokens.config);
     let n = 3000;
-    // Both samplers: the network's own rates, and the carry-over of revealed tokens.
-    for carry_over in [false, true] {
+    // Every sampler: the network's own rates, the carry-over of revealed tokens, and the corrector (which
+    // leaves the marginals of the exact posterior unchanged).
+    let corrector = ferroflow_discrete::Corrector::Power {
+        scale: 1.0,
+        t_exponent: 1.0,
+        one_minus_t_exponent: 1.0,
+    };
+    for (carry_over, corrector) in [
+        (false, ferroflow_discrete::Corrector::Off),
+        (true, ferroflow_discrete::Corrector::Off),
+        (false, corrector),
+    ] {
         let sampling = TokenSampling {
             steps: 64,
             temperature: 1.0,
             guidance: None,
             carry_over,
+            corrector,
         };
         let samples = tokens.sample(n, &sampling, &mut Stream::Sample.rng(1)).unwrap();
         let mut counts = [0.0; 9];
@@ -82,7 +93,7 @@ fn a_trained_tiny_model_samples_its_nine_state_data_within_a_chi_square_test() {
         // The 0.999 quantile of chi-square with 8 degrees of freedom is 26.12.
         assert!(
             chi_square < 26.12,
-            "carry-over {carry_over}: chi-square {chi_square}: counts {counts:?} against {probabilities:?}"
+            "carry-over {carry_over}, {corrector:?}: chi-square {chi_square}: counts {counts:?} against {probabilities:?}"
         );
     }
     // And not by luck of a flat model: the data is far from uniform.
@@ -207,6 +218,7 @@ fn a_length_conditional_words_run_follows_its_class_more_as_guidance_grows_and_e
             temperature: 1.0,
             guidance: Some(TokenGuidance { class, weight }),
             carry_over: false,
+            corrector: ferroflow_discrete::Corrector::Off,
         };
         let samples = tokens.sample(400, &sampling, &mut Stream::Sample.rng(2)).unwrap();
         eval::words_of(samples.view())
@@ -235,6 +247,7 @@ fn a_length_conditional_words_run_follows_its_class_more_as_guidance_grows_and_e
             weight: 1.0,
         }),
         carry_over: false,
+        corrector: ferroflow_discrete::Corrector::Off,
     };
     let err = tokens
         .sample(2, &bad, &mut Stream::Sample.rng(0))

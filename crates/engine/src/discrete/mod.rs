@@ -480,6 +480,27 @@ pub fn euler_step_tensor(jumps: &Tensor, x_t: &Tensor, uniforms: &Tensor) -> Ten
     first.where_self(&first.lt(n_states), x_t)
 }
 
+/// The off-diagonal rates of the marginal rate plus the corrector's, `coefficient p(y) + beta kappa' / (kappa
+/// (1 - kappa)) [kappa p(y) + (1 - kappa) p0(y)]` (`[batch, length, n_states]`), for
+/// [`jump_probabilities_tensor`] with coefficient 1: the tensor form of [`ferroflow_discrete::marginal_rates`]
+/// plus [`ferroflow_discrete::corrector_rates`] off the diagonal (the diagonal is ignored there). `kappa > 0`
+/// where `beta > 0` (the corrector schedules of `sample.corrector` vanish at `t = 0`).
+pub fn corrected_rate_target(
+    probs: &Tensor,
+    path: &MixturePath,
+    kappa: f64,
+    d_kappa: f64,
+    beta: f64,
+    coefficient: f64,
+) -> Tensor {
+    let source: Vec<f64> = path.source_distribution().to_vec();
+    let source = Tensor::from_slice(&source).to_device(probs.device());
+    let jump = d_kappa / (1.0 - kappa).max(f64::MIN_POSITIVE);
+    let corrector = beta * jump / kappa.max(f64::MIN_POSITIVE);
+    let target: Tensor = probs * kappa + source * (1.0 - kappa);
+    probs * coefficient + target * corrector
+}
+
 /// The jump coefficient of one sampler step from `t` to `t + step_size`: `(kappa_{t+h} - kappa_t) / ((1 -
 /// kappa_t) h)`, so that `h` times it is the probability that a position not yet at its data token jumps during
 /// the step under the mixture path with the posterior held at `t`. Euler's `kappa'_t / (1 - kappa_t)` is its
@@ -553,7 +574,23 @@ pub fn sample_tokens(
             logits
         };
         let probs = posterior_from_logits(&logits, sampling.temperature, path.n_states());
-        let jumps = jump_probabilities_tensor(&probs, &x_t, coefficient, step_size);
+        // No corrector on the last step, which draws every position from the posterior (the corrector's rate
+        // towards the source would put masks back at t = 1).
+        let beta = if window[1] >= 1.0 {
+            0.0
+        } else {
+            sampling.corrector.coefficient(t).map_err(|e| TrainError::Io {
+                path: "sample.corrector".into(),
+                detail: e.to_string(),
+            })?
+        };
+        let jumps = if beta > 0.0 {
+            let k = ferroflow_discrete::KappaSchedule::at(kappa, t);
+            let rates = corrected_rate_target(&probs, path, k.value, k.derivative, beta, coefficient);
+            jump_probabilities_tensor(&rates, &x_t, 1.0, step_size)
+        } else {
+            jump_probabilities_tensor(&probs, &x_t, coefficient, step_size)
+        };
         let uniforms: Vec<f64> = (0..n_samples * length).map(|_| rng.random::<f64>()).collect();
         let uniforms = Tensor::from_slice(&uniforms)
             .view([n_samples as i64, length as i64])

@@ -52,6 +52,8 @@ pub struct TokenSampling {
     pub guidance: Option<TokenGuidance>,
     /// Keep revealed tokens of a masked source (see `sample.carry_over`).
     pub carry_over: bool,
+    /// The divergence-free corrector (see `sample.corrector`).
+    pub corrector: ferroflow_discrete::Corrector,
 }
 
 impl TokenSampling {
@@ -62,6 +64,10 @@ impl TokenSampling {
             temperature: config.sample.temperature,
             guidance: None,
             carry_over: config.sample.carry_over,
+            corrector: config
+                .sample
+                .corrector
+                .map_or(ferroflow_discrete::Corrector::Off, |c| c.corrector()),
         }
     }
 }
