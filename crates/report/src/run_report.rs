@@ -92,8 +92,11 @@ enum Outcome {
 pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
     let started = Instant::now();
     let config_path = run_dir.join(ferroflow_engine::run::CONFIG_FILE);
-    if config_path.exists() && RunConfig::load(&config_path)?.data.target.is_tokens() {
-        return discrete_report(run_dir, started);
+    if config_path.exists() {
+        let config = RunConfig::load(&config_path)?;
+        if config.data.target.is_tokens() {
+            return discrete_report(run_dir, &config, started);
+        }
     }
     let flow = TrainedFlow::load(run_dir)
         .with_context(|| format!("cannot load the run in {} for its report", run_dir.display()))?;
@@ -169,16 +172,28 @@ pub fn write_report(run_dir: &Path) -> Result<Vec<PathBuf>> {
             });
         }
     }
+    finish_report(run_dir, &flow.config, outcomes, "", started)
+}
+
+/// Adds the loss curve to `outcomes`, writes `report.md` (with `extra` Markdown before the skipped files) and
+/// returns the paths written: the end of every run's report.
+fn finish_report(
+    run_dir: &Path,
+    config: &RunConfig,
+    mut outcomes: Vec<Outcome>,
+    extra: &str,
+    started: Instant,
+) -> Result<Vec<PathBuf>> {
     outcomes.push(loss_picture(run_dir)?);
     let metrics = match serde_json::to_value(RunMetrics::read(run_dir)?)? {
         Value::Object(map) => map,
         _ => Map::new(),
     };
     let page = markdown(
-        &flow.config,
+        config,
         &metrics,
         &outcomes,
-        "",
+        extra,
         started.elapsed().as_secs_f64(),
     );
     let page_path = run_dir.join(REPORT_FILE);
@@ -200,8 +215,7 @@ pub const LISTED_WORDS: usize = 60;
 /// The report of a discrete run: for a 2D token target `samples.png` (the bin histogram of `samples.npy`) and
 /// `data.png` (the same for as many discretised fresh target points), the loss curve, and `report.md`, which
 /// for words lists the first [`LISTED_WORDS`] sampled words.
-fn discrete_report(run_dir: &Path, started: Instant) -> Result<Vec<PathBuf>> {
-    let config = RunConfig::load(&run_dir.join(ferroflow_engine::run::CONFIG_FILE))?;
+fn discrete_report(run_dir: &Path, config: &RunConfig, started: Instant) -> Result<Vec<PathBuf>> {
     let samples_path = run_dir.join("samples.npy");
     let samples = if samples_path.exists() {
         Some(read_points(&samples_path)?)
@@ -210,7 +224,7 @@ fn discrete_report(run_dir: &Path, started: Instant) -> Result<Vec<PathBuf>> {
     };
     let mut outcomes = Vec::new();
     let mut extra = String::new();
-    match (ferroflow_engine::discrete::eval::grid_of(&config), &samples) {
+    match (ferroflow_engine::discrete::eval::grid_of(config), &samples) {
         (Some(grid), Some(samples)) => {
             let tokens = samples.mapv(|value| value as u32);
             if let Some(bad) = tokens.iter().find(|&&token| token as usize >= grid.bins) {
@@ -220,7 +234,7 @@ fn discrete_report(run_dir: &Path, started: Instant) -> Result<Vec<PathBuf>> {
                     grid.bins
                 );
             }
-            let reference = reference_samples(&config, tokens.nrows());
+            let reference = reference_samples(config, tokens.nrows());
             let data = grid.encode_points(reference.view());
             let window = Window {
                 x_min: -grid.half_width,
@@ -278,29 +292,7 @@ The first {} of {} (`{}`): {}\n",
         }
         (Some(_), None) => {}
     }
-    outcomes.push(loss_picture(run_dir)?);
-    let metrics = match serde_json::to_value(RunMetrics::read(run_dir)?)? {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    };
-    let page = markdown(
-        &config,
-        &metrics,
-        &outcomes,
-        &extra,
-        started.elapsed().as_secs_f64(),
-    );
-    let page_path = run_dir.join(REPORT_FILE);
-    write_atomic(&page_path, page.as_bytes())?;
-    let mut written: Vec<PathBuf> = outcomes
-        .iter()
-        .filter_map(|o| match o {
-            Outcome::Written { file, .. } => Some(run_dir.join(file)),
-            Outcome::Skipped { .. } | Outcome::Kept { .. } => None,
-        })
-        .collect();
-    written.push(page_path);
-    Ok(written)
+    finish_report(run_dir, config, outcomes, &extra, started)
 }
 
 /// Counts of token pairs per bin, `[bins^2]` in the order of [`Window::grid`] (x fastest).
