@@ -352,12 +352,7 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     crate::train::apply_threads(config);
     let net = build_token_net(config)?;
-    let adam = FlatAdam::new(config.train.optimizer.clone(), net.params().flat())?;
-    let ema = if config.train.ema_decay > 0.0 {
-        Some(Ema::new(config.train.ema_decay, net.params().flat())?)
-    } else {
-        None
-    };
+    let (adam, ema) = crate::train::optimizer_state(config, net.params().flat())?;
     let mut model = DiscreteModel { net, adam, ema };
     let mut journal = Journal::default();
     let checkpoint_path = run_dir.join(CHECKPOINT_FILE);
@@ -374,15 +369,7 @@ pub fn train(
     let seconds_before = journal.train_seconds;
     let start_step = model.adam.step;
     let total = config.train.steps;
-    if start_step > total {
-        return Err(TrainError::Io {
-            path: checkpoint_path,
-            detail: format!(
-                "the checkpoint is at step {start_step}, beyond train.steps = {total}: ask for at least \
-                 {start_step} steps"
-            ),
-        });
-    }
+    crate::train::check_start_step(&checkpoint_path, start_step, total)?;
     let maker = TokenBatchMaker::new(config, TokenData::load(config)?)?;
     if !resumed {
         crate::train::save_checkpoint(&checkpoint_path, &model, &journal)?;

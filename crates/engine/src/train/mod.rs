@@ -259,6 +259,32 @@ impl<M: TrainState> Observer<M> for Checkpoints<'_> {
     }
 }
 
+/// Adam's state and, when `train.ema_decay > 0`, the EMA for the flat weights `weights` of a new network: the
+/// optimizer state of every trainer.
+pub fn optimizer_state(config: &RunConfig, weights: &Tensor) -> Result<(FlatAdam, Option<Ema>), TrainError> {
+    let adam = FlatAdam::new(config.train.optimizer.clone(), weights)?;
+    let ema = if config.train.ema_decay > 0.0 {
+        Some(Ema::new(config.train.ema_decay, weights)?)
+    } else {
+        None
+    };
+    Ok((adam, ema))
+}
+
+/// Refuses to resume from a checkpoint at `start_step` past `total` steps (naming the checkpoint).
+pub fn check_start_step(checkpoint_path: &Path, start_step: usize, total: usize) -> Result<(), TrainError> {
+    if start_step > total {
+        return Err(TrainError::Io {
+            path: checkpoint_path.to_path_buf(),
+            detail: format!(
+                "the checkpoint is at step {start_step}, beyond train.steps = {total}: ask for at least \
+                 {start_step} steps"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Trains (or resumes training of) the run in `run_dir`, writing checkpoints there; the caller holds the
 /// folder's lock ([`crate::lock::RunLock`]).
 ///
@@ -276,12 +302,7 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     apply_threads(config);
     let net = build_model(config)?;
-    let adam = FlatAdam::new(config.train.optimizer.clone(), net.params().flat())?;
-    let ema = if config.train.ema_decay > 0.0 {
-        Some(Ema::new(config.train.ema_decay, net.params().flat())?)
-    } else {
-        None
-    };
+    let (adam, ema) = optimizer_state(config, net.params().flat())?;
     let mut model = FlowModel { net, adam, ema };
     let mut journal = Journal::default();
     let checkpoint_path = run_dir.join(CHECKPOINT_FILE);
@@ -292,15 +313,7 @@ pub fn train(
     let seconds_before = journal.train_seconds;
     let start_step = model.adam.step;
     let total = config.train.steps;
-    if start_step > total {
-        return Err(TrainError::Io {
-            path: checkpoint_path,
-            detail: format!(
-                "the checkpoint is at step {start_step}, beyond train.steps = {total}: ask for at least \
-                 {start_step} steps"
-            ),
-        });
-    }
+    check_start_step(&checkpoint_path, start_step, total)?;
     let mut maker = BatchMaker::new(config).map_err(|e| TrainError::Io {
         path: run_dir.to_path_buf(),
         detail: e.to_string(),
