@@ -896,15 +896,7 @@ impl RunConfig {
         flow.coupling
             .build()
             .map_err(|e| ConfigError::value("flow.coupling", e.to_string()))?;
-        if let TimeSampling::LogitNormal { mean, std } = flow.time_sampling {
-            ensure_finite("flow.time_sampling.mean", mean)?;
-            if !(std.is_finite() && std > 0.0) {
-                return Err(ConfigError::value(
-                    "flow.time_sampling.std",
-                    format!("{std} must be > 0"),
-                ));
-            }
-        }
+        check_time_sampling(flow.time_sampling)?;
         let train = &self.train;
         check_count("train.steps", train.steps, 1, MAX_STEPS)?;
         check_count("train.checkpoint_every", train.checkpoint_every, 0, MAX_STEPS)?;
@@ -1238,15 +1230,7 @@ impl RunConfig {
             ));
         }
         check_kappa_scheduler(&flow.scheduler)?;
-        if let TimeSampling::LogitNormal { mean, std } = flow.time_sampling {
-            ensure_finite("flow.time_sampling.mean", mean)?;
-            if !(std.is_finite() && std > 0.0) {
-                return Err(ConfigError::value(
-                    "flow.time_sampling.std",
-                    format!("{std} must be > 0"),
-                ));
-            }
-        }
+        check_time_sampling(flow.time_sampling)?;
         let train = &self.train;
         check_count("train.steps", train.steps, 1, MAX_STEPS)?;
         check_count("train.checkpoint_every", train.checkpoint_every, 0, MAX_STEPS)?;
@@ -1314,6 +1298,20 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// Checks `flow.time_sampling` (a logit-normal's mean finite, its std > 0), for flow and discrete runs alike.
+fn check_time_sampling(time_sampling: TimeSampling) -> Result<(), ConfigError> {
+    if let TimeSampling::LogitNormal { mean, std } = time_sampling {
+        ensure_finite("flow.time_sampling.mean", mean)?;
+        if !(std.is_finite() && std > 0.0) {
+            return Err(ConfigError::value(
+                "flow.time_sampling.std",
+                format!("{std} must be > 0"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a scheduler that cannot serve as `kappa_t = alpha_t`: it must start at 0, end at 1 and never
