@@ -100,6 +100,7 @@ fn only_the_torch_layer_links_tch() {
     let packages = packages();
     let allowed = [
         "ferroflow-models",
+        "ferroflow-distributed",
         "ferroflow-guidance",
         "ferroflow-engine",
         "ferroflow-report",
@@ -143,7 +144,7 @@ fn layers_point_downwards() {
         | "ferroflow-solvers"
         | "ferroflow-manifolds"
         | "ferroflow-discrete" => Some(0),
-        "ferroflow-models" => Some(1),
+        "ferroflow-models" | "ferroflow-distributed" => Some(1),
         "ferroflow-guidance" => Some(2),
         "ferroflow-engine" => Some(3),
         "ferroflow-report" => Some(4),
@@ -212,7 +213,7 @@ fn libraries_do_not_use_anyhow() {
     let packages = packages();
     for name in [
         MATH_CRATES.as_slice(),
-        &["ferroflow-models", "ferroflow-guidance"],
+        &["ferroflow-models", "ferroflow-guidance", "ferroflow-distributed"],
     ]
     .concat()
     {
@@ -246,6 +247,17 @@ fn clap_and_the_terminal_belong_to_the_program_alone() {
             users,
             BTreeSet::from(["ferroflow".to_owned()]),
             "only the `ferroflow` program (crates/cli) may use {dep}"
+        );
+    }
+}
+
+#[test]
+fn mpi_and_nccl_belong_to_the_distributed_crate_alone() {
+    for dep in ["mpi", "cudarc"] {
+        assert_eq!(
+            crates_naming(dep),
+            BTreeSet::from(["ferroflow-distributed".to_owned()]),
+            "only ferroflow-distributed may talk to {dep}: the engine trains on its collective seam"
         );
     }
 }

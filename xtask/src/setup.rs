@@ -14,9 +14,18 @@ use anyhow::{Context, Result, bail, ensure};
 
 /// The libtorch version tch 0.26 is built against.
 pub const TORCH_VERSION: &str = "2.13.0";
-/// Debian packages the build and runs need: OpenBLAS for ndarray-linalg, pkg-config to find it, and
-/// wamerican for the word list of discrete `words` runs (`/usr/share/dict/american-english`).
-const DEBIAN_PACKAGES: &[&str] = &["libopenblas-dev", "pkg-config", "wamerican"];
+/// Debian packages the build and runs need: OpenBLAS for ndarray-linalg, pkg-config to find it, wamerican
+/// for the word list of discrete `words` runs (`/usr/share/dict/american-english`), and Open MPI for
+/// data-parallel training (`mpirun`, the headers and libmpi the `mpi` crate links, and libclang for its
+/// bindgen).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "libopenblas-dev",
+    "pkg-config",
+    "wamerican",
+    "openmpi-bin",
+    "libopenmpi-dev",
+    "libclang-dev",
+];
 const FASHION_MNIST_PACKAGE: &str = "dataset-fashion-mnist";
 const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
