@@ -61,6 +61,12 @@ pub struct RunSection {
     /// libtorch intra-op threads (0 = libtorch's choice). One thread is fastest for small MLPs.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Recorded by the engine, not chosen here: the number of ranks the run last trained on (`mpirun -np N`).
+    #[serde(default = "default_world_size", skip_serializing_if = "is_one_rank")]
+    pub world_size: usize,
+    /// Recorded by the engine: the collective backend of that launch (`single`, `mpi`, `nccl`).
+    #[serde(default = "default_backend", skip_serializing_if = "is_single")]
+    pub backend: String,
 }
 
 impl RunSection {
@@ -72,8 +78,23 @@ impl RunSection {
             seed: 0,
             device: default_device(),
             threads: default_threads(),
+            world_size: default_world_size(),
+            backend: default_backend(),
         }
     }
+}
+
+fn default_world_size() -> usize {
+    1
+}
+fn is_one_rank(n: &usize) -> bool {
+    *n == 1
+}
+fn default_backend() -> String {
+    "single".into()
+}
+fn is_single(name: &str) -> bool {
+    name == "single"
 }
 
 fn default_out_dir() -> String {
@@ -804,6 +825,18 @@ impl RunConfig {
             return Err(ConfigError::value(
                 "run.threads",
                 format!("{} is outside 0..=1024", run.threads),
+            ));
+        }
+        if !(1..=1 << 16).contains(&run.world_size) {
+            return Err(ConfigError::value(
+                "run.world_size",
+                format!("{} is outside 1..=65536", run.world_size),
+            ));
+        }
+        if !matches!(run.backend.as_str(), "single" | "mpi" | "nccl") {
+            return Err(ConfigError::value(
+                "run.backend",
+                format!("{:?}: allowed are single, mpi, nccl", run.backend),
             ));
         }
         self.data.source.validate("data.source")?;

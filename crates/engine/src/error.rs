@@ -70,6 +70,41 @@ pub enum TrainError {
         /// The step of the last checkpoint written.
         last_good: usize,
     },
+    /// The loss became NaN or infinite on one or more ranks of a data-parallel job; every rank stopped.
+    #[error(
+        "the loss on rank(s) {ranks:?} became non-finite at step {step}; every rank stopped, and the last good \
+         checkpoint (step {last_good}) is kept"
+    )]
+    NonFiniteLossOnRanks {
+        /// The step at which it happened.
+        step: usize,
+        /// The ranks whose loss was not finite.
+        ranks: Vec<usize>,
+        /// The step of the last checkpoint written.
+        last_good: usize,
+    },
+    /// Another rank of the job failed; this rank stops with its message.
+    #[error("rank {rank} failed: {message}")]
+    OtherRank {
+        /// The rank that failed.
+        rank: usize,
+        /// Its error.
+        message: String,
+    },
+    /// The ranks' weights differ after a step (a replica check).
+    #[error("after step {step} the ranks' weights differ: {detail}")]
+    ReplicasDiverged {
+        /// The step checked.
+        step: usize,
+        /// Which ranks hold which checksum.
+        detail: String,
+    },
+    /// The launch does not fit the run (world size, backend, device).
+    #[error("{0}")]
+    Launch(String),
+    /// A collective operation failed.
+    #[error(transparent)]
+    Collective(#[from] ferroflow_distributed::CollectiveError),
     /// A coupling failed (non-finite points, ...).
     #[error("coupling failed at step {step}: {detail}")]
     Coupling {

@@ -16,6 +16,8 @@
 //! - [`tokens`] and [`discrete`]: token targets (`tokens_2d`, `words`) and discrete runs: batches, the token
 //!   trainer on the same loop, the Euler CTMC sampler on tensors.
 //! - [`manifold`]: runs on spheres, tori and their products (`data.manifold`), on `ferroflow-manifolds`.
+//! - [`distributed`]: data-parallel training over MPI or NCCL: shards of the global batch, ranks agreeing,
+//!   rank 0's state broadcast, the replica check.
 //! - [`lock`]: one process at a time in a run folder; leftovers of killed writers removed.
 //! - [`files`]: atomic writes, `.npy` arrays and run folders.
 //! - [`npy`]: the `.npy` reader, with every size checked before allocating.
@@ -24,6 +26,7 @@ pub mod batch;
 pub mod config;
 pub mod data;
 pub mod discrete;
+pub mod distributed;
 pub mod error;
 pub mod files;
 pub mod guided;

@@ -48,6 +48,12 @@ pub struct RunMetrics {
     /// The device the run trained on (`cpu`, `cuda:N`), which `run.device = "auto"` leaves to the machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Ranks of the data-parallel job that trained the run last (1: one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
+    /// The collective backend of that job (`single`, `mpi`, `nccl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
     /// The last recorded window of the training loss.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_loss: Option<f64>,

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use ndarray::{Array2, ArrayView2};
 
 use crate::config::RunConfig;
+use crate::distributed::{Launch, agree_any};
 use crate::files::{write_atomic, write_npy};
 use crate::lock::{LOCK_FILE, LockError, RunLock, is_temporary, remove_temporaries};
 use crate::metrics::RunMetrics;
@@ -39,7 +40,20 @@ pub fn train_new(
     observers: &mut [&mut dyn Observer<FlowModel>],
     stop: Option<&AtomicBool>,
 ) -> Result<PathBuf> {
-    train_new_with(config, observers, stop, train, finish)
+    train_new_on(config, &Launch::single(), observers, stop)
+}
+
+/// [`train_new`] as one rank of a data-parallel job: every rank calls it with the same config; rank 0 alone
+/// creates, locks, writes and finishes the folder, and its config (with the launch's world size and backend
+/// recorded in `run.world_size` and `run.backend`) is the one every rank trains. A failure on any rank ends
+/// every rank with an error naming it.
+pub fn train_new_on(
+    config: &RunConfig,
+    launch: &Launch<'_>,
+    observers: &mut [&mut dyn Observer<FlowModel>],
+    stop: Option<&AtomicBool>,
+) -> Result<PathBuf> {
+    train_new_with(config, launch, observers, stop, train, finish)
 }
 
 /// [`train_new`] for a discrete run (a token target): trained by [`crate::discrete::train`], finished by
@@ -57,7 +71,14 @@ pub fn train_new_discrete(
             config.data.target.name()
         );
     }
-    train_new_with(config, observers, stop, crate::discrete::train, finish_discrete)
+    train_new_with(
+        config,
+        &Launch::single(),
+        observers,
+        stop,
+        crate::discrete::train,
+        finish_discrete,
+    )
 }
 
 /// The file holding a words run's samples, one word a line.
@@ -69,36 +90,78 @@ type TrainFn<M> = fn(
     &Path,
     Start,
     Option<&AtomicBool>,
+    &Launch<'_>,
     &mut [&mut dyn Observer<M>],
 ) -> std::result::Result<TrainSummary, crate::error::TrainError>;
 
+/// The config every rank trains: rank 0's, sent to the others (so a rank that read another file, or another
+/// version of it, cannot train something else), with the launch recorded in it.
+/// Rank 0 passes its config; the other ranks may pass `None`.
+fn launch_config(config: Option<&RunConfig>, launch: &Launch<'_>) -> Result<RunConfig> {
+    let comm = launch.comm;
+    let mut config = if comm.world_size() > 1 {
+        let mut text = match (launch.is_root(), config) {
+            (true, Some(config)) => config.to_toml()?.into_bytes(),
+            (true, None) => bail!("rank 0 has no config to send"),
+            (false, _) => Vec::new(),
+        };
+        comm.broadcast_bytes(&mut text, 0)?;
+        let text = String::from_utf8(text).context("rank 0's config is not UTF-8")?;
+        RunConfig::parse(&text, Path::new("rank 0's config"))?
+    } else {
+        config.context("no config")?.clone()
+    };
+    config.run.world_size = comm.world_size();
+    config.run.backend = comm.backend().name().to_owned();
+    Ok(config)
+}
+
 fn train_new_with<M: ?Sized>(
     config: &RunConfig,
+    launch: &Launch<'_>,
     observers: &mut [&mut dyn Observer<M>],
     stop: Option<&AtomicBool>,
     train: TrainFn<M>,
     finish: fn(&RunConfig, &Path, &TrainSummary) -> Result<()>,
 ) -> Result<PathBuf> {
-    config.validate()?;
-    config.to_toml()?;
-    crate::train::resolve_device(&config.run.device)?;
-    let (run_dir, lock) = claim_new_run_dir(Path::new(&config.run.out_dir), &config.run.name)?;
-    tell(observers, lock.note());
-    let trained = clean_temporaries(&run_dir, observers)
-        .and_then(|()| Ok(train(config, &run_dir, Start::Fresh, stop, observers)?));
+    let comm = launch.comm;
+    let checked = config.validate().map_err(anyhow::Error::from).and_then(|()| {
+        config.to_toml()?;
+        Ok(crate::train::resolve_device(&config.run.device)?)
+    });
+    agree_any(comm, checked)??;
+    let config = &launch_config(Some(config), launch)?;
+    let run_dir = Path::new(&config.run.out_dir).join(&config.run.name);
+    // Rank 0 alone claims and cleans the folder; every rank learns whether it could.
+    let claimed = if launch.is_root() {
+        claim_new_run_dir(Path::new(&config.run.out_dir), &config.run.name).and_then(|(dir, lock)| {
+            tell(observers, lock.note());
+            clean_temporaries(&dir, observers)?;
+            Ok(Some(lock))
+        })
+    } else {
+        Ok(None)
+    };
+    let lock = agree_any(comm, claimed)??;
+    let trained = train(config, &run_dir, Start::Fresh, stop, launch, observers);
     let summary = match trained {
         Ok(summary) => summary,
         Err(err) => {
             // Failed before its first checkpoint: leave no empty folder behind.
-            if !run_dir.join(CHECKPOINT_FILE).exists() && !run_dir.join(CONFIG_FILE).exists() {
+            if let Some(lock) = lock
+                && !run_dir.join(CHECKPOINT_FILE).exists()
+                && !run_dir.join(CONFIG_FILE).exists()
+            {
                 let _ = remove_temporaries(&run_dir);
                 drop(lock);
                 let _ = std::fs::remove_dir(&run_dir);
             }
-            return Err(err);
+            return Err(err.into());
         }
     };
-    finish(config, &run_dir, &summary)?;
+    if launch.is_root() {
+        finish(config, &run_dir, &summary)?;
+    }
     drop(lock);
     Ok(run_dir)
 }
@@ -113,7 +176,20 @@ pub fn resume(
     observers: &mut [&mut dyn Observer<FlowModel>],
     stop: Option<&AtomicBool>,
 ) -> Result<PathBuf> {
-    resume_with(run_dir, steps, observers, stop, false, train, finish)
+    resume_on(run_dir, steps, &Launch::single(), observers, stop)
+}
+
+/// [`resume`] as one rank of a data-parallel job: rank 0 alone reads, locks and writes the folder, and
+/// sends its config to the others. A checkpoint written by any number of ranks resumes on any other number
+/// (the batch of each step is the same global batch; only its split differs).
+pub fn resume_on(
+    run_dir: &Path,
+    steps: Option<usize>,
+    launch: &Launch<'_>,
+    observers: &mut [&mut dyn Observer<FlowModel>],
+    stop: Option<&AtomicBool>,
+) -> Result<PathBuf> {
+    resume_with(run_dir, steps, launch, observers, stop, false, train, finish)
 }
 
 /// [`resume`] for a discrete run.
@@ -126,6 +202,7 @@ pub fn resume_discrete(
     resume_with(
         run_dir,
         steps,
+        &Launch::single(),
         observers,
         stop,
         true,
@@ -147,15 +224,46 @@ pub fn is_discrete_run(run_dir: &Path) -> Result<bool> {
     Ok(RunConfig::load(&config_path)?.data.target.is_tokens())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn resume_with<M: ?Sized>(
     run_dir: &Path,
     steps: Option<usize>,
+    launch: &Launch<'_>,
     observers: &mut [&mut dyn Observer<M>],
     stop: Option<&AtomicBool>,
     discrete: bool,
     train: TrainFn<M>,
     finish: fn(&RunConfig, &Path, &TrainSummary) -> Result<()>,
 ) -> Result<PathBuf> {
+    let comm = launch.comm;
+    // Rank 0 alone opens the folder; the others wait for its config.
+    let opened = if launch.is_root() {
+        open_for_resume(run_dir, steps, observers, discrete).map(Some)
+    } else {
+        Ok(None)
+    };
+    let opened = agree_any(comm, opened)??;
+    let (config, lock) = match opened {
+        Some((config, lock)) => (Some(config), Some(lock)),
+        None => (None, None),
+    };
+    let config = launch_config(config.as_ref(), launch)?;
+    let summary = train(&config, run_dir, Start::Resume, stop, launch, observers)
+        .with_context(|| format!("cannot resume {}", run_dir.display()))?;
+    if launch.is_root() {
+        finish(&config, run_dir, &summary)?;
+    }
+    drop(lock);
+    Ok(run_dir.to_path_buf())
+}
+
+/// Locks a run folder, loads its config (with `--steps` applied) and cleans it for a resume.
+fn open_for_resume<M: ?Sized>(
+    run_dir: &Path,
+    steps: Option<usize>,
+    observers: &mut [&mut dyn Observer<M>],
+    discrete: bool,
+) -> Result<(RunConfig, RunLock)> {
     if !run_dir.is_dir() {
         bail!("{} is not a run folder", run_dir.display());
     }
@@ -197,11 +305,7 @@ fn resume_with<M: ?Sized>(
             )),
         );
     }
-    let summary = train(&config, run_dir, Start::Resume, stop, observers)
-        .with_context(|| format!("cannot resume {}", run_dir.display()))?;
-    finish(&config, run_dir, &summary)?;
-    drop(lock);
-    Ok(run_dir.to_path_buf())
+    Ok((config, lock))
 }
 
 /// Creates `out_dir/name` and locks it, or takes an existing one that holds only the leftovers of a start
@@ -282,6 +386,8 @@ fn finish(config: &RunConfig, run_dir: &Path, summary: &TrainSummary) -> Result<
         train_seconds: Some(summary.total_seconds),
         train_steps_per_second: Some(summary.steps_per_second()),
         device: Some(crate::train::device_name(flow.device())),
+        world_size: Some(config.run.world_size),
+        backend: Some(config.run.backend.clone()),
         final_loss: summary.loss_curve.last().map(|p| p.loss),
         sample_seconds: Some(sample_seconds),
         sample_field_evals: Some(solution.stats.field_evals),

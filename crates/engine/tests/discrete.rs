@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferroflow_engine::discrete::{TokenBatchMaker, TokenData, train};
+use ferroflow_engine::distributed::Launch;
 use ferroflow_engine::train::{CHECKPOINT_FILE, MODEL_FILE, Start};
 use ferroflow_engine::train::{OnStep, StepInfo};
 use ferroflow_engine::{RunConfig, TrainError};
@@ -52,7 +53,7 @@ fn resumes_bit_identically(config: &RunConfig, root: &Path) {
     let _serial = TORCH_SEED.lock().unwrap_or_else(|e| e.into_inner());
     let straight = root.join("straight");
     std::fs::create_dir_all(&straight).unwrap();
-    let summary = train(config, &straight, Start::Fresh, None, &mut []).unwrap();
+    let summary = train(config, &straight, Start::Fresh, None, &Launch::single(), &mut []).unwrap();
     assert_eq!(summary.steps_run, 6);
     assert_eq!(summary.loss_curve.len(), 3);
     assert!(
@@ -73,9 +74,17 @@ fn resumes_bit_identically(config: &RunConfig, root: &Path) {
             stop.store(true, Ordering::SeqCst);
         }
     });
-    let err = train(config, &resumed, Start::Fresh, Some(&stop), &mut [&mut raise]).unwrap_err();
+    let err = train(
+        config,
+        &resumed,
+        Start::Fresh,
+        Some(&stop),
+        &Launch::single(),
+        &mut [&mut raise],
+    )
+    .unwrap_err();
     assert!(matches!(err, TrainError::Interrupted { step: 3 }), "{err}");
-    let rest = train(config, &resumed, Start::Resume, None, &mut []).unwrap();
+    let rest = train(config, &resumed, Start::Resume, None, &Launch::single(), &mut []).unwrap();
     assert_eq!(rest.steps_run, 3);
     assert_eq!(rest.loss_curve, summary.loss_curve);
     assert_eq!(

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result};
+use ferroflow_distributed::BackendChoice;
 use ferroflow_engine::discrete::DiscreteModel;
+use ferroflow_engine::distributed::Launch;
 use ferroflow_engine::metrics::RunMetrics;
 use ferroflow_engine::train::{FlowModel, Observer};
 use ferroflow_engine::{RunConfig, TrainError};
@@ -31,6 +33,19 @@ pub struct TrainArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// Collectives of a data-parallel job: `auto` (MPI when started by mpirun or srun, else one process),
+    /// `single`, `mpi`, or `nccl` (CUDA tensors on NCCL; needs a build with the `nccl` feature and a GPU per
+    /// rank). `train.batch_size` stays the global batch; each rank trains its slice.
+    #[arg(long, default_value = "auto", value_parser = parse_backend)]
+    pub backend: BackendChoice,
+    /// After every step, check that every rank holds bit-identical weights, Adam moments and EMA (a
+    /// checksum all-gathered), and stop naming the ranks if not.
+    #[arg(long)]
+    pub check_replicas: bool,
+}
+
+fn parse_backend(s: &str) -> Result<BackendChoice, String> {
+    s.parse()
 }
 
 /// A training stopped by Ctrl-C or SIGTERM after checkpointing its current step; the program exits with
@@ -73,14 +88,30 @@ fn name_interruption(err: anyhow::Error, dir: &Path) -> anyhow::Error {
     }
 }
 
-/// Runs `ferroflow train`.
+/// Runs `ferroflow train`: in one process, or as one rank of a job started by `mpirun` or `srun`, where
+/// rank 0 alone shows progress, writes the folder and draws the picture, and an error names its rank.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    let comm = ferroflow_distributed::init(args.backend).context("--backend")?;
+    let launch = Launch {
+        comm: &*comm,
+        check_replicas: args.check_replicas,
+    };
+    if comm.world_size() == 1 {
+        return train_here(args, &launch);
+    }
+    let (rank, world) = (comm.rank(), comm.world_size());
+    train_here(args, &launch).with_context(|| format!("rank {rank} of {world} ({} backend)", comm.backend()))
+}
+
+fn train_here(args: &TrainArgs, launch: &Launch<'_>) -> Result<()> {
     let stop = stop_on_signals()?;
+    let root = launch.is_root();
+    let quiet = args.quiet || !root;
     let mut progress = Progress::auto();
     let mut notes = Notes;
     let mut discrete = false;
     let run_dir = match (&args.resume, &args.config) {
-        (Some(dir), _) if ferroflow_engine::run::is_discrete_run(dir)? => {
+        (Some(dir), _) if launch.world_size() == 1 && ferroflow_engine::run::is_discrete_run(dir)? => {
             discrete = true;
             let mut observers: Vec<&mut dyn Observer<DiscreteModel>> = vec![&mut notes];
             if !args.quiet {
@@ -90,11 +121,14 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 .map_err(|e| name_interruption(e, dir))?
         }
         (Some(dir), _) => {
-            let mut observers: Vec<&mut dyn Observer<FlowModel>> = vec![&mut notes];
-            if !args.quiet {
+            let mut observers: Vec<&mut dyn Observer<FlowModel>> = Vec::new();
+            if root {
+                observers.push(&mut notes);
+            }
+            if !quiet {
                 observers.push(&mut progress);
             }
-            ferroflow_engine::run::resume(dir, args.steps, &mut observers, Some(&stop))
+            ferroflow_engine::run::resume_on(dir, args.steps, launch, &mut observers, Some(&stop))
                 .map_err(|e| name_interruption(e, dir))?
         }
         (None, Some(path)) => {
@@ -111,11 +145,20 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             if let Some(note) = ferroflow_engine::train::resolve_device(&config.run.device)
                 .ok()
                 .and_then(|device| ferroflow_engine::train::device_note(&config.run.device, device))
+                .filter(|_| root)
             {
                 eprintln!("{note}");
             }
             let dir = Path::new(&config.run.out_dir).join(&config.run.name);
             if config.data.target.is_tokens() {
+                anyhow::ensure!(
+                    launch.world_size() == 1,
+                    "{}: data.target = {} is a discrete run, and discrete runs train in one process; this \
+                     launch has {} ranks: start it without mpirun",
+                    path.display(),
+                    config.data.target.name(),
+                    launch.world_size()
+                );
                 // A discrete run: the same observers, watching a token network.
                 discrete = true;
                 let mut observers: Vec<&mut dyn Observer<DiscreteModel>> = vec![&mut notes];
@@ -125,16 +168,22 @@ pub fn run(args: &TrainArgs) -> Result<()> {
                 ferroflow_engine::run::train_new_discrete(&config, &mut observers, Some(&stop))
                     .map_err(|e| name_interruption(e, &dir))?
             } else {
-                let mut observers: Vec<&mut dyn Observer<FlowModel>> = vec![&mut notes];
-                if !args.quiet {
+                let mut observers: Vec<&mut dyn Observer<FlowModel>> = Vec::new();
+                if root {
+                    observers.push(&mut notes);
+                }
+                if !quiet {
                     observers.push(&mut progress);
                 }
-                ferroflow_engine::run::train_new(&config, &mut observers, Some(&stop))
+                ferroflow_engine::run::train_new_on(&config, launch, &mut observers, Some(&stop))
                     .map_err(|e| name_interruption(e, &dir))?
             }
         }
         (None, None) => unreachable!("clap requires --config without --resume"),
     };
+    if !root {
+        return Ok(());
+    }
     if discrete {
         // A discrete run's report is cheap (bin histograms, or the words listed): write it whole.
         ferroflow_report::write_report(&run_dir)?;

@@ -348,8 +348,15 @@ pub fn train(
     run_dir: &Path,
     start: Start,
     stop: Option<&AtomicBool>,
+    launch: &crate::distributed::Launch<'_>,
     observers: &mut [&mut dyn Observer<DiscreteModel>],
 ) -> Result<TrainSummary, TrainError> {
+    if launch.world_size() > 1 {
+        return Err(TrainError::Launch(format!(
+            "discrete runs train in one process; this launch has {} ranks: start it without mpirun",
+            launch.world_size()
+        )));
+    }
     crate::train::apply_threads(config);
     let net = build_token_net(config)?;
     let (adam, ema) = crate::train::optimizer_state(config, net.params().flat())?;

@@ -7,10 +7,13 @@
 //! weights, their EMA, both Adam moments, the step and the loss history in one safetensors file written
 //! atomically, so resuming from it reproduces the uninterrupted run's loss curve exactly on the CPU.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
+
+use ferroflow_distributed::{Collective, to_host};
 
 use ferroflow_models::checkpoint::{load_tensors, save_tensors};
 use ferroflow_models::optim::{Ema, FlatAdam};
@@ -20,6 +23,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::batch::{Batch, BatchMaker};
 use crate::config::{ModelKind, RunConfig};
+use crate::distributed::{Launch, ReplicaCheck, agree, broadcast_state};
 use crate::error::TrainError;
 
 pub mod observe;
@@ -152,13 +156,62 @@ pub struct FlowModel {
 }
 
 /// The flow trainer: takes batches from the producer thread and regresses the network onto their targets.
+/// In a data-parallel job it trains on its rows of the global batch and mean-reduces the gradient.
 struct FlowTrainer<'a> {
     model: FlowModel,
     batches: &'a mpsc::Receiver<Result<Batch, TrainError>>,
     recycle: mpsc::Sender<Batch>,
+    /// The shape of this rank's slice of the batch.
     shape: Vec<i64>,
     /// On a manifold the output is projected onto the tangent space at x_t before the loss.
     manifold: Option<crate::manifold::ManifoldSpec>,
+    ranks: RankSync<'a>,
+}
+
+/// What a rank of a data-parallel job shares after each backward pass (nothing in one process).
+struct RankSync<'a> {
+    comm: &'a dyn Collective,
+    /// The rows `lo..hi` of the global batch this rank trains on.
+    rows: (usize, usize),
+    /// This rank's stop request (Ctrl-C, SIGTERM).
+    stop: Option<&'a AtomicBool>,
+    /// Raised on every rank when any rank asked to stop: what the checkpoint observer reads.
+    agreed_stop: &'a AtomicBool,
+    /// The ranks whose loss was not finite at the last step.
+    non_finite: &'a RefCell<Vec<usize>>,
+}
+
+impl RankSync<'_> {
+    /// Mean-reduces the flat gradient of `weights` over the ranks in one all-reduce that also carries each
+    /// rank's loss, stop request and non-finite flag; returns the global batch's loss.
+    fn reduce(&self, weights: &Tensor, local_loss: f64) -> Result<f64, TrainError> {
+        let comm = self.comm;
+        let (rank, world) = (comm.rank(), comm.world_size());
+        let mut extras = vec![0f32; 2 + world];
+        extras[0] = local_loss as f32;
+        extras[1] = f32::from(u8::from(
+            self.stop.is_some_and(|flag| flag.load(Ordering::SeqCst)),
+        ));
+        extras[2 + rank] = f32::from(u8::from(!local_loss.is_finite()));
+        let _guard = tch::no_grad_guard();
+        let mut grad = weights.grad();
+        let n = grad.numel() as i64;
+        let extras_tensor = Tensor::from_slice(&extras).to_device(grad.device());
+        let mut packed = Tensor::cat(&[grad.view(-1), extras_tensor], 0);
+        comm.all_reduce_sum(&mut packed)?;
+        let mean = packed.narrow(0, 0, n) / world as f64;
+        grad.copy_(&mean.view_as(&grad));
+        let sums = to_host::<f32>(&packed.narrow(0, n, 2 + world as i64));
+        self.agreed_stop.store(sums[1] > 0.0, Ordering::SeqCst);
+        let bad: Vec<usize> = (0..world).filter(|&r| sums[2 + r] > 0.0).collect();
+        let loss = if bad.is_empty() {
+            f64::from(sums[0]) / world as f64
+        } else {
+            f64::NAN
+        };
+        *self.non_finite.borrow_mut() = bad;
+        Ok(loss)
+    }
 }
 
 impl Trainable for FlowTrainer<'_> {
@@ -176,10 +229,18 @@ impl Trainable for FlowTrainer<'_> {
         let net = &self.model.net;
         let device = net.params().device();
         let shape = self.shape.as_slice();
-        let x_t = Tensor::from_slice(&batch.x_t).view(shape).to_device(device);
-        let t = Tensor::from_slice(&batch.t).to_device(device);
-        let target = Tensor::from_slice(&batch.target).view(shape).to_device(device);
-        let labels = (!batch.labels.is_empty()).then(|| Tensor::from_slice(&batch.labels).to_device(device));
+        // This rank's rows of the global batch (all of it in one process).
+        let (lo, hi) = self.ranks.rows;
+        let row = batch.x_t.len() / batch.t.len().max(1);
+        let x_t = Tensor::from_slice(&batch.x_t[lo * row..hi * row])
+            .view(shape)
+            .to_device(device);
+        let t = Tensor::from_slice(&batch.t[lo..hi]).to_device(device);
+        let target = Tensor::from_slice(&batch.target[lo * row..hi * row])
+            .view(shape)
+            .to_device(device);
+        let labels =
+            (!batch.labels.is_empty()).then(|| Tensor::from_slice(&batch.labels[lo..hi]).to_device(device));
         // The producer may already be gone after its last batch; then the buffer is simply dropped.
         let _ = self.recycle.send(batch);
         let mut output = net.forward_with(&net.params().views(), &x_t, &t, labels.as_ref());
@@ -188,7 +249,10 @@ impl Trainable for FlowTrainer<'_> {
         }
         let loss = (output - target).square().mean(Kind::Float);
         loss.backward();
-        let loss_value = loss.double_value(&[]);
+        let mut loss_value = loss.double_value(&[]);
+        if self.ranks.comm.world_size() > 1 {
+            loss_value = self.ranks.reduce(self.model.net.params().flat(), loss_value)?;
+        }
         // A non-finite loss must not reach the weights: the NaN guard stops the run after this step, and
         // the weights it leaves are never saved.
         if loss_value.is_finite() {
@@ -293,23 +357,36 @@ pub fn check_start_step(checkpoint_path: &Path, start_step: usize, total: usize)
 /// changed, as after `--steps`), so a config always describes a checkpoint that loaded or was written. When
 /// `stop` is raised the current step is checkpointed and the run ends with [`TrainError::Interrupted`].
 /// The engine's own observers (NaN guard, loss curve, checkpoints) run first, then `observers`.
+///
+/// In a data-parallel job (`launch` with more than one rank) every rank calls this with the same config:
+/// rank 0 alone reads and writes the folder, its state is broadcast to the others, each rank trains on its
+/// rows of the global batch, and `observers` should be given on rank 0 only.
 pub fn train(
     config: &RunConfig,
     run_dir: &Path,
     start: Start,
     stop: Option<&AtomicBool>,
+    launch: &Launch<'_>,
     observers: &mut [&mut dyn Observer<FlowModel>],
 ) -> Result<TrainSummary, TrainError> {
+    let comm = launch.comm;
+    let root = launch.is_root();
     apply_threads(config);
-    let net = build_model(config)?;
+    let rows = crate::distributed::shard(config.train.batch_size, comm.rank(), comm.world_size())?;
+    let net = agree(comm, build_model(&rank_config(config, comm)))?;
     let (adam, ema) = optimizer_state(config, net.params().flat())?;
     let mut model = FlowModel { net, adam, ema };
     let mut journal = Journal::default();
     let checkpoint_path = run_dir.join(CHECKPOINT_FILE);
-    let resumed = start == Start::Resume && checkpoint_path.exists();
-    if resumed {
-        load_checkpoint(&checkpoint_path, &mut model, &mut journal)?;
-    }
+    // Only rank 0 looks at the folder; the others receive its state.
+    let resumed = root && start == Start::Resume && checkpoint_path.exists();
+    let loaded = if resumed {
+        load_checkpoint(&checkpoint_path, &mut model, &mut journal)
+    } else {
+        Ok(())
+    };
+    agree(comm, loaded)?;
+    broadcast_state(comm, model.net.params(), &mut model.adam, model.ema.as_mut())?;
     let seconds_before = journal.train_seconds;
     let start_step = model.adam.step;
     let total = config.train.steps;
@@ -318,24 +395,52 @@ pub fn train(
         path: run_dir.to_path_buf(),
         detail: e.to_string(),
     })?;
-    if !resumed {
-        save_checkpoint(&checkpoint_path, &model, &journal)?;
-    }
+    let prepared = if root {
+        (if resumed {
+            Ok(())
+        } else {
+            save_checkpoint(&checkpoint_path, &model, &journal)
+        })
+        .and_then(|()| commit_config(config, run_dir))
+    } else {
+        Ok(())
+    };
+    agree(comm, prepared)?;
     journal.last_checkpoint = start_step;
-    commit_config(config, run_dir)?;
-    let shape: Vec<i64> = std::iter::once(config.train.batch_size as i64)
+    let shape: Vec<i64> = std::iter::once((rows.1 - rows.0) as i64)
         .chain(model.net.sample_shape())
         .collect();
     let started = Instant::now();
+    // One process reads its own stop flag; ranks read the flag they agreed on in the step's all-reduce.
+    let agreed_stop = AtomicBool::new(false);
+    let non_finite = RefCell::new(Vec::new());
+    let step_stop = if comm.world_size() > 1 {
+        Some(&agreed_stop)
+    } else {
+        stop
+    };
+    let mut replica_check = ReplicaCheck::new(comm);
     let mut nan_guard = NanGuard;
     let mut loss_curve = LossCurve::new(config.train.log_every);
     let mut checkpoints = Checkpoints::new(
         checkpoint_path,
         config.train.checkpoint_every,
-        stop,
+        step_stop,
         seconds_before,
     );
-    let mut all: Vec<&mut dyn Observer<FlowModel>> = vec![&mut nan_guard, &mut loss_curve, &mut checkpoints];
+    let mut stop_rank = StopRank { stop: step_stop };
+    // The replica check comes first, so every rank reaches its all-gather before any rank-0-only failure.
+    let mut all: Vec<&mut dyn Observer<FlowModel>> = Vec::new();
+    if launch.check_replicas {
+        all.push(&mut replica_check);
+    }
+    all.push(&mut nan_guard);
+    all.push(&mut loss_curve);
+    if root {
+        all.push(&mut checkpoints);
+    } else {
+        all.push(&mut stop_rank);
+    }
     all.extend(
         observers
             .iter_mut()
@@ -368,19 +473,29 @@ pub fn train(
                 recycle,
                 shape,
                 manifold: config.data.manifold.clone(),
+                ranks: RankSync {
+                    comm,
+                    rows,
+                    stop,
+                    agreed_stop: &agreed_stop,
+                    non_finite: &non_finite,
+                },
             };
-            execute(&mut trainer, start_step, total, &mut journal, &mut all)?;
+            execute(&mut trainer, start_step, total, &mut journal, &mut all)
+                .map_err(|err| name_ranks(err, &non_finite.borrow()))?;
             Ok(trainer.model)
         })?;
     let seconds = started.elapsed().as_secs_f64();
-    let sampling_weights = model
-        .ema
-        .as_ref()
-        .map_or(model.net.params().flat(), |e| &e.weights);
-    save_tensors(
-        &model.net.params().named_of(sampling_weights),
-        &run_dir.join(MODEL_FILE),
-    )?;
+    if root {
+        let sampling_weights = model
+            .ema
+            .as_ref()
+            .map_or(model.net.params().flat(), |e| &e.weights);
+        save_tensors(
+            &model.net.params().named_of(sampling_weights),
+            &run_dir.join(MODEL_FILE),
+        )?;
+    }
     Ok(TrainSummary {
         steps_run: total - start_step,
         total_steps: total,
@@ -389,6 +504,45 @@ pub fn train(
         total_seconds: journal.train_seconds,
         loss_curve: journal.loss_curve,
     })
+}
+
+/// The config a rank builds its network from: in a job of several ranks `cuda` means the GPU of the rank's
+/// local index (one GPU per rank), as `torchrun` sets `LOCAL_RANK`.
+fn rank_config(config: &RunConfig, comm: &dyn Collective) -> RunConfig {
+    let mut config = config.clone();
+    if comm.world_size() > 1 && config.run.device == "cuda" {
+        config.run.device = format!("cuda:{}", comm.local_rank());
+    }
+    config
+}
+
+/// Names the ranks whose loss was not finite in the NaN guard's error.
+fn name_ranks(err: TrainError, non_finite: &[usize]) -> TrainError {
+    match err {
+        TrainError::NonFiniteLoss { step, last_good, .. } if !non_finite.is_empty() => {
+            TrainError::NonFiniteLossOnRanks {
+                step,
+                ranks: non_finite.to_vec(),
+                last_good,
+            }
+        }
+        err => err,
+    }
+}
+
+/// Ends a rank other than 0 (which writes nothing) when the ranks agreed to stop, as [`Checkpoints`] ends
+/// rank 0 after writing the step's checkpoint.
+struct StopRank<'a> {
+    stop: Option<&'a AtomicBool>,
+}
+
+impl<M: ?Sized> Observer<M> for StopRank<'_> {
+    fn on_step(&mut self, _: &M, info: &StepInfo, _: &mut Journal) -> Result<(), TrainError> {
+        if self.stop.is_some_and(|flag| flag.load(Ordering::SeqCst)) && info.step < info.total {
+            return Err(TrainError::Interrupted { step: info.step });
+        }
+        Ok(())
+    }
 }
 
 /// Writes `config` as the run's `config.toml` unless the file already says exactly that.

@@ -121,6 +121,7 @@ pub fn run(args: &TrainBenchSettings) -> Result<()> {
                     &run_dir,
                     ferroflow_engine::train::Start::Fresh,
                     None,
+                    &ferroflow_engine::distributed::Launch::single(),
                     &mut [],
                 )?;
                 rates.push(summary.steps_per_second());

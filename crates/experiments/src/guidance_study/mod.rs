@@ -99,13 +99,7 @@ impl StudyMixture {
             .map(|&variance| vec![vec![variance, 0.0], vec![0.0, variance]])
             .collect();
         let config = RunConfig {
-            run: RunSection {
-                name: format!("guidance-study-{}", self.name),
-                out_dir: out_dir.display().to_string(),
-                seed: 0,
-                device: "cpu".into(),
-                threads: 1,
-            },
+            run: RunSection::named(format!("guidance-study-{}", self.name), out_dir),
             data: DataSection {
                 source: Dataset::Gaussian { dim: 2, std: 1.0 },
                 target: Dataset::Mixture(MixtureSpec {
