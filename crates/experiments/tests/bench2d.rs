@@ -1,10 +1,11 @@
 //! `ferroflow bench2d` end to end on tiny configs: the table holds every method's cells with the published
 //! figure beside them, a run that fails is reported as failed with its reason while the others go on, the
-//! stored metrics agree with the NPE formula, and a finished run is reused only while its config is unchanged.
+//! stored metrics agree with the NPE formula, a finished run is reused only while its config is unchanged,
+//! and a sweep split into job-array tasks and merged writes the report of the whole sweep.
 
 use std::path::{Path, PathBuf};
 
-use ferroflow_experiments::bench2d::{Bench2dSettings, run};
+use ferroflow_experiments::bench2d::{Bench2dSettings, Share, run};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ferroflow-bench2d-{}-{name}", std::process::id()));
@@ -65,6 +66,8 @@ fn a_failed_run_is_reported_with_its_reason_and_the_others_go_on() {
         exclude: None,
         out_dir: dir.join("runs"),
         report: dir.join("report.md"),
+        share: None,
+        merge: false,
     };
     run(&args).unwrap();
 
@@ -181,10 +184,102 @@ fn an_empty_config_folder_is_refused_by_name() {
         exclude: None,
         out_dir: dir.join("runs"),
         report: dir.join("report.md"),
+        share: None,
+        merge: false,
     })
     .unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains(&dir.display().to_string()), "{msg}");
     assert!(!dir.join("report.md").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_sweep_split_into_tasks_merges_into_the_whole_report() {
+    let dir = temp_dir("sweep");
+    let configs = dir.join("configs");
+    std::fs::create_dir_all(&configs).unwrap();
+    write_config(
+        &configs,
+        "gaussian-moons-otcfm.toml",
+        "exact_ot",
+        "{ kind = \"gaussian\" }",
+    );
+    write_config(
+        &configs,
+        "gaussian-moons-icfm.toml",
+        "independent",
+        "{ kind = \"gaussian\" }",
+    );
+    let whole = Bench2dSettings {
+        seeds: 2,
+        configs: configs.clone(),
+        steps: Some(10),
+        only: vec![],
+        exclude: None,
+        out_dir: dir.join("whole"),
+        report: dir.join("whole.md"),
+        share: None,
+        merge: false,
+    };
+    run(&whole).unwrap();
+    let split = Bench2dSettings {
+        out_dir: dir.join("split"),
+        report: dir.join("split.md"),
+        ..whole.clone()
+    };
+    // Task 0 of 3 takes runs 0 and 3 of the four (icfm s0, otcfm s1); merging now names the missing ones.
+    run(&Bench2dSettings {
+        share: Some(Share::new(0, 3).unwrap()),
+        ..split.clone()
+    })
+    .unwrap();
+    assert!(!split.report.exists(), "a task wrote the report");
+    let mut trained: Vec<String> = std::fs::read_dir(&split.out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    trained.sort();
+    assert_eq!(trained, ["gaussian-moons-icfm-s0", "gaussian-moons-otcfm-s1"]);
+    let err = format!(
+        "{:#}",
+        run(&Bench2dSettings {
+            merge: true,
+            ..split.clone()
+        })
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("2 of the sweep's 4 runs are not finished")
+            && err.contains("gaussian-moons-icfm-s1")
+            && err.contains("gaussian-moons-otcfm-s0"),
+        "{err}"
+    );
+    assert!(!split.report.exists());
+    for index in 1..3 {
+        run(&Bench2dSettings {
+            share: Some(Share::new(index, 3).unwrap()),
+            ..split.clone()
+        })
+        .unwrap();
+    }
+    run(&Bench2dSettings {
+        merge: true,
+        ..split.clone()
+    })
+    .unwrap();
+    // Every run is a pure function of its config and seed: the merged report equals the whole sweep's, but
+    // for the command line it names and the training times.
+    let tables = |path: &Path| -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.contains("seconds") && !l.contains(" s |"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let (a, b) = (tables(&whole.report), tables(&split.report));
+    assert!(a.len() >= 4, "{a:?}");
+    assert_eq!(a, b);
     std::fs::remove_dir_all(&dir).unwrap();
 }

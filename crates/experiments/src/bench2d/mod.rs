@@ -42,6 +42,35 @@ pub struct Bench2dSettings {
     pub out_dir: PathBuf,
     /// The Markdown report.
     pub report: PathBuf,
+    /// Run only this share of the (config, seed) runs and write no report: one task of a job array.
+    pub share: Option<Share>,
+    /// Train nothing: write the report from the runs the shares finished (refusing when one is missing).
+    pub merge: bool,
+}
+
+/// One task's share of a sweep: of the runs numbered 0, 1, ... in (config file, seed) order, those whose
+/// number is `index` modulo `count` (round robin, so every task gets every kind of config).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// This task, `0..count`.
+    pub index: usize,
+    /// The number of tasks.
+    pub count: usize,
+}
+
+impl Share {
+    /// A share, refused unless `index < count`.
+    pub fn new(index: usize, count: usize) -> Result<Self> {
+        if count == 0 || index >= count {
+            bail!("task index {index} is outside the {count} task(s) of the sweep (0..{count})");
+        }
+        Ok(Self { index, count })
+    }
+
+    /// Whether run number `n` is this task's.
+    pub fn takes(&self, n: usize) -> bool {
+        n % self.count == self.index
+    }
 }
 
 /// Published W2 and NPE (SF2M paper, Table 2, as read in reference.md) by method and task.
@@ -213,6 +242,33 @@ fn train_or_reuse(config: &RunConfig) -> Result<PathBuf> {
     ferroflow_engine::run::train_new(config, &mut [], None)
 }
 
+/// A run of the sweep that `--merge` found unfinished.
+#[derive(Debug, thiserror::Error)]
+#[error("{run}: {why}")]
+struct Unfinished {
+    run: String,
+    why: &'static str,
+}
+
+/// The folder of a run that a task of the sweep finished with exactly this config.
+fn finished_run(config: &RunConfig) -> Result<PathBuf> {
+    let run_dir = Path::new(&config.run.out_dir).join(&config.run.name);
+    let unfinished = |why| Unfinished {
+        run: run_dir.display().to_string(),
+        why,
+    };
+    let saved = RunConfig::load(&run_dir.join(CONFIG_FILE))
+        .map_err(|_| unfinished("no run folder (or no config in it)"))?;
+    if saved != *config {
+        return Err(unfinished("trained with another config (or other --steps)").into());
+    }
+    let measured = RunMetrics::read(&run_dir)?;
+    if !run_dir.join(MODEL_FILE).is_file() || measured.path_excess.is_none() {
+        return Err(unfinished("training or its measurement did not finish").into());
+    }
+    Ok(run_dir)
+}
+
 /// A line in the report below which everything is written by hand: a new run replaces the tables above it and
 /// keeps the rest.
 pub const KEEP_MARKER: &str = "<!-- Written by hand below this line; `ferroflow bench2d` keeps it. -->";
@@ -252,6 +308,9 @@ pub fn run(args: &Bench2dSettings) -> Result<()> {
         .map(|f| RunConfig::load(f))
         .collect::<Result<Vec<_>, _>>()?;
     let started = Instant::now();
+    let mut number = 0;
+    let mut taken = 0;
+    let mut missing = Vec::new();
     for (file, base) in files.iter().zip(&configs) {
         let stem = file.file_stem().unwrap().to_string_lossy().into_owned();
         let (task, method) = stem
@@ -259,6 +318,12 @@ pub fn run(args: &Bench2dSettings) -> Result<()> {
             .map(|(t, m)| (t.to_owned(), m.to_owned()))
             .unwrap_or((stem.clone(), stem.clone()));
         for seed in 0..args.seeds {
+            let this = number;
+            number += 1;
+            if args.share.is_some_and(|share| !share.takes(this)) {
+                continue;
+            }
+            taken += 1;
             let mut config = base.clone();
             config.run.seed = seed;
             config.run.name = format!("{stem}-s{seed}");
@@ -288,7 +353,11 @@ pub fn run(args: &Bench2dSettings) -> Result<()> {
                         r
                     }
                 };
-                let run_dir = train_or_reuse(&config)?;
+                let run_dir = if args.merge {
+                    finished_run(&config)?
+                } else {
+                    train_or_reuse(&config)?
+                };
                 measure(&config, &run_dir, &reference)
             })();
             match &attempt {
@@ -300,6 +369,7 @@ pub fn run(args: &Bench2dSettings) -> Result<()> {
                     o.train_seconds,
                     started.elapsed().as_secs_f64()
                 ),
+                Err(e) if args.merge && e.is::<Unfinished>() => missing.push(format!("{e}")),
                 Err(e) => eprintln!("bench2d: {stem} seed {seed}: failed: {e:#}"),
             }
             results
@@ -307,6 +377,23 @@ pub fn run(args: &Bench2dSettings) -> Result<()> {
                 .or_default()
                 .push(attempt.map_err(|e| format!("{e:#}")));
         }
+    }
+    if let Some(share) = args.share {
+        eprintln!(
+            "bench2d: task {} of {} ran {taken} of the sweep's {number} runs in {:.0} s; write the report with \
+             `ferroflow bench2d --merge` once every task has finished",
+            share.index,
+            share.count,
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
+    if !missing.is_empty() {
+        bail!(
+            "cannot merge: {} of the sweep's {number} runs are not finished:\n  {}",
+            missing.len(),
+            missing.join("\n  ")
+        );
     }
     let report = render(&results, &references, args, &configs)?;
     if let Some(parent) = args.report.parent() {
