@@ -20,7 +20,8 @@ tasks:
   train [--config FILE] [-- ARGS]   set up, then train (default config: configs/default.toml)
   eval [--run DIR] [-- ARGS]  set up, then evaluate a run (default: the newest folder under runs/)
   test                       set up, then fmt --check, clippy -D warnings, and the whole test suite
-  bench ot|train|likelihood|guidance|riemannian|discrete [--peers] [-- ARGS]   benchmarks in release mode;
+  bench ot|train|likelihood|guidance|riemannian|discrete|distributed [--peers] [-- ARGS]   benchmarks in
+                             release mode (distributed: 1 process against 2 MPI ranks);
                              --peers installs the Python peers and runs them side by side
   bench2d [--seeds N] [--steps S] [--only TEXT,...]   the 2D OT-CFM benchmark, written to docs/results-2d.md
   data fashion-mnist         install and prepare Fashion-MNIST under data/
@@ -99,6 +100,16 @@ fn run() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
+            // ... and refuses to start without CUDA (its GPU checks are scripts/gpu-check.sh).
+            cargo(&[
+                "test",
+                "-p",
+                "ferroflow-distributed",
+                "--features",
+                "nccl",
+                "--test",
+                "gpu",
+            ])?;
             cargo(&["test", "--workspace"])
         }
         "bench" => bench(&root, rest),
@@ -153,7 +164,7 @@ fn parse_setup_flags(rest: &[String]) -> Result<(setup::Mode, bool)> {
 
 fn bench(root: &Path, rest: &[String]) -> Result<()> {
     let Some((which, extra)) = rest.split_first() else {
-        bail!("bench needs one of: ot, train, likelihood, guidance, riemannian, discrete");
+        bail!("bench needs one of: ot, train, likelihood, guidance, riemannian, discrete, distributed");
     };
     let with_peers = extra.iter().take_while(|a| *a != "--").any(|a| a == "--peers");
     let mut extra: Vec<String> = extra
@@ -191,10 +202,39 @@ fn bench(root: &Path, rest: &[String]) -> Result<()> {
             args.extend(extra);
             ferroflow(&args)
         }
+        // 1 process against 2 MPI ranks; the U-Net half needs Fashion-MNIST.
+        "distributed" => {
+            setup::ensure(root)?;
+            setup::fashion_mnist(root)?;
+            let mut args = vec!["bench".to_owned(), "distributed".to_owned()];
+            // Open MPI refuses to start as root unless told; --oversubscribe lets 2 ranks share few cores.
+            let mpirun_args = if running_as_root() {
+                "--allow-run-as-root --oversubscribe"
+            } else {
+                "--oversubscribe"
+            };
+            args.push(format!("--mpirun-args={mpirun_args}"));
+            args.extend(extra);
+            ferroflow(&args)
+        }
         other => {
-            bail!("unknown benchmark `{other}`; known: ot, train, likelihood, guidance, riemannian, discrete")
+            bail!(
+                "unknown benchmark `{other}`; known: ot, train, likelihood, guidance, riemannian, discrete, \
+                 distributed"
+            )
         }
     }
+}
+
+/// Whether this process runs as root (Linux: the real uid in `/proc/self/status`).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|uids| uids.split_whitespace().next())
+            == Some("0")
+    })
 }
 
 /// Splits `--flag VALUE` out of `args`; what follows a bare `--` is passed through untouched.

@@ -361,3 +361,35 @@ fn a_world_size_that_does_not_divide_the_batch_is_refused() {
     assert!(text.contains("discrete runs train in one process"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_backend_this_build_lacks_is_an_error_not_a_fallback() {
+    let dir = temp_dir("nccl");
+    let cfg = config(&dir, "independent", 10, 1e-3);
+    let output = one(
+        &dir,
+        &[
+            "train",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--backend",
+            "nccl",
+            "--quiet",
+        ],
+    );
+    let text = failed(&output);
+    // The default build has no NCCL; a build with it on this CPU machine has no CUDA. Either way: refused.
+    assert!(text.contains("--backend") && text.contains("nccl"), "{text}");
+    assert!(
+        text.contains("not in this build") || text.contains("NCCL needs CUDA"),
+        "{text}"
+    );
+    assert!(!dir.join("runs/r").exists());
+    let output = one(
+        &dir,
+        &["train", "--config", cfg.to_str().unwrap(), "--backend", "gloo"],
+    );
+    let text = failed(&output);
+    assert!(text.contains("unknown backend \"gloo\""), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

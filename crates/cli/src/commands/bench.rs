@@ -1,8 +1,9 @@
-//! `ferroflow bench likelihood | train | guidance | riemannian | discrete`: the flags of each benchmark, handed to the experiments
+//! `ferroflow bench likelihood | train | guidance | riemannian | discrete | distributed`: the flags of each benchmark, handed to the experiments
 //! crate as plain settings.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ferroflow_experiments::bench::discrete::DiscreteBenchSettings;
+use ferroflow_experiments::bench::distributed::DistributedBenchSettings;
 use ferroflow_experiments::bench::guidance::GuidanceBenchSettings;
 use ferroflow_experiments::bench::riemannian::RiemannianBenchSettings;
 use ferroflow_experiments::bench::train::TrainBenchSettings;
@@ -35,6 +36,85 @@ pub enum BenchKind {
     /// A discrete run (checkerboard tokens) trained and measured, side by side with flow_matching's discrete
     /// flow matching when `--peer-python` is given (`cargo xtask bench discrete --peers`).
     Discrete(DiscreteBenchArgs),
+    /// Training steps/s of 1 process against 2 MPI ranks (2D MLP and Fashion-MNIST U-Net), with the time
+    /// spent in the all-reduce and the scaling efficiency.
+    Distributed(DistributedBenchArgs),
+}
+
+/// Arguments of `ferroflow bench distributed`.
+#[derive(Debug, clap::Args)]
+pub struct DistributedBenchArgs {
+    /// The 2D config (its MLP is timed).
+    #[arg(long, default_value = "configs/default.toml")]
+    pub mlp_config: PathBuf,
+    /// Steps of each 2D launch.
+    #[arg(long, default_value_t = 3000)]
+    pub mlp_steps: usize,
+    /// The Fashion-MNIST config (its U-Net is timed); `none` skips it.
+    #[arg(long, default_value = "configs/fashion-mnist.toml")]
+    pub unet_config: PathBuf,
+    /// Steps of each U-Net launch.
+    #[arg(long, default_value_t = 40)]
+    pub unet_steps: usize,
+    /// Launches per (model, layout); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Where the launches' runs go (replaced).
+    #[arg(long, default_value = "bench-out/distributed")]
+    pub out_dir: PathBuf,
+    /// Arguments for mpirun (space-separated), e.g. "--allow-run-as-root --oversubscribe" when running as
+    /// root.
+    #[arg(long, default_value = "")]
+    pub mpirun_args: String,
+    /// Internal: run one launch's training and print its figures (started by the benchmark itself).
+    #[arg(long, hide = true)]
+    pub worker: bool,
+    /// Internal (worker): the config.
+    #[arg(long, hide = true)]
+    pub worker_config: Option<PathBuf>,
+    /// Internal (worker): steps.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub worker_steps: usize,
+    /// Internal (worker): libtorch threads.
+    #[arg(long, hide = true, default_value_t = 1)]
+    pub worker_threads: usize,
+    /// Internal (worker): the run's name.
+    #[arg(long, hide = true, default_value = "worker")]
+    pub worker_name: String,
+}
+
+impl DistributedBenchArgs {
+    fn run(&self) -> Result<()> {
+        if self.worker {
+            let comm = ferroflow_distributed::init(ferroflow_distributed::BackendChoice::Auto)?;
+            let config = self
+                .worker_config
+                .as_ref()
+                .context("--worker needs --worker-config")?;
+            return ferroflow_experiments::bench::distributed::worker(
+                &*comm,
+                config,
+                self.worker_steps,
+                self.worker_threads,
+                &self.out_dir,
+                &self.worker_name,
+            );
+        }
+        let mut models = vec![("2D MLP".to_owned(), self.mlp_config.clone(), self.mlp_steps)];
+        if self.unet_config.as_os_str() != "none" {
+            models.push(("U-Net".to_owned(), self.unet_config.clone(), self.unet_steps));
+        }
+        let settings = DistributedBenchSettings {
+            program: std::env::current_exe().context("cannot find this program")?,
+            models,
+            repeats: self.repeats,
+            out_dir: self.out_dir.clone(),
+            mpirun_args: self.mpirun_args.split_whitespace().map(str::to_owned).collect(),
+        };
+        let report = ferroflow_experiments::bench::distributed::run(&settings)?;
+        println!("{report}");
+        Ok(())
+    }
 }
 
 /// Arguments of `ferroflow bench discrete`.
@@ -237,5 +317,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             &mut [&mut Progress::auto()],
         )
         .map(|_| ()),
+        BenchKind::Distributed(args) => args.run(),
     }
 }

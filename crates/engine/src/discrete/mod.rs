@@ -421,6 +421,7 @@ pub fn train(
         seconds,
         total_seconds: journal.train_seconds,
         loss_curve: journal.loss_curve,
+        allreduce_seconds: 0.0,
     })
 }
 

@@ -49,6 +49,8 @@ pub struct TrainSummary {
     pub total_seconds: f64,
     /// The loss curve from step 1.
     pub loss_curve: Vec<LossPoint>,
+    /// Seconds of this invocation's steps spent in the gradient all-reduce (0 in one process).
+    pub allreduce_seconds: f64,
 }
 
 impl TrainSummary {
@@ -179,6 +181,8 @@ struct RankSync<'a> {
     agreed_stop: &'a AtomicBool,
     /// The ranks whose loss was not finite at the last step.
     non_finite: &'a RefCell<Vec<usize>>,
+    /// Seconds spent in the all-reduce so far (waiting for the slowest rank included).
+    allreduce_seconds: &'a std::cell::Cell<f64>,
 }
 
 impl RankSync<'_> {
@@ -198,7 +202,10 @@ impl RankSync<'_> {
         let n = grad.numel() as i64;
         let extras_tensor = Tensor::from_slice(&extras).to_device(grad.device());
         let mut packed = Tensor::cat(&[grad.view(-1), extras_tensor], 0);
+        let started = Instant::now();
         comm.all_reduce_sum(&mut packed)?;
+        self.allreduce_seconds
+            .set(self.allreduce_seconds.get() + started.elapsed().as_secs_f64());
         let mean = packed.narrow(0, 0, n) / world as f64;
         grad.copy_(&mean.view_as(&grad));
         let sums = to_host::<f32>(&packed.narrow(0, n, 2 + world as i64));
@@ -414,6 +421,7 @@ pub fn train(
     // One process reads its own stop flag; ranks read the flag they agreed on in the step's all-reduce.
     let agreed_stop = AtomicBool::new(false);
     let non_finite = RefCell::new(Vec::new());
+    let allreduce_seconds = std::cell::Cell::new(0.0);
     let step_stop = if comm.world_size() > 1 {
         Some(&agreed_stop)
     } else {
@@ -479,6 +487,7 @@ pub fn train(
                     stop,
                     agreed_stop: &agreed_stop,
                     non_finite: &non_finite,
+                    allreduce_seconds: &allreduce_seconds,
                 },
             };
             execute(&mut trainer, start_step, total, &mut journal, &mut all)
@@ -503,6 +512,7 @@ pub fn train(
         // The last step always writes a checkpoint, which records the run's time up to it.
         total_seconds: journal.train_seconds,
         loss_curve: journal.loss_curve,
+        allreduce_seconds: allreduce_seconds.get(),
     })
 }
 

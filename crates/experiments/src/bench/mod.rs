@@ -42,6 +42,7 @@ use ferroflow_models::DivergenceEstimator;
 use crate::timing::{Timing, load_average, median_time};
 
 pub mod discrete;
+pub mod distributed;
 pub mod guidance;
 pub mod riemannian;
 pub mod train;
