@@ -2,7 +2,8 @@
 //! two ranks with global batch B train what one process with batch B trains (independent and exact-OT
 //! couplings), every rank holds bit-identical weights after every step, checkpoints resume across world
 //! sizes, a killed rank or a non-finite loss ends the whole job with a message naming the rank and leaves the
-//! last checkpoint resumable, and a world size that does not divide the batch is refused before training.
+//! last checkpoint resumable, Ctrl-C on mpirun checkpoints the step the ranks agreed to stop at, and a world
+//! size that does not divide the batch is refused before training.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -391,5 +392,54 @@ fn a_backend_this_build_lacks_is_an_error_not_a_fallback() {
     );
     let text = failed(&output);
     assert!(text.contains("unknown backend \"gloo\""), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ctrl_c_on_mpirun_checkpoints_the_step_every_rank_stopped_at() {
+    let dir = temp_dir("interrupt");
+    let cfg = config(&dir, "independent", 10_000_000, 1e-3);
+    // Checkpoints every 1,000,000 steps: a checkpoint past step 0 can only come from the interruption.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("checkpoint_every = 20", "checkpoint_every = 1000000");
+    std::fs::write(&cfg, text).unwrap();
+    let mut job = mpirun(&dir, 2)
+        .args(["train", "--config", cfg.to_str().unwrap(), "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = dir.join("runs/r");
+    let started = Instant::now();
+    while !run.join("config.toml").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // mpirun passes SIGINT on to the ranks as SIGTERM; they agree on the step in its all-reduce.
+    Command::new("kill")
+        .args(["-INT", &job.id().to_string()])
+        .status()
+        .unwrap();
+    let signalled = Instant::now();
+    while job.try_wait().unwrap().is_none() {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(30),
+            "the job still runs 30 s after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let step = checkpoint_step(&run);
+    assert!(step > 0, "no checkpoint of the interrupted step");
+    let until = (step + 3).to_string();
+    ok(one(
+        &dir,
+        &["train", "--resume", "runs/r", "--steps", &until, "--quiet"],
+    ));
+    assert_eq!(checkpoint_step(&run), step + 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
