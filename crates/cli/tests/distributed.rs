@@ -3,7 +3,7 @@
 //! couplings), every rank holds bit-identical weights after every step, checkpoints resume across world
 //! sizes, a killed rank or a non-finite loss ends the whole job with a message naming the rank and leaves the
 //! last checkpoint resumable, Ctrl-C on mpirun checkpoints the step the ranks agreed to stop at, and a world
-//! size that does not divide the batch is refused before training.
+//! size that does not divide the batch is refused before training. Discrete (token) runs train on ranks too.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -345,21 +345,53 @@ fn a_world_size_that_does_not_divide_the_batch_is_refused() {
         "{text}"
     );
     assert!(!dir.join("runs/r").exists(), "a refused launch left a run folder");
-    // Discrete runs train in one process, and say so.
-    let words = dir.join("words.toml");
-    std::fs::write(
-        &words,
-        "[run]\nname = \"w\"\n[data]\ntarget = { kind = \"tokens_2d\", dataset = \"moons\", bins = 8, half_width = 3.0 }\n\
-         [model]\nkind = \"token_mlp\"\n[train]\nsteps = 5\nbatch_size = 8\n",
-    )
-    .unwrap();
-    let output = ranks(
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_discrete_run_on_two_ranks_trains_what_one_process_trains() {
+    let dir = temp_dir("discrete");
+    let text = "[run]\nname = \"d\"\nseed = 1\n[data]\ntarget = { kind = \"tokens_2d\", dataset = \"moons\", bins = 16, half_width = 3.0 }\n\
+         [model]\nkind = \"token_mlp\"\n[model.token_mlp]\nembedding_dim = 8\nwidth = 32\ndepth = 2\n[train]\nsteps = 40\n\
+         batch_size = 32\ncheckpoint_every = 20\nlog_every = 10\nema_decay = 0.99\n[sample]\nn_samples = 50\nsteps = 8\n\
+         w2_samples = 50\n";
+    let cfg = dir.join("tokens.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    ok(one(&dir, &["train", "--config", cfg, "--name", "one", "--quiet"]));
+    ok(ranks(
         &dir,
         2,
-        &["train", "--config", words.to_str().unwrap(), "--quiet"],
-    );
-    let text = failed(&output);
-    assert!(text.contains("discrete runs train in one process"), "{text}");
+        &[
+            "train",
+            "--config",
+            cfg,
+            "--name",
+            "two",
+            "--quiet",
+            "--check-replicas",
+            "--steps",
+            "20",
+        ],
+    ));
+    ok(ranks(
+        &dir,
+        2,
+        &[
+            "train",
+            "--resume",
+            "runs/two",
+            "--steps",
+            "40",
+            "--quiet",
+            "--check-replicas",
+        ],
+    ));
+    let (a, b) = (dir.join("runs/one"), dir.join("runs/two"));
+    let diff = max_difference(&a, &b);
+    assert!(diff < 1e-5, "discrete: weights differ by {diff}");
+    assert_same_curve(&a, &b);
+    assert_eq!(metrics(&b)["world_size"], 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -65,6 +65,16 @@ pub fn train_new_discrete(
     observers: &mut [&mut dyn Observer<crate::discrete::DiscreteModel>],
     stop: Option<&AtomicBool>,
 ) -> Result<PathBuf> {
+    train_new_discrete_on(config, &Launch::single(), observers, stop)
+}
+
+/// [`train_new_discrete`] as one rank of a data-parallel job (see [`train_new_on`]).
+pub fn train_new_discrete_on(
+    config: &RunConfig,
+    launch: &Launch<'_>,
+    observers: &mut [&mut dyn Observer<crate::discrete::DiscreteModel>],
+    stop: Option<&AtomicBool>,
+) -> Result<PathBuf> {
     if !config.data.target.is_tokens() {
         bail!(
             "data.target is {}, not a token data set",
@@ -73,7 +83,7 @@ pub fn train_new_discrete(
     }
     train_new_with(
         config,
-        &Launch::single(),
+        launch,
         observers,
         stop,
         crate::discrete::train,
@@ -199,10 +209,21 @@ pub fn resume_discrete(
     observers: &mut [&mut dyn Observer<crate::discrete::DiscreteModel>],
     stop: Option<&AtomicBool>,
 ) -> Result<PathBuf> {
+    resume_discrete_on(run_dir, steps, &Launch::single(), observers, stop)
+}
+
+/// [`resume_discrete`] as one rank of a data-parallel job (see [`resume_on`]).
+pub fn resume_discrete_on(
+    run_dir: &Path,
+    steps: Option<usize>,
+    launch: &Launch<'_>,
+    observers: &mut [&mut dyn Observer<crate::discrete::DiscreteModel>],
+    stop: Option<&AtomicBool>,
+) -> Result<PathBuf> {
     resume_with(
         run_dir,
         steps,
-        &Launch::single(),
+        launch,
         observers,
         stop,
         true,
@@ -436,6 +457,8 @@ fn finish_discrete(config: &RunConfig, run_dir: &Path, summary: &TrainSummary) -
         train_seconds: Some(summary.total_seconds),
         train_steps_per_second: Some(summary.steps_per_second()),
         device: Some(crate::train::device_name(params.device())),
+        world_size: Some(config.run.world_size),
+        backend: Some(config.run.backend.clone()),
         final_loss: summary.loss_curve.last().map(|p| p.loss),
         sample_seconds: Some(sample_seconds),
         ..RunMetrics::default()

@@ -103,6 +103,19 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     train_here(args, &launch).with_context(|| format!("rank {rank} of {world} ({} backend)", comm.backend()))
 }
 
+/// Whether the folder to resume holds a discrete run: rank 0 reads its config, the others are told.
+fn resumes_discrete(dir: &Path, launch: &Launch<'_>) -> Result<bool> {
+    let local = if launch.is_root() {
+        ferroflow_engine::run::is_discrete_run(dir)
+    } else {
+        Ok(false)
+    };
+    let local = ferroflow_engine::distributed::agree_any(launch.comm, local)??;
+    let mut flag = vec![u8::from(local)];
+    launch.comm.broadcast_bytes(&mut flag, 0)?;
+    Ok(flag == [1])
+}
+
 fn train_here(args: &TrainArgs, launch: &Launch<'_>) -> Result<()> {
     let stop = stop_on_signals()?;
     let root = launch.is_root();
@@ -111,13 +124,16 @@ fn train_here(args: &TrainArgs, launch: &Launch<'_>) -> Result<()> {
     let mut notes = Notes;
     let mut discrete = false;
     let run_dir = match (&args.resume, &args.config) {
-        (Some(dir), _) if launch.world_size() == 1 && ferroflow_engine::run::is_discrete_run(dir)? => {
+        (Some(dir), _) if resumes_discrete(dir, launch)? => {
             discrete = true;
-            let mut observers: Vec<&mut dyn Observer<DiscreteModel>> = vec![&mut notes];
-            if !args.quiet {
+            let mut observers: Vec<&mut dyn Observer<DiscreteModel>> = Vec::new();
+            if root {
+                observers.push(&mut notes);
+            }
+            if !quiet {
                 observers.push(&mut progress);
             }
-            ferroflow_engine::run::resume_discrete(dir, args.steps, &mut observers, Some(&stop))
+            ferroflow_engine::run::resume_discrete_on(dir, args.steps, launch, &mut observers, Some(&stop))
                 .map_err(|e| name_interruption(e, dir))?
         }
         (Some(dir), _) => {
@@ -151,21 +167,16 @@ fn train_here(args: &TrainArgs, launch: &Launch<'_>) -> Result<()> {
             }
             let dir = Path::new(&config.run.out_dir).join(&config.run.name);
             if config.data.target.is_tokens() {
-                anyhow::ensure!(
-                    launch.world_size() == 1,
-                    "{}: data.target = {} is a discrete run, and discrete runs train in one process; this \
-                     launch has {} ranks: start it without mpirun",
-                    path.display(),
-                    config.data.target.name(),
-                    launch.world_size()
-                );
                 // A discrete run: the same observers, watching a token network.
                 discrete = true;
-                let mut observers: Vec<&mut dyn Observer<DiscreteModel>> = vec![&mut notes];
-                if !args.quiet {
+                let mut observers: Vec<&mut dyn Observer<DiscreteModel>> = Vec::new();
+                if root {
+                    observers.push(&mut notes);
+                }
+                if !quiet {
                     observers.push(&mut progress);
                 }
-                ferroflow_engine::run::train_new_discrete(&config, &mut observers, Some(&stop))
+                ferroflow_engine::run::train_new_discrete_on(&config, launch, &mut observers, Some(&stop))
                     .map_err(|e| name_interruption(e, &dir))?
             } else {
                 let mut observers: Vec<&mut dyn Observer<FlowModel>> = Vec::new();

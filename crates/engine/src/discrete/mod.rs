@@ -10,7 +10,6 @@
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::time::Instant;
 
 use ferroflow_discrete::{Kappa, MixturePath, Token};
 use ferroflow_models::discrete::{
@@ -32,8 +31,8 @@ use crate::data::Dataset;
 use crate::error::TrainError;
 use crate::stream::Stream;
 use crate::tokens::{Grid, WordSplit};
-use crate::train::observe::{Journal, LossCurve, NanGuard, Observer, Trainable, execute};
-use crate::train::{CHECKPOINT_FILE, Checkpoints, MODEL_FILE, Start, TrainState, TrainSummary};
+use crate::train::observe::{Observer, Trainable, execute};
+use crate::train::{Start, TrainState, TrainSummary};
 
 /// The data of a token target, ready to draw `x1` from.
 #[derive(Clone, Debug)]
@@ -270,12 +269,18 @@ impl TrainState for DiscreteModel {
     fn state(&self) -> (&ParamStore, &FlatAdam, Option<&Ema>) {
         (self.net.params(), &self.adam, self.ema.as_ref())
     }
+
+    fn state_mut(&mut self) -> (&ParamStore, &mut FlatAdam, Option<&mut Ema>) {
+        (self.net.params(), &mut self.adam, self.ema.as_mut())
+    }
 }
 
-struct DiscreteTrainer {
+struct DiscreteTrainer<'a> {
     model: DiscreteModel,
     maker: TokenBatchMaker,
     loss: DiscreteLoss,
+    /// This rank's rows of each batch and the step's all-reduce.
+    ranks: crate::train::RankSync<'a>,
 }
 
 fn tokens_tensor(tokens: &Array2<Token>, device: tch::Device) -> Tensor {
@@ -285,7 +290,7 @@ fn tokens_tensor(tokens: &Array2<Token>, device: tch::Device) -> Tensor {
         .to_device(device)
 }
 
-impl Trainable for DiscreteTrainer {
+impl Trainable for DiscreteTrainer<'_> {
     type Model = DiscreteModel;
 
     fn model(&self) -> &DiscreteModel {
@@ -294,7 +299,17 @@ impl Trainable for DiscreteTrainer {
 
     fn step(&mut self, step: usize) -> Result<f64, TrainError> {
         use ferroflow_discrete::KappaSchedule;
-        let batch = self.maker.make(step as u64)?;
+        let mut batch = self.maker.make(step as u64)?;
+        // This rank's rows of the global batch (all of it in one process).
+        let (lo, hi) = self.ranks.rows;
+        if (lo, hi) != (0, batch.t.len()) {
+            batch = TokenBatch {
+                x_t: batch.x_t.slice(ndarray::s![lo..hi, ..]).to_owned(),
+                x1: batch.x1.slice(ndarray::s![lo..hi, ..]).to_owned(),
+                t: batch.t.slice(ndarray::s![lo..hi]).to_owned(),
+                labels: batch.labels.map(|l| l.slice(ndarray::s![lo..hi]).to_owned()),
+            };
+        }
         let net = &self.model.net;
         let device = net.params().device();
         let x_t = tokens_tensor(&batch.x_t, device);
@@ -327,7 +342,9 @@ impl Trainable for DiscreteTrainer {
         };
         let loss = loss.to_kind(Kind::Float);
         loss.backward();
-        let loss_value = loss.double_value(&[]);
+        let loss_value = self
+            .ranks
+            .global_loss(self.model.net.params().flat(), loss.double_value(&[]))?;
         // As in the flow trainer: a non-finite loss never reaches the weights.
         if loss_value.is_finite() {
             let weights = self.model.net.params().flat();
@@ -351,77 +368,27 @@ pub fn train(
     launch: &crate::distributed::Launch<'_>,
     observers: &mut [&mut dyn Observer<DiscreteModel>],
 ) -> Result<TrainSummary, TrainError> {
-    if launch.world_size() > 1 {
-        return Err(TrainError::Launch(format!(
-            "discrete runs train in one process; this launch has {} ranks: start it without mpirun",
-            launch.world_size()
-        )));
-    }
     crate::train::apply_threads(config);
-    let net = build_token_net(config)?;
+    let net = crate::distributed::agree(launch.comm, build_token_net(config))?;
     let (adam, ema) = crate::train::optimizer_state(config, net.params().flat())?;
-    let mut model = DiscreteModel { net, adam, ema };
-    let mut journal = Journal::default();
-    let checkpoint_path = run_dir.join(CHECKPOINT_FILE);
-    let resumed = start == Start::Resume && checkpoint_path.exists();
-    if resumed {
-        crate::train::load_checkpoint_into(
-            &checkpoint_path,
-            model.net.params(),
-            &mut model.adam,
-            model.ema.as_mut(),
-            &mut journal,
-        )?;
-    }
-    let seconds_before = journal.train_seconds;
-    let start_step = model.adam.step;
-    let total = config.train.steps;
-    crate::train::check_start_step(&checkpoint_path, start_step, total)?;
+    let model = DiscreteModel { net, adam, ema };
     let maker = TokenBatchMaker::new(config, TokenData::load(config)?)?;
-    if !resumed {
-        crate::train::save_checkpoint(&checkpoint_path, &model, &journal)?;
-    }
-    journal.last_checkpoint = start_step;
-    crate::train::commit_config(config, run_dir)?;
-    let started = Instant::now();
-    let mut nan_guard = NanGuard;
-    let mut loss_curve = LossCurve::new(config.train.log_every);
-    let mut checkpoints = Checkpoints::new(
-        checkpoint_path,
-        config.train.checkpoint_every,
-        stop,
-        seconds_before,
-    );
-    let mut all: Vec<&mut dyn Observer<DiscreteModel>> =
-        vec![&mut nan_guard, &mut loss_curve, &mut checkpoints];
-    all.extend(
-        observers
-            .iter_mut()
-            .map(|o| &mut **o as &mut dyn Observer<DiscreteModel>),
-    );
-    let mut trainer = DiscreteTrainer {
-        model,
-        maker,
-        loss: config.flow.discrete.unwrap_or_default().loss,
-    };
-    execute(&mut trainer, start_step, total, &mut journal, &mut all)?;
-    let model = trainer.model;
-    let seconds = started.elapsed().as_secs_f64();
-    let sampling_weights = model
-        .ema
-        .as_ref()
-        .map_or(model.net.params().flat(), |e| &e.weights);
-    ferroflow_models::checkpoint::save_tensors(
-        &model.net.params().named_of(sampling_weights),
-        &run_dir.join(MODEL_FILE),
-    )?;
-    Ok(TrainSummary {
-        steps_run: total - start_step,
-        total_steps: total,
-        seconds,
-        total_seconds: journal.train_seconds,
-        loss_curve: journal.loss_curve,
-        allreduce_seconds: 0.0,
+    let loss = config.flow.discrete.unwrap_or_default().loss;
+    crate::train::drive(config, run_dir, start, stop, launch, model, observers, |run| {
+        let mut trainer = DiscreteTrainer {
+            model: run.model,
+            maker,
+            loss,
+            ranks: run.ranks,
+        };
+        execute(
+            &mut trainer,
+            run.start_step,
+            config.train.steps,
+            run.journal,
+            run.observers,
+        )?;
+        Ok(trainer.model)
     })
 }
 

@@ -171,10 +171,10 @@ struct FlowTrainer<'a> {
 }
 
 /// What a rank of a data-parallel job shares after each backward pass (nothing in one process).
-struct RankSync<'a> {
+pub(crate) struct RankSync<'a> {
     comm: &'a dyn Collective,
     /// The rows `lo..hi` of the global batch this rank trains on.
-    rows: (usize, usize),
+    pub rows: (usize, usize),
     /// This rank's stop request (Ctrl-C, SIGTERM).
     stop: Option<&'a AtomicBool>,
     /// Raised on every rank when any rank asked to stop: what the checkpoint observer reads.
@@ -186,6 +186,15 @@ struct RankSync<'a> {
 }
 
 impl RankSync<'_> {
+    /// The global batch's loss: in one process `local_loss`; across ranks see [`RankSync::reduce`].
+    pub fn global_loss(&self, weights: &Tensor, local_loss: f64) -> Result<f64, TrainError> {
+        if self.comm.world_size() > 1 {
+            self.reduce(weights, local_loss)
+        } else {
+            Ok(local_loss)
+        }
+    }
+
     /// Mean-reduces the flat gradient of `weights` over the ranks in one all-reduce that also carries each
     /// rank's loss, stop request and non-finite flag; returns the global batch's loss.
     fn reduce(&self, weights: &Tensor, local_loss: f64) -> Result<f64, TrainError> {
@@ -256,10 +265,9 @@ impl Trainable for FlowTrainer<'_> {
         }
         let loss = (output - target).square().mean(Kind::Float);
         loss.backward();
-        let mut loss_value = loss.double_value(&[]);
-        if self.ranks.comm.world_size() > 1 {
-            loss_value = self.ranks.reduce(self.model.net.params().flat(), loss_value)?;
-        }
+        let loss_value = self
+            .ranks
+            .global_loss(self.model.net.params().flat(), loss.double_value(&[]))?;
         // A non-finite loss must not reach the weights: the NaN guard stops the run after this step, and
         // the weights it leaves are never saved.
         if loss_value.is_finite() {
@@ -302,11 +310,30 @@ impl<'a> Checkpoints<'a> {
 pub trait TrainState {
     /// The parameters, the optimizer and the EMA (if any).
     fn state(&self) -> (&ferroflow_models::params::ParamStore, &FlatAdam, Option<&Ema>);
+
+    /// The same, the optimizer and the EMA mutable (to load or broadcast them).
+    fn state_mut(
+        &mut self,
+    ) -> (
+        &ferroflow_models::params::ParamStore,
+        &mut FlatAdam,
+        Option<&mut Ema>,
+    );
 }
 
 impl TrainState for FlowModel {
     fn state(&self) -> (&ferroflow_models::params::ParamStore, &FlatAdam, Option<&Ema>) {
         (self.net.params(), &self.adam, self.ema.as_ref())
+    }
+
+    fn state_mut(
+        &mut self,
+    ) -> (
+        &ferroflow_models::params::ParamStore,
+        &mut FlatAdam,
+        Option<&mut Ema>,
+    ) {
+        (self.net.params(), &mut self.adam, self.ema.as_mut())
     }
 }
 
@@ -376,32 +403,105 @@ pub fn train(
     launch: &Launch<'_>,
     observers: &mut [&mut dyn Observer<FlowModel>],
 ) -> Result<TrainSummary, TrainError> {
+    apply_threads(config);
+    let net = agree(launch.comm, build_model(&rank_config(config, launch.comm)))?;
+    let (adam, ema) = optimizer_state(config, net.params().flat())?;
+    let model = FlowModel { net, adam, ema };
+    let mut maker = BatchMaker::new(config).map_err(|e| TrainError::Io {
+        path: run_dir.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    let driven = drive(config, run_dir, start, stop, launch, model, observers, |run| {
+        let shape: Vec<i64> = std::iter::once((run.ranks.rows.1 - run.ranks.rows.0) as i64)
+            .chain(run.model.net.sample_shape())
+            .collect();
+        let (start_step, total) = (run.start_step, config.train.steps);
+        std::thread::scope(|scope| -> Result<FlowModel, TrainError> {
+            // The producer builds batches (and solves their OT couplings) while the model trains on the last one.
+            let (to_trainer, from_producer) = mpsc::sync_channel::<Result<Batch, TrainError>>(4);
+            let (recycle, recycled) = mpsc::channel::<Batch>();
+            scope.spawn(move || {
+                for step in start_step + 1..=total {
+                    let mut batch = recycled.try_recv().unwrap_or_default();
+                    let made = maker.make(step as u64, &mut batch).map(|()| batch).map_err(|e| {
+                        TrainError::Coupling {
+                            step,
+                            detail: e.to_string(),
+                        }
+                    });
+                    let failed = made.is_err();
+                    if to_trainer.send(made).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let mut trainer = FlowTrainer {
+                model: run.model,
+                batches: &from_producer,
+                recycle,
+                shape,
+                manifold: config.data.manifold.clone(),
+                ranks: run.ranks,
+            };
+            execute(&mut trainer, start_step, total, run.journal, run.observers)?;
+            Ok(trainer.model)
+        })
+    })?;
+    Ok(driven)
+}
+
+/// What [`drive`] hands the trainer-specific loop: the model with its state loaded and broadcast, the rank's
+/// share of each step, the journal and every observer (the engine's first).
+pub(crate) struct Run<'r, 'o, 'a, M> {
+    /// The model, identical on every rank.
+    pub model: M,
+    /// The step the run continues from.
+    pub start_step: usize,
+    /// This rank's rows and the step's all-reduce.
+    pub ranks: RankSync<'a>,
+    /// The run's journal.
+    pub journal: &'r mut Journal,
+    /// The observers, to pass to [`execute`].
+    pub observers: &'r mut [&'o mut dyn Observer<M>],
+}
+
+/// The training driver every trainer shares: loads the checkpoint on rank 0 and broadcasts the state, writes
+/// the step-0 checkpoint and the config (rank 0), sets up the NaN guard, the loss curve, the checkpoints (rank
+/// 0; other ranks stop with it) and the replica check, runs `train_loop` and writes the sampling weights. Every
+/// step only some ranks take is agreed, so a failure there ends every rank.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn drive<M: TrainState>(
+    config: &RunConfig,
+    run_dir: &Path,
+    start: Start,
+    stop: Option<&AtomicBool>,
+    launch: &Launch<'_>,
+    mut model: M,
+    observers: &mut [&mut dyn Observer<M>],
+    train_loop: impl for<'r, 'o, 'a> FnOnce(Run<'r, 'o, 'a, M>) -> Result<M, TrainError>,
+) -> Result<TrainSummary, TrainError> {
     let comm = launch.comm;
     let root = launch.is_root();
-    apply_threads(config);
     let rows = crate::distributed::shard(config.train.batch_size, comm.rank(), comm.world_size())?;
-    let net = agree(comm, build_model(&rank_config(config, comm)))?;
-    let (adam, ema) = optimizer_state(config, net.params().flat())?;
-    let mut model = FlowModel { net, adam, ema };
     let mut journal = Journal::default();
     let checkpoint_path = run_dir.join(CHECKPOINT_FILE);
     // Only rank 0 looks at the folder; the others receive its state.
     let resumed = root && start == Start::Resume && checkpoint_path.exists();
     let loaded = if resumed {
-        load_checkpoint(&checkpoint_path, &mut model, &mut journal)
+        let (params, adam, ema) = model.state_mut();
+        load_checkpoint_into(&checkpoint_path, params, adam, ema, &mut journal)
     } else {
         Ok(())
     };
     agree(comm, loaded)?;
-    broadcast_state(comm, model.net.params(), &mut model.adam, model.ema.as_mut())?;
+    {
+        let (params, adam, ema) = model.state_mut();
+        broadcast_state(comm, params, adam, ema)?;
+    }
     let seconds_before = journal.train_seconds;
-    let start_step = model.adam.step;
+    let start_step = model.state().1.step;
     let total = config.train.steps;
     check_start_step(&checkpoint_path, start_step, total)?;
-    let mut maker = BatchMaker::new(config).map_err(|e| TrainError::Io {
-        path: run_dir.to_path_buf(),
-        detail: e.to_string(),
-    })?;
     let prepared = if root {
         (if resumed {
             Ok(())
@@ -414,9 +514,6 @@ pub fn train(
     };
     agree(comm, prepared)?;
     journal.last_checkpoint = start_step;
-    let shape: Vec<i64> = std::iter::once((rows.1 - rows.0) as i64)
-        .chain(model.net.sample_shape())
-        .collect();
     let started = Instant::now();
     // One process reads its own stop flag; ranks read the flag they agreed on in the step's all-reduce.
     let agreed_stop = AtomicBool::new(false);
@@ -438,7 +535,7 @@ pub fn train(
     );
     let mut stop_rank = StopRank { stop: step_stop };
     // The replica check comes first, so every rank reaches its all-gather before any rank-0-only failure.
-    let mut all: Vec<&mut dyn Observer<FlowModel>> = Vec::new();
+    let mut all: Vec<&mut dyn Observer<M>> = Vec::new();
     if launch.check_replicas {
         all.push(&mut replica_check);
     }
@@ -449,61 +546,28 @@ pub fn train(
     } else {
         all.push(&mut stop_rank);
     }
-    all.extend(
-        observers
-            .iter_mut()
-            .map(|o| &mut **o as &mut dyn Observer<FlowModel>),
-    );
-
-    let model =
-        std::thread::scope(|scope| -> Result<FlowModel, TrainError> {
-            // The producer builds batches (and solves their OT couplings) while the model trains on the last one.
-            let (to_trainer, from_producer) = mpsc::sync_channel::<Result<Batch, TrainError>>(4);
-            let (recycle, recycled) = mpsc::channel::<Batch>();
-            scope.spawn(move || {
-                for step in start_step + 1..=total {
-                    let mut batch = recycled.try_recv().unwrap_or_default();
-                    let made = maker.make(step as u64, &mut batch).map(|()| batch).map_err(|e| {
-                        TrainError::Coupling {
-                            step,
-                            detail: e.to_string(),
-                        }
-                    });
-                    let failed = made.is_err();
-                    if to_trainer.send(made).is_err() || failed {
-                        return;
-                    }
-                }
-            });
-            let mut trainer = FlowTrainer {
-                model,
-                batches: &from_producer,
-                recycle,
-                shape,
-                manifold: config.data.manifold.clone(),
-                ranks: RankSync {
-                    comm,
-                    rows,
-                    stop,
-                    agreed_stop: &agreed_stop,
-                    non_finite: &non_finite,
-                    allreduce_seconds: &allreduce_seconds,
-                },
-            };
-            execute(&mut trainer, start_step, total, &mut journal, &mut all)
-                .map_err(|err| name_ranks(err, &non_finite.borrow()))?;
-            Ok(trainer.model)
-        })?;
+    all.extend(observers.iter_mut().map(|o| &mut **o as &mut dyn Observer<M>));
+    let ranks = RankSync {
+        comm,
+        rows,
+        stop,
+        agreed_stop: &agreed_stop,
+        non_finite: &non_finite,
+        allreduce_seconds: &allreduce_seconds,
+    };
+    let model = train_loop(Run {
+        model,
+        start_step,
+        ranks,
+        journal: &mut journal,
+        observers: &mut all,
+    })
+    .map_err(|err| name_ranks(err, &non_finite.borrow()))?;
     let seconds = started.elapsed().as_secs_f64();
     if root {
-        let sampling_weights = model
-            .ema
-            .as_ref()
-            .map_or(model.net.params().flat(), |e| &e.weights);
-        save_tensors(
-            &model.net.params().named_of(sampling_weights),
-            &run_dir.join(MODEL_FILE),
-        )?;
+        let (params, _, ema) = model.state();
+        let sampling_weights = ema.map_or(params.flat(), |e| &e.weights);
+        save_tensors(&params.named_of(sampling_weights), &run_dir.join(MODEL_FILE))?;
     }
     Ok(TrainSummary {
         steps_run: total - start_step,
@@ -612,18 +676,7 @@ pub(crate) fn save_checkpoint(
 }
 
 /// Restores weights, EMA, optimizer moments, step, the loss curve, its open window and the training seconds
-/// (0 for checkpoints older than that key) into `model` and `journal`.
-fn load_checkpoint(path: &Path, model: &mut FlowModel, journal: &mut Journal) -> Result<(), TrainError> {
-    load_checkpoint_into(
-        path,
-        model.net.params(),
-        &mut model.adam,
-        model.ema.as_mut(),
-        journal,
-    )
-}
-
-/// [`load_checkpoint`] for any network's parameters.
+/// (0 for checkpoints older than that key) of any network into `params`, `adam`, `ema` and `journal`.
 pub(crate) fn load_checkpoint_into(
     path: &Path,
     params: &ferroflow_models::params::ParamStore,
