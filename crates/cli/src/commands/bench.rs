@@ -64,7 +64,7 @@ pub struct DistributedBenchArgs {
     pub out_dir: PathBuf,
     /// Arguments for mpirun (space-separated), e.g. "--allow-run-as-root --oversubscribe" when running as
     /// root.
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
     pub mpirun_args: String,
     /// Internal: run one launch's training and print its figures (started by the benchmark itself).
     #[arg(long, hide = true)]
