@@ -310,6 +310,44 @@ fn killing_a_rank_ends_the_job_and_keeps_the_checkpoint() {
 }
 
 #[test]
+fn a_failure_on_rank_0_alone_ends_the_job_instead_of_hanging() {
+    let dir = temp_dir("rank0");
+    let cfg = config(&dir, "independent", 10_000_000, 1e-3);
+    let mut job = mpirun(&dir, 2)
+        .args(["train", "--config", cfg.to_str().unwrap(), "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = dir.join("runs/r");
+    let started = Instant::now();
+    while !run.join("config.toml").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The folder disappears: rank 0's next checkpoint fails, while rank 1 waits in the next all-reduce.
+    std::fs::remove_dir_all(&run).unwrap();
+    let removed = Instant::now();
+    while job.try_wait().unwrap().is_none() {
+        if removed.elapsed() > Duration::from_secs(30) {
+            let _ = job.kill();
+            panic!("the job still runs 30 s after rank 0 failed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let output = job.wait_with_output().unwrap();
+    let text = failed(&output);
+    assert!(
+        text.contains("rank 0 of 2") && text.contains("checkpoint"),
+        "{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn a_non_finite_loss_stops_every_rank() {
     let dir = temp_dir("nan");
     let cfg = config(&dir, "independent", 400, 1e9);

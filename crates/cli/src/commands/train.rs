@@ -100,7 +100,20 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         return train_here(args, &launch);
     }
     let (rank, world) = (comm.rank(), comm.world_size());
-    train_here(args, &launch).with_context(|| format!("rank {rank} of {world} ({} backend)", comm.backend()))
+    let result = train_here(args, &launch)
+        .with_context(|| format!("rank {rank} of {world} ({} backend)", comm.backend()));
+    match &result {
+        // Every rank agreed to stop at the same step: finish MPI normally (exit status 130).
+        Err(err) if err.chain().any(|e| e.is::<Interrupted>()) => {}
+        // A rank that fails alone (its checkpoint cannot be written, ...) must not wait in MPI_Finalize for
+        // ranks blocked in the next all-reduce: it says why and ends the whole job at once.
+        Err(err) => {
+            eprintln!("ferroflow: error: {err:#}");
+            comm.abort(1)
+        }
+        Ok(()) => {}
+    }
+    result
 }
 
 /// Whether the folder to resume holds a discrete run: rank 0 reads its config, the others are told.
