@@ -110,6 +110,8 @@ fn run() -> Result<()> {
                 "--test",
                 "gpu",
             ])?;
+            // The program builds without MPI too (for machines without Open MPI).
+            cargo(&["check", "-p", "ferroflow", "--no-default-features"])?;
             cargo(&["test", "--workspace"])
         }
         "bench" => bench(&root, rest),
