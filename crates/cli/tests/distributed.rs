@@ -248,26 +248,58 @@ fn checkpoint_step(run: &Path) -> i64 {
         .unwrap()
 }
 
-#[test]
-fn killing_a_rank_ends_the_job_and_keeps_the_checkpoint() {
-    let dir = temp_dir("kill");
-    let cfg = config(&dir, "independent", 10_000_000, 1e-3);
-    let mut job = mpirun(&dir, 2)
+/// A 2-rank training of `cfg` that would run for hours, started in the background; returns once its folder
+/// has a config (and, with `checkpointed`, a checkpoint past step 0).
+fn start_long_job(dir: &Path, cfg: &Path, checkpointed: bool) -> (std::process::Child, PathBuf) {
+    let job = mpirun(dir, 2)
         .args(["train", "--config", cfg.to_str().unwrap(), "--quiet"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let run = dir.join("runs/r");
-    // Wait until training has written a checkpoint past step 0.
     let started = Instant::now();
-    while !(run.join("config.toml").exists() && checkpoint_step(&run) > 0) {
+    while !(run.join("config.toml").exists() && (!checkpointed || checkpoint_step(&run) > 0)) {
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "no checkpoint after 2 minutes"
+            "training did not start in 2 minutes"
         );
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
+    (job, run)
+}
+
+/// Waits for `job` to end after `what` happened, killing it and failing if it runs 30 s more; returns its
+/// output.
+fn ends_within_30s(mut job: std::process::Child, what: &str) -> Output {
+    let since = Instant::now();
+    while job.try_wait().unwrap().is_none() {
+        if since.elapsed() > Duration::from_secs(30) {
+            let _ = job.kill();
+            panic!("the job still runs 30 s after {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    job.wait_with_output().unwrap()
+}
+
+/// Resumes `run` in one process 3 steps past its checkpoint and checks that it got there.
+fn resumes_from_checkpoint(dir: &Path, run: &Path) {
+    let step = checkpoint_step(run);
+    assert!(step > 0, "no checkpoint past step 0");
+    let until = (step + 3).to_string();
+    ok(one(
+        dir,
+        &["train", "--resume", "runs/r", "--steps", &until, "--quiet"],
+    ));
+    assert_eq!(checkpoint_step(run), step + 3);
+}
+
+#[test]
+fn killing_a_rank_ends_the_job_and_keeps_the_checkpoint() {
+    let dir = temp_dir("kill");
+    let cfg = config(&dir, "independent", 10_000_000, 1e-3);
+    let (job, run) = start_long_job(&dir, &cfg, true);
     let children = Command::new("pgrep")
         .args(["-P", &job.id().to_string()])
         .output()
@@ -278,34 +310,10 @@ fn killing_a_rank_ends_the_job_and_keeps_the_checkpoint() {
         .collect();
     assert_eq!(pids.len(), 2, "mpirun's children: {pids:?}");
     Command::new("kill").args(["-9", &pids[1]]).status().unwrap();
-    let killed = Instant::now();
-    let status = loop {
-        if let Some(status) = job.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "the job still runs 30 s after a rank died"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = job.wait_with_output().unwrap();
-    assert!(!status.success());
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let text = failed(&ends_within_30s(job, "a rank died"));
     assert!(text.contains("rank 1") && text.contains("signal 9"), "{text}");
-    // The last checkpoint is intact: one process resumes it a few steps further.
-    let step = checkpoint_step(&run);
-    assert!(step > 0);
-    let until = (step + 5).to_string();
-    ok(one(
-        &dir,
-        &["train", "--resume", "runs/r", "--steps", &until, "--quiet"],
-    ));
-    assert_eq!(checkpoint_step(&run), step + 5);
+    // The last checkpoint is intact: one process resumes it.
+    resumes_from_checkpoint(&dir, &run);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -313,33 +321,10 @@ fn killing_a_rank_ends_the_job_and_keeps_the_checkpoint() {
 fn a_failure_on_rank_0_alone_ends_the_job_instead_of_hanging() {
     let dir = temp_dir("rank0");
     let cfg = config(&dir, "independent", 10_000_000, 1e-3);
-    let mut job = mpirun(&dir, 2)
-        .args(["train", "--config", cfg.to_str().unwrap(), "--quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let run = dir.join("runs/r");
-    let started = Instant::now();
-    while !run.join("config.toml").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "training did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (job, run) = start_long_job(&dir, &cfg, false);
     // The folder disappears: rank 0's next checkpoint fails, while rank 1 waits in the next all-reduce.
     std::fs::remove_dir_all(&run).unwrap();
-    let removed = Instant::now();
-    while job.try_wait().unwrap().is_none() {
-        if removed.elapsed() > Duration::from_secs(30) {
-            let _ = job.kill();
-            panic!("the job still runs 30 s after rank 0 failed");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let output = job.wait_with_output().unwrap();
-    let text = failed(&output);
+    let text = failed(&ends_within_30s(job, "rank 0 failed"));
     assert!(
         text.contains("rank 0 of 2") && text.contains("checkpoint"),
         "{text}"
@@ -474,42 +459,14 @@ fn ctrl_c_on_mpirun_checkpoints_the_step_every_rank_stopped_at() {
         .unwrap()
         .replace("checkpoint_every = 20", "checkpoint_every = 1000000");
     std::fs::write(&cfg, text).unwrap();
-    let mut job = mpirun(&dir, 2)
-        .args(["train", "--config", cfg.to_str().unwrap(), "--quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let run = dir.join("runs/r");
-    let started = Instant::now();
-    while !run.join("config.toml").exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "training did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (job, run) = start_long_job(&dir, &cfg, false);
     std::thread::sleep(Duration::from_secs(2));
     // mpirun passes SIGINT on to the ranks as SIGTERM; they agree on the step in its all-reduce.
     Command::new("kill")
         .args(["-INT", &job.id().to_string()])
         .status()
         .unwrap();
-    let signalled = Instant::now();
-    while job.try_wait().unwrap().is_none() {
-        assert!(
-            signalled.elapsed() < Duration::from_secs(30),
-            "the job still runs 30 s after Ctrl-C"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let step = checkpoint_step(&run);
-    assert!(step > 0, "no checkpoint of the interrupted step");
-    let until = (step + 3).to_string();
-    ok(one(
-        &dir,
-        &["train", "--resume", "runs/r", "--steps", &until, "--quiet"],
-    ));
-    assert_eq!(checkpoint_step(&run), step + 3);
+    ends_within_30s(job, "Ctrl-C");
+    resumes_from_checkpoint(&dir, &run);
     std::fs::remove_dir_all(&dir).unwrap();
 }
