@@ -16,7 +16,14 @@ use anyhow::{Context, Result, bail, ensure};
 pub const TORCH_VERSION: &str = "2.13.0";
 /// Debian packages the build and runs need: OpenBLAS for ndarray-linalg, pkg-config to find it, and
 /// wamerican for the word list of discrete `words` runs (`/usr/share/dict/american-english`).
-const DEBIAN_PACKAGES: &[&str] = &["libopenblas-dev", "pkg-config", "wamerican"];
+/// `chromium` and `chromium-driver` run the explorer's browser test (WebDriver at /usr/bin/chromedriver).
+const DEBIAN_PACKAGES: &[&str] = &[
+    "libopenblas-dev",
+    "pkg-config",
+    "wamerican",
+    "chromium",
+    "chromium-driver",
+];
 const FASHION_MNIST_PACKAGE: &str = "dataset-fashion-mnist";
 const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
