@@ -105,6 +105,7 @@ fn only_the_torch_layer_links_tch() {
         "ferroflow-engine",
         "ferroflow-report",
         "ferroflow-experiments",
+        "ferroflow-explorer",
         "ferroflow",
     ];
     for (name, pkg) in &packages {
@@ -148,7 +149,8 @@ fn layers_point_downwards() {
         "ferroflow-guidance" => Some(2),
         "ferroflow-engine" => Some(3),
         "ferroflow-report" => Some(4),
-        "ferroflow-experiments" => Some(5),
+        // The explorer sits beside the experiments: above the engine, below the program that serves it.
+        "ferroflow-experiments" | "ferroflow-explorer" => Some(5),
         "ferroflow" => Some(6),
         _ => None,
     };

@@ -24,6 +24,7 @@ tasks:
                              release mode (distributed: 1 process against 2 MPI ranks);
                              --peers installs the Python peers and runs them side by side
   bench2d [--seeds N] [--steps S] [--only TEXT,...]   the 2D OT-CFM benchmark, written to docs/results-2d.md
+  explore [-- ARGS]          set up, then serve the browser explorer on 127.0.0.1 (`ferroflow explore`)
   data fashion-mnist         install and prepare Fashion-MNIST under data/
   train-classifier [STEPS THREADS OUT_DIR]   the Fashion-MNIST classifier behind the Frechet distance
   image-eval --run DIR [-- ARGS]   measure a Fashion-MNIST run (Frechet distance, class accuracy, bits/dim);
@@ -115,6 +116,12 @@ fn run() -> Result<()> {
             cargo(&["test", "--workspace"])
         }
         "bench" => bench(&root, rest),
+        "explore" => {
+            setup::ensure(&root)?;
+            let mut args = vec!["explore".to_owned()];
+            args.extend(rest.iter().filter(|a| *a != "--").cloned());
+            ferroflow(&args)
+        }
         "bench2d" => {
             setup::ensure(&root)?;
             let mut args = vec!["bench2d".to_owned()];

@@ -15,9 +15,10 @@ use anyhow::{Context, Result, bail, ensure};
 /// The libtorch version tch 0.26 is built against.
 pub const TORCH_VERSION: &str = "2.13.0";
 /// Debian packages the build and runs need: OpenBLAS for ndarray-linalg, pkg-config to find it, wamerican
-/// for the word list of discrete `words` runs (`/usr/share/dict/american-english`), and Open MPI for
+/// for the word list of discrete `words` runs (`/usr/share/dict/american-english`), Open MPI for
 /// data-parallel training (`mpirun`, the headers and libmpi the `mpi` crate links, and libclang for its
-/// bindgen).
+/// bindgen), and `chromium` with `chromium-driver` for the explorer's browser test (WebDriver at
+/// /usr/bin/chromedriver).
 const DEBIAN_PACKAGES: &[&str] = &[
     "libopenblas-dev",
     "pkg-config",
@@ -25,6 +26,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openmpi-bin",
     "libopenmpi-dev",
     "libclang-dev",
+    "chromium",
+    "chromium-driver",
 ];
 const FASHION_MNIST_PACKAGE: &str = "dataset-fashion-mnist";
 const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";

@@ -10,7 +10,7 @@ mod progress;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{bench, bench2d, eval, image_eval, likelihood, ot, sample, train, w2};
+use commands::{bench, bench2d, eval, explore, image_eval, likelihood, ot, sample, train, w2};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,8 @@ enum Command {
     Bench2d(bench2d::Bench2dArgs),
     /// The exact 2-Wasserstein distance between two equal-size point sets.
     W2(w2::W2Args),
+    /// Serve the browser explorer on 127.0.0.1 (closed-form views, live training, trained runs).
+    Explore(explore::ExploreArgs),
 }
 
 fn main() {
@@ -68,5 +70,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Bench2d(args) => bench2d::run(args),
         Command::W2(args) => w2::run(args),
+        Command::Explore(args) => explore::run(args),
     }
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench2d;
 pub mod eval;
+pub mod explore;
 pub mod image_eval;
 pub mod likelihood;
 pub mod ot;

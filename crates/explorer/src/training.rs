@@ -1,0 +1,323 @@
+//! Live training from the page: a request becomes a normal run config, the engine's `run::train_new` trains it
+//! into a run folder on a blocking thread, and an [`Observer`] of the training loop sends progress (loss,
+//! steps/s) and sample snapshots of the current network into a channel that the server streams to the page.
+//!
+//! Progress is sent at most every [`PROGRESS_EVERY`] and dropped rather than waited for when the page reads
+//! slowly, so a slow page never slows training; snapshots (a short Euler solve of the current network) cost
+//! a few milliseconds every [`SNAPSHOT_EVERY`]. Raising the stop flag (the Stop button, or the page going
+//! away) makes the engine checkpoint the current step and end the run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferroflow_coupling::{CouplingConfig, IndependentOrder, SinkhornConfig, SolverKind};
+use ferroflow_engine::config::{
+    DataSection, ModelSection, RunConfig, RunSection, SampleSection, TrainSection,
+};
+use ferroflow_engine::error::TrainError;
+use ferroflow_engine::train::FlowModel;
+use ferroflow_engine::train::observe::{Journal, Observer, StepInfo};
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+use tokio::sync::mpsc;
+
+use crate::error::{ApiError, check_range, check_real};
+use crate::views::{PathSpec, TargetSpec, source_points};
+
+/// The shortest interval between two progress events (10 a second).
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// The shortest interval between two sample snapshots.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_millis(400);
+/// Points in a sample snapshot.
+pub const SNAPSHOT_POINTS: usize = 400;
+/// Euler steps of a sample snapshot.
+pub const SNAPSHOT_STEPS: usize = 16;
+/// The couplings the page offers.
+pub const COUPLINGS: [&str; 3] = ["independent", "exact_ot", "sinkhorn"];
+
+/// What the page asks to train.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRequest {
+    /// The page's client id (8 to 64 letters, digits, `-` or `_`): one training per client at a time.
+    pub client: String,
+    /// The target (the source is N(0, I)).
+    pub target: TargetSpec,
+    /// The path.
+    pub path: PathSpec,
+    /// One of [`COUPLINGS`].
+    pub coupling: String,
+    /// Sinkhorn's entropic regularisation, in `[1e-3, 10]` (default 0.05).
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+    /// Hidden width of the MLP, 4..=256.
+    pub width: i64,
+    /// Hidden layers of the MLP, 1..=6.
+    pub depth: i64,
+    /// Optimizer steps, 1..=20000.
+    pub steps: i64,
+    /// Batch size, 8..=1024.
+    pub batch_size: i64,
+    /// Adam's learning rate, in `[1e-5, 0.1]` (default 1e-3).
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    /// The run's seed.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_epsilon() -> f64 {
+    0.05
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+
+/// Checks a client id.
+pub fn check_client(client: &str) -> Result<(), ApiError> {
+    let ok = (8..=64).contains(&client.len())
+        && client
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return Err(ApiError::invalid(
+            "client",
+            "must be 8 to 64 ASCII letters, digits, `-` or `_`",
+        ));
+    }
+    Ok(())
+}
+
+static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TrainRequest {
+    /// The run config of this request, training into a new folder under `runs_dir`.
+    pub fn run_config(&self, runs_dir: &Path) -> Result<RunConfig, ApiError> {
+        check_client(&self.client)?;
+        let target = self.target.dataset("target")?;
+        let mut flow = self.path.flow_section("path")?;
+        flow.coupling = match self.coupling.as_str() {
+            "independent" => CouplingConfig::Independent {
+                order: IndependentOrder::Identity,
+            },
+            "exact_ot" => CouplingConfig::ExactOt {
+                solver: SolverKind::Jv,
+            },
+            "sinkhorn" => CouplingConfig::Sinkhorn {
+                sinkhorn: SinkhornConfig {
+                    reg: check_real("epsilon", self.epsilon, 1e-3, 10.0)?,
+                    ..SinkhornConfig::default()
+                },
+                scaling: Default::default(),
+            },
+            other => {
+                return Err(ApiError::invalid(
+                    "coupling",
+                    format!("unknown coupling `{other}`; allowed: {}", COUPLINGS.join(", ")),
+                ));
+            }
+        };
+        let steps = check_range("steps", self.steps, 1, 20_000)?;
+        let mut train = TrainSection {
+            steps,
+            batch_size: check_range("batch_size", self.batch_size, 8, 1_024)?,
+            checkpoint_every: 0,
+            log_every: (steps / 50).max(1),
+            ..TrainSection::default()
+        };
+        train.optimizer.lr = check_real("learning_rate", self.learning_rate, 1e-5, 0.1)?;
+        let unix_seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let name = format!(
+            "explore-{}-{unix_seconds}-{}",
+            self.target.kind,
+            RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut run = RunSection::named(name, runs_dir);
+        run.seed = self.seed;
+        let config = RunConfig {
+            run,
+            data: DataSection {
+                source: Default::default(),
+                target,
+                manifold: None,
+            },
+            model: ModelSection {
+                width: check_range("width", self.width, 4, 256)?,
+                depth: check_range("depth", self.depth, 1, 6)?,
+                ..ModelSection::default()
+            },
+            flow,
+            train,
+            sample: SampleSection {
+                n_samples: 2_000,
+                steps: 50,
+                w2_samples: 1_000,
+                ..SampleSection::default()
+            },
+        };
+        config
+            .validate()
+            .map_err(|e| ApiError::invalid("config", e.to_string()))?;
+        Ok(config)
+    }
+}
+
+/// One message of the training stream.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TrainEvent {
+    /// Training started into `run`.
+    Started {
+        /// The run folder's name under the runs folder.
+        run: String,
+        /// Steps to train.
+        total: usize,
+    },
+    /// Where training stands.
+    Progress {
+        /// The last step taken.
+        step: usize,
+        /// The last step of the run.
+        total: usize,
+        /// This step's loss.
+        loss: f64,
+        /// Steps per second since the start.
+        steps_per_second: f64,
+    },
+    /// Samples of the current network (an Euler solve of [`SNAPSHOT_STEPS`] steps).
+    Snapshot {
+        /// The step they were drawn at.
+        step: usize,
+        /// `[SNAPSHOT_POINTS * 2]` coordinates.
+        points: Vec<f32>,
+    },
+    /// Training ended.
+    Finished {
+        /// The run folder's name.
+        run: String,
+        /// Whether the run trained all its steps and was finished (samples, metrics, model).
+        completed: bool,
+        /// Why not, when it did not.
+        message: Option<String>,
+        /// Wall seconds from start to end.
+        seconds: f64,
+    },
+}
+
+/// The observer that feeds the page.
+pub struct StreamObserver {
+    events: mpsc::Sender<TrainEvent>,
+    started: Instant,
+    first_step: usize,
+    last_progress: Option<Instant>,
+    last_snapshot: Option<Instant>,
+    source: Tensor,
+    /// Seconds spent drawing snapshots (to report the overhead).
+    pub snapshot_seconds: f64,
+}
+
+impl StreamObserver {
+    /// An observer that sends into `events`; snapshots start from points drawn with `seed`.
+    pub fn new(events: mpsc::Sender<TrainEvent>, seed: u64) -> Self {
+        let points: Vec<f32> = source_points(SNAPSHOT_POINTS, seed)
+            .into_iter()
+            .flat_map(|p| [p[0] as f32, p[1] as f32])
+            .collect();
+        Self {
+            events,
+            started: Instant::now(),
+            first_step: 0,
+            last_progress: None,
+            last_snapshot: None,
+            source: Tensor::from_slice(&points).view([SNAPSHOT_POINTS as i64, 2]),
+            snapshot_seconds: 0.0,
+        }
+    }
+
+    fn snapshot(&self, model: &FlowModel) -> Vec<f32> {
+        tch::no_grad(|| {
+            let net = &model.net;
+            let device = net.params().device();
+            let mut x = self.source.to_device(device);
+            let dt = 1.0 / SNAPSHOT_STEPS as f64;
+            for step in 0..SNAPSHOT_STEPS {
+                let t = Tensor::full([SNAPSHOT_POINTS as i64], step as f64 * dt, (Kind::Float, device));
+                x = &x + net.forward(&x, &t) * dt;
+            }
+            let flat = x.to_kind(Kind::Float).contiguous().view([-1]);
+            Vec::<f32>::try_from(&flat).unwrap_or_default()
+        })
+    }
+}
+
+impl Observer<FlowModel> for StreamObserver {
+    fn on_start(&mut self, first_step: usize, _total: usize) -> Result<(), TrainError> {
+        self.started = Instant::now();
+        self.first_step = first_step;
+        Ok(())
+    }
+
+    fn on_step(
+        &mut self,
+        model: &FlowModel,
+        info: &StepInfo,
+        _journal: &mut Journal,
+    ) -> Result<(), TrainError> {
+        let now = Instant::now();
+        let last = info.step == info.total;
+        if last || self.last_progress.is_none_or(|at| now - at >= PROGRESS_EVERY) {
+            self.last_progress = Some(now);
+            let seconds = (now - self.started).as_secs_f64().max(1e-9);
+            // A full channel means the page reads slowly: skip this update rather than wait.
+            let _ = self.events.try_send(TrainEvent::Progress {
+                step: info.step,
+                total: info.total,
+                loss: info.loss,
+                steps_per_second: (info.step - self.first_step) as f64 / seconds,
+            });
+        }
+        if last || self.last_snapshot.is_none_or(|at| now - at >= SNAPSHOT_EVERY) {
+            let drawing = Instant::now();
+            let points = self.snapshot(model);
+            self.snapshot_seconds += drawing.elapsed().as_secs_f64();
+            self.last_snapshot = Some(Instant::now());
+            let _ = self.events.try_send(TrainEvent::Snapshot {
+                step: info.step,
+                points,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A training in progress: its stop flag.
+#[derive(Clone, Debug)]
+pub struct Training {
+    /// Raised to stop it (checkpointing the current step).
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Trains `config` on the current (blocking) thread, sending events into `events`; returns the run folder.
+pub fn run_training(config: RunConfig, stop: Arc<AtomicBool>, events: mpsc::Sender<TrainEvent>) -> PathBuf {
+    let started = Instant::now();
+    let run_dir = Path::new(&config.run.out_dir).join(&config.run.name);
+    let run = config.run.name.clone();
+    let _ = events.blocking_send(TrainEvent::Started {
+        run: run.clone(),
+        total: config.train.steps,
+    });
+    let mut observer = StreamObserver::new(events.clone(), config.run.seed);
+    let result = ferroflow_engine::run::train_new(&config, &mut [&mut observer], Some(&stop));
+    let message = result.as_ref().err().map(|e| format!("{e:#}"));
+    let _ = events.blocking_send(TrainEvent::Finished {
+        run,
+        completed: result.is_ok(),
+        message,
+        seconds: started.elapsed().as_secs_f64(),
+    });
+    run_dir
+}
