@@ -182,8 +182,9 @@ fn bench(root: &Path, rest: &[String]) -> Result<()> {
         .cloned()
         .collect();
     ensure!(
-        !with_peers || ["train", "riemannian", "discrete"].contains(&which.as_str()),
-        "bench {which} has no side-by-side peer run; --peers goes with train, riemannian and discrete"
+        !with_peers || ["train", "likelihood", "riemannian", "discrete"].contains(&which.as_str()),
+        "bench {which} has no side-by-side peer run; --peers goes with train, likelihood, riemannian and \
+         discrete"
     );
     match which.as_str() {
         // The OT benchmark needs no libtorch: it runs the coupling crate's example directly.

@@ -42,6 +42,14 @@ pub fn sample_guided(
             manifold.name()
         );
     }
+    // A guided evaluation is a forward and a backward pass at least (more with the divergence's products).
+    let rows = x0
+        .size()
+        .first()
+        .copied()
+        .unwrap_or(0)
+        .clamp(0, crate::sample::CHUNK_ROWS);
+    flow.use_threads_for(rows as usize, 3);
     let params = flow.net.params().views();
     let velocity: BoxedVelocity<'_> = match settings.classifier_free {
         None => Box::new(|x: &Tensor, t: f64| flow.velocity_with_grad(x, t)),

@@ -10,6 +10,7 @@
 //! - [`sample`]: a trained flow ([`sample::TrainedFlow`]) and plain sampling with any ODE method.
 //! - [`guided`]: guided sampling (mode seeking, classifier-free guidance) with validated settings.
 //! - [`likelihood`]: log-likelihood of points under a trained run (exact or Hutchinson divergence), bits/dim.
+//! - [`threads`]: libtorch threads for sampling and likelihoods, chosen by the work's size.
 //! - [`images`]: Fashion-MNIST files, the project's classifier, its Frechet distance, image grids as pixels.
 //! - [`metrics`]: a run's typed metrics (`metrics.json`).
 //! - [`run`]: whole runs (train, finish, evaluate) in run folders, each a transaction under [`lock`].
@@ -39,6 +40,7 @@ pub mod npy;
 pub mod run;
 pub mod sample;
 pub mod stream;
+pub mod threads;
 pub mod tokens;
 pub mod train;
 

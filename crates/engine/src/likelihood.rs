@@ -11,7 +11,7 @@
 //! autograd graph, so it is tested against closed-form flows through the same code path as networks.
 
 use ferroflow_models::ModelError;
-use ferroflow_models::autograd::{AutogradDivergence, DivergenceEstimator, ProbeSchedule};
+use ferroflow_models::autograd::{AutogradDivergence, DivergenceEstimator, ForwardModeFn, ProbeSchedule};
 use ferroflow_solvers::{DataScaling, OdeOptions, SolverError, bits_per_dim};
 use ndarray::Array1;
 use tch::{Kind, Tensor};
@@ -219,9 +219,17 @@ pub fn log_likelihood_with(
         });
     }
     let source = GaussianSource::of(&flow.config.data.source)?;
+    let passes = match settings.estimator {
+        DivergenceEstimator::Exact => 1 + dim,
+        DivergenceEstimator::Hutchinson { probes, .. } => 1 + probes,
+    };
+    flow.use_threads_for(settings.chunk_size.min(size[0] as usize), passes);
     let data = data.to_kind(Kind::Float).to_device(flow.device());
-    log_likelihood_of_field(
+    // The forward-mode divergence (no autograd graph, all tangents in one matrix product per layer) where the
+    // network has one; autograd otherwise.
+    solve_chunks(
         |x: &Tensor, t: f64| flow.velocity_with_grad(x, t),
+        Some(|x: &Tensor, t: f64, probes: Option<&Tensor>| flow.divergence_forward(x, t, probes)),
         &data,
         source,
         settings,
@@ -233,7 +241,7 @@ pub fn log_likelihood_with(
 /// `source`. `velocity` must record the autograd graph from `x` to its output, and map samples
 /// independently.
 pub fn log_likelihood_of_field<F>(
-    mut velocity: F,
+    velocity: F,
     data: &Tensor,
     source: GaussianSource,
     settings: &LikelihoodSettings,
@@ -241,6 +249,53 @@ pub fn log_likelihood_of_field<F>(
 ) -> Result<Likelihood, LikelihoodError>
 where
     F: FnMut(&Tensor, f64) -> Tensor,
+{
+    solve_chunks(velocity, None::<ForwardModeFn>, data, source, settings, options)
+}
+
+/// `log p1` of every sample of `data` (`[n, D]`) under the flow of an unconditional velocity network `net`
+/// (its trainable weights) from `source`: [`log_likelihood_of_field`] with the network's forward-mode
+/// divergence where it has one.
+pub fn log_likelihood_of_net(
+    net: &dyn ferroflow_models::VelocityNet,
+    data: &Tensor,
+    source: GaussianSource,
+    settings: &LikelihoodSettings,
+    options: &OdeOptions,
+) -> Result<Likelihood, LikelihoodError> {
+    let params = net.params().views();
+    let time = |t: f64| Tensor::from_slice(&[t as f32]).to_device(data.device());
+    solve_chunks(
+        |x: &Tensor, t: f64| net.forward_with(&params, x, &time(t), None),
+        Some(|x: &Tensor, t: f64, probes: Option<&Tensor>| {
+            net.divergence_forward(
+                &params,
+                x,
+                &time(t),
+                probes,
+                crate::sample::FORWARD_MODE_MAX_ELEMENTS,
+            )
+        }),
+        data,
+        source,
+        settings,
+        options,
+    )
+}
+
+/// [`log_likelihood_of_field`], trying `forward_mode` (see [`AutogradDivergence::with_forward_mode`]) before
+/// autograd at every evaluation.
+fn solve_chunks<F, G>(
+    mut velocity: F,
+    mut forward_mode: Option<G>,
+    data: &Tensor,
+    source: GaussianSource,
+    settings: &LikelihoodSettings,
+    options: &OdeOptions,
+) -> Result<Likelihood, LikelihoodError>
+where
+    F: FnMut(&Tensor, f64) -> Tensor,
+    G: FnMut(&Tensor, f64, Option<&Tensor>) -> Option<(Tensor, Tensor)>,
 {
     if settings.chunk_size == 0 {
         return Err(LikelihoodError::Setting {
@@ -264,8 +319,15 @@ where
         let seed = settings
             .seed
             .wrapping_add((chunk_idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut field =
-            AutogradDivergence::new(&mut velocity, settings.estimator, ProbeSchedule::fixed(seed))?;
+        let forward = |x: &Tensor, t: f64, probes: Option<&Tensor>| {
+            forward_mode.as_mut().and_then(|forward| forward(x, t, probes))
+        };
+        let mut field = AutogradDivergence::with_forward_mode(
+            &mut velocity,
+            forward,
+            settings.estimator,
+            ProbeSchedule::fixed(seed),
+        )?;
         let result =
             ferroflow_solvers::log_likelihood(&mut field, &chunk, |x0| source.log_density(x0), options)
                 .map_err(|source| LikelihoodError::Solver { first, end, source })?;

@@ -20,7 +20,8 @@ use crate::config::RunConfig;
 use crate::error::TrainError;
 use crate::manifold::{ManifoldMethod, ManifoldSpec};
 use crate::stream::Stream;
-use crate::train::{MODEL_FILE, apply_threads, build_model};
+use crate::threads::Threads;
+use crate::train::{MODEL_FILE, build_model};
 
 /// A trained run, loaded for sampling.
 pub struct TrainedFlow {
@@ -31,6 +32,9 @@ pub struct TrainedFlow {
     path: Box<dyn ConditionalPath + Send + Sync>,
     /// The run folder.
     pub run_dir: PathBuf,
+    /// libtorch threads of sampling and likelihoods (by default chosen by the batch's size; a run's
+    /// `run.threads` is its training setting).
+    pub threads: Threads,
 }
 
 impl TrainedFlow {
@@ -43,7 +47,6 @@ impl TrainedFlow {
 
     /// Builds the flow of `config` with the weights in `run_dir/model.safetensors`.
     pub fn from_config(config: RunConfig, run_dir: &Path) -> Result<Self, anyhow::Error> {
-        apply_threads(&config);
         let net = build_model(&config)?;
         net.params()
             .load(&run_dir.join(MODEL_FILE))
@@ -54,7 +57,16 @@ impl TrainedFlow {
             net,
             path,
             run_dir: run_dir.to_path_buf(),
+            threads: Threads::Auto,
         })
+    }
+
+    /// Sets libtorch's threads for network evaluations on `batch` points, each `passes` forward passes' worth
+    /// of arithmetic (1 for sampling, `1 + D` for an exact forward-mode divergence), as [`Self::threads`]
+    /// says; returns the count.
+    pub fn use_threads_for(&self, batch: usize, passes: usize) -> usize {
+        self.threads
+            .apply(self.net.flops_per_sample() * batch as f64 * passes as f64)
     }
 
     /// Dimension of a sample.
@@ -115,6 +127,46 @@ impl TrainedFlow {
         }
     }
 
+    /// The learned velocity and its divergence at `(x, t)` in forward mode, without autograd, when the network
+    /// has one (see [`VelocityNet::divergence_forward`]; `None`: use autograd). `probes` as there: `None` for
+    /// the exact divergence, `[K, n, dim]` for Hutchinson's. A network predicting the target or the source
+    /// gives the velocity `v = a x + b out` (affine in its output), so `div v = a dim + b div out`.
+    pub fn divergence_forward(
+        &self,
+        x: &Tensor,
+        t: f64,
+        probes: Option<&Tensor>,
+    ) -> Option<(Tensor, Tensor)> {
+        if self.config.data.manifold.is_some() || self.net.num_classes().is_some() {
+            return None;
+        }
+        let times = Tensor::from_slice(&[t as f32]).to_device(x.device());
+        let params = self.net.params().views();
+        let (out, divergence) =
+            self.net
+                .divergence_forward(&params, x, &times, probes, FORWARD_MODE_MAX_ELEMENTS)?;
+        let (a, b) = match self.config.flow.prediction {
+            Prediction::Velocity => return Some((out, divergence)),
+            prediction => {
+                let c = self.path.coefficients(t.clamp(1e-4, 1.0 - 1e-4));
+                match prediction {
+                    // x0_hat = (x - out c_t) / c_s, so v = x0_hat d_s + out d_t = x d_s / c_s + out (d_t - c_t d_s / c_s).
+                    Prediction::Target => (
+                        c.d_source / c.source,
+                        c.d_target - c.target * c.d_source / c.source,
+                    ),
+                    // x1_hat = (x - out c_s) / c_t, so v = out d_s + x1_hat d_t.
+                    _ => (
+                        c.d_target / c.target,
+                        c.d_source - c.source * c.d_target / c.target,
+                    ),
+                }
+            }
+        };
+        let dim = x.size()[1] as f64;
+        Some(tch::no_grad(|| (x * a + out * b, divergence * b + a * dim)))
+    }
+
     /// Draws `n_samples` source points from the run's random stream for `purpose`.
     pub fn source_points(&self, n_samples: usize, purpose: Stream) -> Tensor {
         let points = source_sample(&self.config, n_samples, purpose);
@@ -131,6 +183,8 @@ impl TrainedFlow {
         options: &OdeOptions,
         times: Option<&[f64]>,
     ) -> Result<Solution<Tensor>, SolverError> {
+        let rows = x0.size().first().copied().unwrap_or(0).clamp(0, CHUNK_ROWS);
+        self.use_threads_for(rows as usize, 1);
         if let Some(manifold) = &self.config.data.manifold {
             return self.integrate_on_manifold(manifold, x0, options, times);
         }
@@ -207,6 +261,10 @@ impl TrainedFlow {
 /// network's activations stay bounded whatever the number of samples (each chunk is an independent solve;
 /// an adaptive method picks its own steps per chunk).
 pub const CHUNK_ROWS: i64 = 1 << 16;
+
+/// The most floats the tangents of a forward-mode divergence may take (256 MiB); above it autograd, which
+/// takes one backward pass per tangent, is used instead.
+pub const FORWARD_MODE_MAX_ELEMENTS: i64 = 1 << 26;
 
 /// Integrates `field` from t = 0 to 1 starting at `x0` (`[n, ...]`, in chunks of [`CHUNK_ROWS`] rows); with
 /// `times`, also returns the states at those times. The stats add up the chunks' steps and evaluations.

@@ -287,3 +287,93 @@ fn source_log_density_is_the_isotropic_gaussian() {
     assert!((got[0] - c).abs() < 1e-12);
     assert!((got[1] - (c - 5.0 / 8.0)).abs() < 1e-12);
 }
+
+/// A run's likelihood takes the MLP's forward-mode divergence; it must agree with the autograd path (the same
+/// velocity through `log_likelihood_of_field`, which has no forward mode) for the exact divergence and for
+/// Hutchinson's with the same probes, and for a network predicting the target (its velocity is affine in the
+/// output, so the divergence is transformed, not recomputed).
+#[test]
+fn forward_mode_likelihood_of_a_run_matches_autograd() {
+    use ferroflow_engine::config::{
+        DataSection, FlowSection, ModelSection, RunSection, SampleSection, TrainSection,
+    };
+    use ferroflow_engine::likelihood::log_likelihood_with;
+    use ferroflow_engine::sample::TrainedFlow;
+    use ferroflow_engine::train::{MODEL_FILE, build_model};
+    use ferroflow_paths::Prediction;
+
+    let dir = std::env::temp_dir().join(format!("ferroflow-forward-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for prediction in [Prediction::Velocity, Prediction::Target] {
+        let config = ferroflow_engine::RunConfig {
+            run: RunSection::named("forward-mode", &dir),
+            data: DataSection {
+                source: Dataset::Gaussian { dim: 2, std: 1.0 },
+                target: Dataset::EightGaussians {},
+                manifold: None,
+            },
+            flow: FlowSection {
+                prediction,
+                ..FlowSection::default()
+            },
+            model: ModelSection::default(),
+            train: TrainSection::default(),
+            sample: SampleSection::default(),
+        };
+        let net = build_model(&config).unwrap();
+        ferroflow_models::checkpoint::save_tensors(
+            &net.params().named_of(net.params().flat()),
+            &dir.join(MODEL_FILE),
+        )
+        .unwrap();
+        let flow = TrainedFlow::from_config(config, &dir).unwrap();
+        let data = Tensor::randn([300, 2], (Kind::Float, Device::Cpu)) * 2.0;
+        // Pointwise: the velocity and its exact divergence against autograd's.
+        for t in [0.2, 0.5, 0.8] {
+            let (v, div) = flow.divergence_forward(&data, t, None).unwrap();
+            let (v_ref, div_ref) =
+                ferroflow_models::autograd::divergence_exact(|x| flow.velocity_with_grad(x, t), &data, false)
+                    .unwrap();
+            assert!(
+                v.allclose(&v_ref, 1e-4, 1e-4, false),
+                "{prediction:?}: velocity at t = {t}"
+            );
+            assert!(
+                div.allclose(&div_ref, 1e-4, 1e-4, false),
+                "{prediction:?}: divergence at t = {t}: {div} vs {div_ref}"
+            );
+        }
+        if prediction != Prediction::Velocity {
+            // Random weights predicting the target make a stiff field near t = 1 (it divides by the source
+            // coefficient), where two algebraically equal forms of v part ways in rounding: compare whole
+            // likelihoods only for the velocity network.
+            continue;
+        }
+        let options = OdeOptions::fixed(Method::Midpoint, 20);
+        for estimator in [DivergenceEstimator::Exact, DivergenceEstimator::hutchinson(2)] {
+            let settings = LikelihoodSettings {
+                estimator,
+                chunk_size: 128,
+                seed: 5,
+            };
+            let fast = log_likelihood_with(&flow, &data, &settings, &options).unwrap();
+            let autograd = log_likelihood_of_field(
+                |x: &Tensor, t: f64| flow.velocity_with_grad(x, t),
+                &data,
+                GaussianSource { std: 1.0 },
+                &settings,
+                &options,
+            )
+            .unwrap();
+            let gap = (&fast.log_density - &autograd.log_density)
+                .mapv(f64::abs)
+                .fold(0.0f64, |a, &b| a.max(b));
+            assert!(
+                gap < 1e-4,
+                "{prediction:?}, {estimator:?}: forward mode and autograd differ by {gap}"
+            );
+            assert!(fast.log_density.iter().all(|v| v.is_finite()));
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

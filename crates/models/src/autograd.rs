@@ -248,14 +248,24 @@ impl ProbeSchedule {
 /// `ferroflow_solvers::log_likelihood`.
 ///
 /// Values handed to the solver are detached, so the solve builds no graph across steps.
-pub struct AutogradDivergence<F> {
+///
+/// A field built [`with_forward_mode`](AutogradDivergence::with_forward_mode) first asks that closure for
+/// the velocity and divergence without autograd (a network that propagates tangents, such as the MLP's
+/// [`VelocityNet::divergence_forward`](crate::VelocityNet::divergence_forward)), with the same probes, and
+/// takes the autograd path only when it declines.
+pub struct AutogradDivergence<F, G = ForwardModeFn> {
     velocity: F,
+    forward_mode: Option<G>,
     estimator: DivergenceEstimator,
     schedule: ProbeSchedule,
     rng: ChaCha8Rng,
     probes: Option<Tensor>,
     evals: usize,
 }
+
+/// The type of a forward-mode closure `(x, t, probes) -> Some((v, div))`, or `None` to use autograd: `probes`
+/// is `None` for the exact divergence and `[K, batch, ...]` for Hutchinson's estimate.
+pub type ForwardModeFn = fn(&Tensor, f64, Option<&Tensor>) -> Option<(Tensor, Tensor)>;
 
 impl<F: FnMut(&Tensor, f64) -> Tensor> AutogradDivergence<F> {
     /// A field with the divergence computed by `estimator`, Hutchinson's probes drawn as `schedule` says.
@@ -265,22 +275,49 @@ impl<F: FnMut(&Tensor, f64) -> Tensor> AutogradDivergence<F> {
         estimator: DivergenceEstimator,
         schedule: ProbeSchedule,
     ) -> Result<Self, ModelError> {
-        estimator.validate()?;
-        schedule.validate()?;
-        Ok(Self {
-            velocity,
-            estimator,
-            schedule,
-            rng: ChaCha8Rng::seed_from_u64(schedule.seed),
-            probes: None,
-            evals: 0,
-        })
+        AutogradDivergence::build(velocity, None, estimator, schedule)
     }
 
     /// A field with the exact divergence.
     pub fn exact(velocity: F) -> Self {
         Self::new(velocity, DivergenceEstimator::Exact, ProbeSchedule::default())
             .expect("the exact estimator and the default schedule are valid")
+    }
+}
+
+impl<F, G> AutogradDivergence<F, G>
+where
+    F: FnMut(&Tensor, f64) -> Tensor,
+    G: FnMut(&Tensor, f64, Option<&Tensor>) -> Option<(Tensor, Tensor)>,
+{
+    /// [`new`](AutogradDivergence::new) with a forward-mode closure tried before autograd at every
+    /// evaluation (it gets the probes this field draws, so both paths estimate with the same ones).
+    pub fn with_forward_mode(
+        velocity: F,
+        forward_mode: G,
+        estimator: DivergenceEstimator,
+        schedule: ProbeSchedule,
+    ) -> Result<Self, ModelError> {
+        Self::build(velocity, Some(forward_mode), estimator, schedule)
+    }
+
+    fn build(
+        velocity: F,
+        forward_mode: Option<G>,
+        estimator: DivergenceEstimator,
+        schedule: ProbeSchedule,
+    ) -> Result<Self, ModelError> {
+        estimator.validate()?;
+        schedule.validate()?;
+        Ok(Self {
+            velocity,
+            forward_mode,
+            estimator,
+            schedule,
+            rng: ChaCha8Rng::seed_from_u64(schedule.seed),
+            probes: None,
+            evals: 0,
+        })
     }
 
     /// How the divergence is computed.
@@ -297,7 +334,12 @@ impl<F: FnMut(&Tensor, f64) -> Tensor> AutogradDivergence<F> {
     pub fn velocity_and_divergence(&mut self, t: f64, x: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
         let velocity = &mut self.velocity;
         let (v, divergence) = match self.estimator {
-            DivergenceEstimator::Exact => divergence_exact(|x| velocity(x, t), x, false)?,
+            DivergenceEstimator::Exact => {
+                match self.forward_mode.as_mut().and_then(|forward| forward(x, t, None)) {
+                    Some(result) => result,
+                    None => divergence_exact(|x| velocity(x, t), x, false)?,
+                }
+            }
             DivergenceEstimator::Hutchinson {
                 probes: n_probes,
                 distribution,
@@ -316,7 +358,14 @@ impl<F: FnMut(&Tensor, f64) -> Tensor> AutogradDivergence<F> {
                     self.probes = Some(probes);
                 }
                 let probes = self.probes.as_ref().expect("drawn above");
-                divergence_hutchinson(|x| velocity(x, t), x, probes, false)?
+                match self
+                    .forward_mode
+                    .as_mut()
+                    .and_then(|forward| forward(x, t, Some(probes)))
+                {
+                    Some(result) => result,
+                    None => divergence_hutchinson(|x| velocity(x, t), x, probes, false)?,
+                }
             }
         };
         self.evals += 1;
@@ -324,7 +373,11 @@ impl<F: FnMut(&Tensor, f64) -> Tensor> AutogradDivergence<F> {
     }
 }
 
-impl<F: FnMut(&Tensor, f64) -> Tensor> DivergenceField<Tensor> for AutogradDivergence<F> {
+impl<F, G> DivergenceField<Tensor> for AutogradDivergence<F, G>
+where
+    F: FnMut(&Tensor, f64) -> Tensor,
+    G: FnMut(&Tensor, f64, Option<&Tensor>) -> Option<(Tensor, Tensor)>,
+{
     fn eval_with_divergence(&mut self, t: f64, x: &Tensor) -> Result<(Tensor, Tensor), SolverError> {
         self.velocity_and_divergence(t, x)
             .map_err(|err| SolverError::field(t, err))

@@ -4,12 +4,14 @@
 //! Models keep all parameters in one flat tensor ([`params::ParamStore`]) and compute their forward pass as
 //! plain functions of parameter views, so the optimizer ([`optim`]) and the EMA of the weights update every
 //! parameter with a handful of tensor operations. Checkpoints are safetensors files with PyTorch module names.
+//! [`mlp_kernel`] evaluates a trained MLP (and its divergence) without libtorch, for sampling and likelihoods.
 
 pub mod autograd;
 pub mod checkpoint;
 pub mod classifier;
 pub mod discrete;
 pub mod mlp;
+pub mod mlp_kernel;
 pub mod optim;
 pub mod params;
 pub mod unet;
@@ -102,6 +104,31 @@ pub trait VelocityNet {
 
     /// The shape of one sample (without the batch dimension).
     fn sample_shape(&self) -> Vec<i64>;
+
+    /// Floating-point operations of one forward pass per sample, at least (for choosing thread counts and for
+    /// the benchmarks' roofline shares): `2 x` the parameter count, exact for an MLP, where every weight
+    /// takes one multiply-add per sample.
+    fn flops_per_sample(&self) -> f64 {
+        2.0 * self.params().numel() as f64
+    }
+
+    /// The output and its divergence in forward mode, without autograd, for networks that can propagate
+    /// tangents through their layers (`None`: the caller takes the autograd path). `x` is `[batch, D]` and
+    /// the network unconditional. With `probes` (`[K, batch, D]`) the divergence is Hutchinson's
+    /// `mean_k e_k^T J e_k`; without, it is exact (`D` tangents, one per coordinate). Both come back
+    /// detached, the divergence shaped `[batch]`. A network may decline when the tangents would not fit
+    /// `max_elements` floats.
+    fn divergence_forward(
+        &self,
+        params: &[Tensor],
+        x: &Tensor,
+        t: &Tensor,
+        probes: Option<&Tensor>,
+        max_elements: i64,
+    ) -> Option<(Tensor, Tensor)> {
+        let _ = (params, x, t, probes, max_elements);
+        None
+    }
 }
 
 impl<N: VelocityNet + ?Sized> VelocityNet for Box<N> {
@@ -119,5 +146,20 @@ impl<N: VelocityNet + ?Sized> VelocityNet for Box<N> {
 
     fn sample_shape(&self) -> Vec<i64> {
         (**self).sample_shape()
+    }
+
+    fn flops_per_sample(&self) -> f64 {
+        (**self).flops_per_sample()
+    }
+
+    fn divergence_forward(
+        &self,
+        params: &[Tensor],
+        x: &Tensor,
+        t: &Tensor,
+        probes: Option<&Tensor>,
+        max_elements: i64,
+    ) -> Option<(Tensor, Tensor)> {
+        (**self).divergence_forward(params, x, t, probes, max_elements)
     }
 }

@@ -43,6 +43,46 @@ impl Activation {
             Activation::Elu => x.elu(),
         }
     }
+
+    /// The activation at `z` and its derivative there, elementwise (for forward-mode tangents).
+    pub fn apply_with_derivative(self, z: &Tensor) -> (Tensor, Tensor) {
+        const SELU_SCALE: f64 = 1.050_700_987_355_480_5;
+        const SELU_ALPHA: f64 = 1.673_263_242_354_377_3;
+        let negative = || z.le(0.0);
+        match self {
+            // selu'(z) = scale for z > 0, scale alpha e^z = selu(z) + scale alpha otherwise.
+            Activation::Selu => {
+                let h = z.selu();
+                let slope = (&h + SELU_SCALE * SELU_ALPHA).where_scalarother(&negative(), SELU_SCALE);
+                (h, slope)
+            }
+            Activation::Relu => (z.relu(), z.gt(0.0).to_kind(z.kind())),
+            // silu'(z) = s (1 + z (1 - s)), s = sigmoid(z).
+            Activation::Silu => {
+                let s = z.sigmoid();
+                let slope = &s * (z * (&s * -1.0 + 1.0) + 1.0);
+                (z.silu(), slope)
+            }
+            // gelu'(z) = Phi(z) + z phi(z) (the exact, erf-based gelu).
+            Activation::Gelu => {
+                let cdf = ((z * std::f64::consts::FRAC_1_SQRT_2).erf() + 1.0) * 0.5;
+                let pdf = (z.square() * -0.5).exp()
+                    * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+                (z.gelu("none"), cdf + z * pdf)
+            }
+            Activation::Tanh => {
+                let h = z.tanh();
+                let slope = h.square() * -1.0 + 1.0;
+                (h, slope)
+            }
+            // elu'(z) = 1 for z > 0, e^z = elu(z) + 1 otherwise.
+            Activation::Elu => {
+                let h = z.elu();
+                let slope = (&h + 1.0).where_scalarother(&negative(), 1.0);
+                (h, slope)
+            }
+        }
+    }
 }
 
 /// How time enters the network.
@@ -194,12 +234,30 @@ impl Mlp {
         })
     }
 
+    /// The (weight, bias) of every linear layer, input first.
+    pub(crate) fn layer_ids(&self) -> &[(ParamId, ParamId)] {
+        &self.layers
+    }
+
     /// The settings it was built with.
     pub fn config(&self) -> &MlpConfig {
         &self.config
     }
 
     /// What the first layer sees of a batch `x`: the plain columns, then (cos, sin) of the angle columns.
+    /// The first layer's input: the features of `x` beside the embedded time (one time for the whole batch is
+    /// broadcast, as samplers pass a scalar t).
+    fn input(&self, x: &Tensor, t: &Tensor) -> Tensor {
+        let batch = x.size()[0];
+        let t = t.to_kind(Kind::Float).reshape([-1]);
+        let t = if t.size()[0] == 1 && batch != 1 {
+            t.expand([batch], false)
+        } else {
+            t
+        };
+        Tensor::cat(&[self.features(x), self.config.time_embedding.embed(&t)], 1)
+    }
+
     fn features(&self, x: &Tensor) -> Tensor {
         if self.config.angle_columns.is_empty() {
             return x.shallow_clone();
@@ -220,17 +278,58 @@ impl VelocityNet for Mlp {
     }
 
     fn forward_with(&self, params: &[Tensor], x: &Tensor, t: &Tensor, _labels: Option<&Tensor>) -> Tensor {
-        // One time for the whole batch is broadcast, as samplers pass a scalar t.
-        let batch = x.size()[0];
-        let t = t.to_kind(Kind::Float).reshape([-1]);
-        let t = if t.size()[0] == 1 && batch != 1 {
-            t.expand([batch], false)
-        } else {
-            t
-        };
-        let mut h = Tensor::cat(&[self.features(x), self.config.time_embedding.embed(&t)], 1);
-        h = apply_linear_layers(h, params, &self.layers, self.config.activation);
-        h
+        apply_linear_layers(self.input(x, t), params, &self.layers, self.config.activation)
+    }
+
+    /// Forward mode: every tangent (a coordinate direction, or a probe) goes through the layers beside the
+    /// activations, `dz_{l+1} = (act'(z_l) * dz_l) W_{l+1}^T`, all tangents of all samples in one matrix
+    /// product per layer; the first layer's tangent is `W_1` restricted to the columns of `x`. Declines with
+    /// angle columns (their features are not linear in `x`).
+    fn divergence_forward(
+        &self,
+        params: &[Tensor],
+        x: &Tensor,
+        t: &Tensor,
+        probes: Option<&Tensor>,
+        max_elements: i64,
+    ) -> Option<(Tensor, Tensor)> {
+        let size = x.size();
+        if !self.config.angle_columns.is_empty() || size.len() != 2 {
+            return None;
+        }
+        let (batch, dim) = (size[0], size[1]);
+        let n_tangents = probes.map_or(dim, |p| p.size()[0]);
+        let widest = (self.config.width as i64).max(dim);
+        if n_tangents.saturating_mul(batch).saturating_mul(widest) > max_elements {
+            return None;
+        }
+        Some(tch::no_grad(|| {
+            let kind = x.kind();
+            let (w, b) = self.layers[0];
+            let w_x = params[w.0].narrow(1, 0, dim).transpose(0, 1);
+            // [D, 1, width] (the same for every sample) or [K, batch, width].
+            let mut tangent = match probes {
+                None => w_x.unsqueeze(1),
+                Some(probes) => probes.to_kind(kind).matmul(&w_x),
+            };
+            let mut z = self.input(x, t).linear(&params[w.0], Some(&params[b.0]));
+            for &(w, b) in &self.layers[1..] {
+                let (h, slope) = self.config.activation.apply_with_derivative(&z);
+                tangent = (tangent * slope).matmul(&params[w.0].transpose(0, 1));
+                z = h.linear(&params[w.0], Some(&params[b.0]));
+            }
+            let divergence = match probes {
+                // tangent[i, b, :] is column i of sample b's Jacobian: its diagonal entries are [b, i, i].
+                None => tangent
+                    .diagonal(0, 0, 2)
+                    .sum_dim_intlist([1i64].as_slice(), false, kind),
+                Some(probes) => {
+                    (tangent * probes.to_kind(kind)).sum_dim_intlist([0i64, 2].as_slice(), false, kind)
+                        / n_tangents as f64
+                }
+            };
+            (z, divergence)
+        }))
     }
 
     fn sample_shape(&self) -> Vec<i64> {

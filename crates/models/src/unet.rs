@@ -699,4 +699,11 @@ impl VelocityNet for Unet {
     fn sample_shape(&self) -> Vec<i64> {
         vec![IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE]
     }
+
+    /// A lower bound: every weight takes at least one multiply-add at every pixel of the coarsest level.
+    fn flops_per_sample(&self) -> f64 {
+        let levels = self.config.channel_mult.len().max(1) as u32;
+        let side = (IMAGE_SIZE >> (levels - 1)).max(1) as f64;
+        2.0 * self.params().numel() as f64 * side * side
+    }
 }

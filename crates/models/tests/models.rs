@@ -199,3 +199,151 @@ fn checkpoint_round_trip_is_exact_and_mismatch_is_named() {
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The forward-mode divergence (tangents through the layers) against autograd's, for every activation, a
+/// Fourier time embedding and a time per sample: the exact divergence, Hutchinson's estimate with the same
+/// probes, and the output itself; in f64, so they agree to rounding.
+#[test]
+fn forward_mode_divergence_matches_autograd_for_every_activation() {
+    use ferroflow_models::Activation;
+    use ferroflow_models::autograd::{divergence_exact, divergence_hutchinson};
+    let activations = [
+        Activation::Selu,
+        Activation::Relu,
+        Activation::Silu,
+        Activation::Gelu,
+        Activation::Tanh,
+        Activation::Elu,
+    ];
+    for (idx, activation) in activations.into_iter().enumerate() {
+        tch::manual_seed(idx as i64);
+        let config = MlpConfig {
+            dim: 3,
+            width: 16,
+            depth: 2,
+            activation,
+            time_embedding: if idx % 2 == 0 {
+                TimeEmbedding::Concat {}
+            } else {
+                TimeEmbedding::Fourier { n_freq: 3 }
+            },
+            angle_columns: Vec::new(),
+        };
+        let net = Mlp::new(config, Device::Cpu).unwrap();
+        let params: Vec<Tensor> = net
+            .params()
+            .views()
+            .iter()
+            .map(|p| p.to_kind(Kind::Double))
+            .collect();
+        let x = Tensor::randn([7, 3], (Kind::Double, Device::Cpu));
+        let t = Tensor::rand([7], (Kind::Double, Device::Cpu));
+        let field = |x: &Tensor| net.forward_with(&params, x, &t, None).to_kind(Kind::Double);
+        let (v, div) = divergence_exact(field, &x, false).unwrap();
+        let (v_fwd, div_fwd) = net
+            .divergence_forward(&params, &x, &t, None, i64::MAX)
+            .expect("an MLP without angle columns has a forward mode");
+        assert!(v.allclose(&v_fwd, 1e-12, 1e-12, false), "{activation:?}: output");
+        assert!(
+            div.allclose(&div_fwd, 1e-9, 1e-9, false),
+            "{activation:?}: exact divergence {div} vs forward mode {div_fwd}"
+        );
+        let probes = Tensor::randn([4, 7, 3], (Kind::Double, Device::Cpu));
+        let (_, estimate) = divergence_hutchinson(field, &x, &probes, false).unwrap();
+        let (_, estimate_fwd) = net
+            .divergence_forward(&params, &x, &t, Some(&probes), i64::MAX)
+            .unwrap();
+        assert!(
+            estimate.allclose(&estimate_fwd, 1e-9, 1e-9, false),
+            "{activation:?}: Hutchinson {estimate} vs forward mode {estimate_fwd}"
+        );
+        // Too many tangents for the bound: the caller is sent to autograd.
+        assert!(net.divergence_forward(&params, &x, &t, None, 10).is_none());
+    }
+}
+
+/// The fused kernel against libtorch: the velocity against the network's forward pass, the exact divergence
+/// and Hutchinson's estimate against the forward mode (checked against autograd above), for every activation
+/// the kernel covers, both time embeddings, a batch that is not a multiple of the tile, on 1 and 2 threads;
+/// GELU and angle columns are declined.
+#[test]
+fn fused_kernel_matches_libtorch() {
+    use ferroflow_models::Activation;
+    use ferroflow_models::mlp_kernel::{MlpKernel, TILE};
+    let n = TILE + 37;
+    for (idx, activation) in [
+        Activation::Selu,
+        Activation::Relu,
+        Activation::Silu,
+        Activation::Tanh,
+        Activation::Elu,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        tch::manual_seed(idx as i64);
+        let config = MlpConfig {
+            dim: 3,
+            width: 24,
+            depth: 3,
+            activation,
+            time_embedding: if idx % 2 == 0 {
+                TimeEmbedding::Concat {}
+            } else {
+                TimeEmbedding::Fourier { n_freq: 2 }
+            },
+            angle_columns: Vec::new(),
+        };
+        let net = Mlp::new(config, Device::Cpu).unwrap();
+        let params = net.params().views();
+        let kernel = MlpKernel::new(&net, &params).expect("covered");
+        let x = Tensor::randn([n as i64, 3], (Kind::Float, Device::Cpu)) * 1.5;
+        let t = 0.37f32;
+        let times = Tensor::from_slice(&[t]);
+        let probes = Tensor::randn([2, n as i64, 3], (Kind::Float, Device::Cpu));
+        let x_vec = Vec::<f32>::try_from(x.view([-1])).unwrap();
+        let probes_vec = Vec::<f32>::try_from(probes.view([-1])).unwrap();
+        let as_tensor = |v: &[f32], shape: &[i64]| Tensor::from_slice(v).view(shape);
+        let want_v = net.forward_with(&params, &x, &times, None);
+        let (_, want_exact) = net
+            .divergence_forward(&params, &x, &times, None, i64::MAX)
+            .unwrap();
+        let (_, want_hutchinson) = net
+            .divergence_forward(&params, &x, &times, Some(&probes), i64::MAX)
+            .unwrap();
+        for threads in [1, 2] {
+            let mut v = vec![0.0f32; n * 3];
+            kernel.velocity(&x_vec, t, &mut v, threads);
+            let close = |a: &Tensor, b: &Tensor| a.allclose(b, 1e-4, 1e-5, false);
+            assert!(
+                close(&as_tensor(&v, &[n as i64, 3]), &want_v),
+                "{activation:?}: velocity"
+            );
+            let mut div = vec![0.0f32; n];
+            kernel.velocity_divergence(&x_vec, t, None, &mut v, &mut div, threads);
+            assert!(
+                close(&as_tensor(&v, &[n as i64, 3]), &want_v),
+                "{activation:?}: velocity beside div"
+            );
+            assert!(
+                close(&as_tensor(&div, &[n as i64]), &want_exact),
+                "{activation:?}: exact divergence"
+            );
+            kernel.velocity_divergence(&x_vec, t, Some(&probes_vec), &mut v, &mut div, threads);
+            assert!(
+                close(&as_tensor(&div, &[n as i64]), &want_hutchinson),
+                "{activation:?}: Hutchinson"
+            );
+        }
+    }
+    tch::manual_seed(0);
+    let gelu = Mlp::new(
+        MlpConfig {
+            activation: Activation::Gelu,
+            ..MlpConfig::benchmark(2)
+        },
+        Device::Cpu,
+    )
+    .unwrap();
+    assert!(MlpKernel::new(&gelu, &gelu.params().views()).is_none());
+}

@@ -206,9 +206,13 @@ pub struct LikelihoodBenchArgs {
     /// Timed runs per measurement (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub repeats: usize,
-    /// libtorch thread counts to measure, comma-separated.
-    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    /// libtorch thread settings to measure, comma-separated: a count, or 0 for ferroflow's choice by the
+    /// work's size (beside which the peer runs at torch's default).
+    #[arg(long, default_value = "1,0", value_delimiter = ',')]
     pub threads: Vec<usize>,
+    /// A Python with flow_matching (`.peers/python` from `cargo xtask setup --peers`): run it side by side.
+    #[arg(long)]
+    pub peer_python: Option<String>,
 }
 
 impl LikelihoodBenchArgs {
@@ -220,6 +224,7 @@ impl LikelihoodBenchArgs {
             n_points: self.n_points,
             repeats: self.repeats,
             threads: self.threads.clone(),
+            peer_python: self.peer_python.clone(),
         }
     }
 }

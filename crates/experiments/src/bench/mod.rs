@@ -6,15 +6,14 @@
 //! and with Hutchinson's estimator (one probe), 100 midpoint steps each (flow_matching's `compute_likelihood`
 //! setting), and sampling 10,000 points with 100 Euler steps (its `ODESolver.sample`). It also times Hutchinson
 //! at D = 784 through an MLP of width 256 and depth 3 on random weights (1,000 points, 20 midpoint steps; no
-//! peer figure). Every timing is the median of `--repeats` runs, for each libtorch thread count asked for.
+//! peer). Every timing is the median of `--repeats` runs, for each thread setting asked for: a fixed count,
+//! or `0` for the count ferroflow picks by the work's size (`ferroflow_engine::threads`), which is what users
+//! get. With `--peer-python`, flow_matching runs the same three computations in the same invocation, right
+//! after ours: pinned to the same count beside a fixed setting, at torch's default beside ours. Every row
+//! also shows its arithmetic rate and the share of the machine's matrix-multiply rate ([`crate::roofline`]).
 //!
-//! The peer figures are wall times on an idle machine; on a shared one, wall-clock ratios mostly measure the
-//! other load (the table prints the load averages, and an on-CPU-time column). A fair ratio comes from running
-//! flow_matching's own `compute_likelihood` / `ODESolver.sample` in the same setting right before or after,
-//! alternating: measured that way (1 thread, load average about 4.5 on 2 cores, two alternations) ferroflow was
-//! 1.23-1.44x flow_matching's speed for the exact likelihood (it backpropagates without `create_graph`, which
-//! flow_matching always sets), 1.02-1.24x for Hutchinson and 0.94-1.18x for Euler sampling. With 2 threads on a
-//! loaded machine both collapse (threads wait for each other), so 1 thread is the faster setting there.
+//! These machines are shared: a loaded machine slows both sides, and two threads on a loaded 2-core machine
+//! collapse (they wait for each other), so only ratios from one invocation mean anything.
 
 use std::path::{Path, PathBuf};
 
@@ -31,14 +30,16 @@ use ferroflow_engine::config::{
 };
 use ferroflow_engine::data::Dataset;
 use ferroflow_engine::likelihood::{
-    GaussianSource, LikelihoodSettings, log_likelihood_of_field, log_likelihood_with,
+    GaussianSource, LikelihoodSettings, log_likelihood_of_net, log_likelihood_with,
 };
 use ferroflow_engine::run::CONFIG_FILE;
 use ferroflow_engine::sample::TrainedFlow;
 use ferroflow_engine::stream::Stream;
+use ferroflow_engine::threads::Threads;
 use ferroflow_engine::train::{MODEL_FILE, Observer};
 use ferroflow_models::DivergenceEstimator;
 
+use crate::roofline::{Roofline, network_flops};
 use crate::timing::{Timing, load_average, median_time};
 
 pub mod discrete;
@@ -58,35 +59,45 @@ pub struct LikelihoodBenchSettings {
     pub n_points: usize,
     /// Timed runs per measurement (the median is reported).
     pub repeats: usize,
-    /// libtorch thread counts to measure, comma-separated.
+    /// libtorch thread settings to measure: a count, or 0 for ferroflow's own choice by the work's size
+    /// (what a user gets). The peer runs pinned to 1 thread beside our 1, and at torch's default beside our 0.
     pub threads: Vec<usize>,
+    /// A Python with flow_matching: run its `compute_likelihood` and `ODESolver.sample` side by side.
+    pub peer_python: Option<String>,
 }
-
-/// flow_matching 1.0.10's figures on this kind of machine (points/s, low and high end of its runs).
-const PEER_EXACT: (f64, f64) = (2_800.0, 3_650.0);
-const PEER_HUTCHINSON: (f64, f64) = (6_900.0, 7_600.0);
-const PEER_SAMPLE: (f64, f64) = (36_700.0, 36_700.0);
 
 /// One row of the table.
 struct Row {
-    name: String,
-    threads: usize,
+    name: &'static str,
+    /// The thread setting (0: by work size) and the count it came to.
+    threads: (usize, usize),
     timing: Timing,
     n_points: usize,
-    peer: Option<(f64, f64)>,
+    flops: f64,
+    /// The peer's key in its output, when it has this benchmark.
+    peer_key: Option<&'static str>,
+}
+
+/// The peer's points/s for one thread setting: `(threads it ran with, key, points/s)`.
+struct PeerRates {
+    threads: usize,
+    rates: Vec<(String, f64)>,
 }
 
 /// Runs `ferroflow bench likelihood`: trains or loads the 2D run (watched by `observers`), then times the
-/// likelihoods and sampling and prints the tables.
+/// likelihoods and sampling (and the peer's, side by side, when asked) and prints the table with the
+/// roofline shares.
 pub fn likelihood_bench(
     args: &LikelihoodBenchSettings,
     observers: &mut [&mut dyn Observer<ferroflow_engine::train::FlowModel>],
 ) -> Result<()> {
-    if args.repeats == 0 || args.n_points == 0 || args.threads.contains(&0) {
-        bail!("--repeats, --n-points and every --threads value must be at least 1");
+    if args.repeats == 0 || args.n_points == 0 || args.threads.is_empty() {
+        bail!("--repeats and --n-points must be at least 1, and --threads must name at least one setting");
     }
-    let flow = trained_flow(&args.out_dir, args.train_steps, observers)?;
+    let mut flow = trained_flow(&args.out_dir, args.train_steps, observers)?;
     let load_at_start = load_average();
+    let cores = ferroflow_engine::threads::cores();
+    let roofline = Roofline::measure(&[1, cores], args.repeats.max(3));
     let mut rng = ChaCha8Rng::seed_from_u64(2024);
     let points = Dataset::EightGaussians {}.sample(args.n_points, &mut rng);
     let data = Tensor::from_slice(&points).view([args.n_points as i64, 2]);
@@ -99,6 +110,8 @@ pub fn likelihood_bench(
         chunk_size: args.n_points,
         seed: 0,
     };
+    let dim = flow.dim();
+    let n = args.n_points;
 
     let (big_net, big_data) = random_image_sized_mlp()?;
     let big_options = OdeOptions::fixed(Method::Midpoint, 20);
@@ -110,17 +123,28 @@ pub fn likelihood_bench(
 
     let mut rows = Vec::new();
     let mut checks = Vec::new();
-    for &threads in &args.threads {
-        tch::set_num_threads(threads as i32);
+    let mut peers = Vec::new();
+    for &setting in &args.threads {
+        flow.threads = if setting == 0 {
+            Threads::Auto
+        } else {
+            Threads::Fixed(setting)
+        };
+        // What each computation came to (the same for all three 2D ones but the exact divergence's).
+        let count = |passes: usize| {
+            flow.threads
+                .count(flow.net.flops_per_sample() * n as f64 * passes as f64)
+        };
         let (timing, exact) = median_time(args.repeats, || {
             log_likelihood_with(&flow, &data, &settings(DivergenceEstimator::Exact), &midpoint)
         })?;
         rows.push(Row {
-            name: "log-likelihood, exact divergence, 100 midpoint steps, D = 2".into(),
-            threads,
+            name: "log-likelihood, exact divergence, 100 midpoint steps, D = 2",
+            threads: (setting, count(1 + dim)),
             timing,
-            n_points: args.n_points,
-            peer: Some(PEER_EXACT),
+            n_points: n,
+            flops: network_flops(flow.net.as_ref(), n, (200 * (1 + dim)) as f64),
+            peer_key: Some("exact"),
         });
         let (timing, hutchinson) = median_time(args.repeats, || {
             log_likelihood_with(
@@ -131,24 +155,28 @@ pub fn likelihood_bench(
             )
         })?;
         rows.push(Row {
-            name: "log-likelihood, Hutchinson (1 probe), 100 midpoint steps, D = 2".into(),
-            threads,
+            name: "log-likelihood, Hutchinson (1 probe), 100 midpoint steps, D = 2",
+            threads: (setting, count(2)),
             timing,
-            n_points: args.n_points,
-            peer: Some(PEER_HUTCHINSON),
+            n_points: n,
+            flops: network_flops(flow.net.as_ref(), n, 400.0),
+            peer_key: Some("hutchinson"),
         });
         let (timing, _) = median_time(args.repeats, || flow.integrate(x0.copy(), &euler, None))?;
         rows.push(Row {
-            name: "sampling, 100 Euler steps, D = 2".into(),
-            threads,
+            name: "sampling, 100 Euler steps, D = 2",
+            threads: (setting, count(1)),
             timing,
-            n_points: args.n_points,
-            peer: Some(PEER_SAMPLE),
+            n_points: n,
+            flops: network_flops(flow.net.as_ref(), n, 100.0),
+            peer_key: Some("sample"),
         });
+        let big_threads = flow
+            .threads
+            .apply(big_net.flops_per_sample() * big_settings.chunk_size as f64 * 2.0);
         let (timing, big) = median_time(args.repeats, || {
-            let velocity = |x: &Tensor, t: f64| big_net.forward(x, &Tensor::from_slice(&[t as f32]));
-            log_likelihood_of_field(
-                velocity,
+            log_likelihood_of_net(
+                &big_net,
                 &big_data,
                 GaussianSource { std: 1.0 },
                 &big_settings,
@@ -156,80 +184,131 @@ pub fn likelihood_bench(
             )
         })?;
         rows.push(Row {
-            name: "log-likelihood, Hutchinson (1 probe), 20 midpoint steps, D = 784, MLP 3 x 256".into(),
-            threads,
+            name: "log-likelihood, Hutchinson (1 probe), 20 midpoint steps, D = 784, MLP 3 x 256",
+            threads: (setting, big_threads),
             timing,
             n_points: big_data.size()[0] as usize,
-            peer: None,
+            flops: network_flops(&big_net, big_data.size()[0] as usize, 80.0),
+            peer_key: None,
         });
-        checks.push((threads, exact.mean(), hutchinson.mean(), big.mean()));
+        checks.push((setting, exact.mean(), hutchinson.mean(), big.mean()));
+        // The peer right after ours, in the matching setting: pinned beside a fixed count, its default beside
+        // our choice.
+        if let Some(python) = &args.peer_python {
+            peers.push((setting, peer_likelihood(python, n, args.repeats, setting)?));
+        }
     }
 
     println!(
-        "\n## ferroflow bench likelihood\n\nNetwork: {} (trained {} steps on N(0, I) -> 8gaussians). Median of {} \
-         runs. Peer: flow_matching 1.0.10, measured on this kind of machine (shared/reference.md). Load average \
-         (1, 5, 15 min) at the start: {load_at_start}; at the end: {}.\n",
+        "\n## ferroflow bench likelihood\n\nNetwork: {} (trained {} steps on N(0, I) -> 8gaussians), MLP 3 x 64 \
+         SELU. Median of {} runs. {} Load average (1, 5, 15 min) at the start: {load_at_start}; at the end: {}.\n",
         flow.run_dir.display(),
         flow.config.train.steps,
         args.repeats,
+        roofline.summary(),
         load_average()
     );
+    let with_peer = args.peer_python.is_some();
     println!(
-        "| benchmark | threads | median wall s | points/s (wall) | points per CPU-s | peer points/s | ratio (wall) \
-         | ratio (CPU) |"
+        "| benchmark | threads | median s | points/s | GFLOP/s | roofline |{}",
+        if with_peer {
+            " flow_matching threads | flow_matching points/s | ratio |"
+        } else {
+            ""
+        }
     );
-    println!("|---|---|---|---|---|---|---|---|");
-    let ratio = |rate: f64, peer: Option<(f64, f64)>| match peer {
-        Some((low, high)) if low == high => format!("{:.2}", rate / low),
-        Some((low, high)) => format!("{:.2}-{:.2}", rate / high, rate / low),
-        None => "-".into(),
-    };
+    println!(
+        "|---|---|---|---|---|---|{}",
+        if with_peer { "---|---|---|" } else { "" }
+    );
     for row in &rows {
         let rate = row.n_points as f64 / row.timing.wall_seconds;
-        let cpu_rate = row.timing.cpu_seconds.map(|cpu| row.n_points as f64 / cpu);
-        let peer = match row.peer {
-            Some((low, high)) if low == high => format!("{low:.0}"),
-            Some((low, high)) => format!("{low:.0}-{high:.0}"),
-            None => "-".into(),
+        let (gflops, share) = roofline.cells(row.flops, row.timing.wall_seconds, row.threads.1);
+        let threads = match row.threads {
+            (0, count) => format!("auto ({count})"),
+            (_, count) => count.to_string(),
         };
-        println!(
-            "| {} | {} | {:.3} | {:.0} | {} | {} | {} | {} |",
-            row.name,
-            row.threads,
-            row.timing.wall_seconds,
-            rate,
-            cpu_rate.map_or("-".into(), |r| format!("{r:.0}")),
-            peer,
-            ratio(rate, row.peer),
-            cpu_rate.map_or("-".into(), |r| ratio(r, row.peer)),
+        let mut line = format!(
+            "| {} | {threads} | {:.3} | {rate:.0} | {gflops} | {share} |",
+            row.name, row.timing.wall_seconds
         );
+        if with_peer {
+            let peer = peers
+                .iter()
+                .find(|(setting, _)| *setting == row.threads.0)
+                .and_then(|(_, peer)| {
+                    let key = row.peer_key?;
+                    let rate = peer.rates.iter().find(|(k, _)| k == key)?.1;
+                    Some((peer.threads, rate))
+                });
+            line.push_str(&match peer {
+                Some((threads, peer_rate)) => {
+                    let label = if row.threads.0 == 0 {
+                        format!("default ({threads})")
+                    } else {
+                        threads.to_string()
+                    };
+                    format!(" {label} | {peer_rate:.0} | {:.2}x |", rate / peer_rate)
+                }
+                None => " - | - | - |".into(),
+            });
+        }
+        println!("{line}");
     }
     println!(
-        "\nratio = ours / peer (> 1 is faster), against the high and low end of the peer's range. The CPU \
-         column divides by the on-CPU time of all our threads, which on a shared machine leaves out the waits \
-         for a core; the peer's figures are wall times."
+        "\nGFLOP/s counts the network's matrix arithmetic only (2 per weight per point and pass; the exact \
+         divergence makes 1 + D passes per evaluation in forward mode, Hutchinson 2, sampling 1); roofline is \
+         its share of the matrix-multiply rate at that thread count. ratio = ours / peer (> 1 is faster), both \
+         timed in this invocation; `auto` is ferroflow's choice by the work's size, `default` torch's."
     );
     println!("\nSanity (mean log p1 of the timed points):");
-    for (threads, exact, hutchinson, big) in checks {
-        println!(
-            "- {threads} thread(s): 2D exact {exact:.4}, 2D Hutchinson {hutchinson:.4}, 784-D Hutchinson {big:.1}"
-        );
-    }
-    if args.threads.len() > 1 {
-        for name in rows
-            .iter()
-            .map(|row| &row.name)
-            .collect::<std::collections::BTreeSet<_>>()
-        {
-            let best = rows
-                .iter()
-                .filter(|row| &row.name == name)
-                .min_by(|a, b| a.timing.wall_seconds.total_cmp(&b.timing.wall_seconds))
-                .expect("one row per thread count");
-            println!("- fastest for {name}: {} thread(s)", best.threads);
-        }
+    for (setting, exact, hutchinson, big) in checks {
+        let label = if setting == 0 {
+            "auto threads".to_owned()
+        } else {
+            format!("{setting} thread(s)")
+        };
+        println!("- {label}: 2D exact {exact:.4}, 2D Hutchinson {hutchinson:.4}, 784-D Hutchinson {big:.1}");
     }
     Ok(())
+}
+
+/// Runs flow_matching's likelihoods and sampling in the same setting (`peers/flow_matching_likelihood.py`),
+/// pinned to `threads` or at torch's default for 0.
+fn peer_likelihood(python: &str, n_points: usize, repeats: usize, threads: usize) -> Result<PeerRates> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/flow_matching_likelihood.py");
+    let threads_arg = if threads == 0 {
+        "default".to_owned()
+    } else {
+        threads.to_string()
+    };
+    let output = std::process::Command::new(python)
+        .args([script, &n_points.to_string(), &repeats.to_string(), &threads_arg])
+        .output()
+        .with_context(|| format!("cannot run {python} {script}"))?;
+    if !output.status.success() {
+        bail!(
+            "{script} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let value = |key: &str| -> Result<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{key} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .with_context(|| format!("{script} printed no `{key} <value>` line"))
+    };
+    Ok(PeerRates {
+        threads: value("threads")? as usize,
+        rates: ["exact", "hutchinson", "sample"]
+            .iter()
+            .map(|&key| Ok((key.to_owned(), value(key)?)))
+            .collect::<Result<_>>()?,
+    })
 }
 
 /// The benchmark's trained 2D run: loaded from `out_dir` when a finished one is there, trained otherwise
