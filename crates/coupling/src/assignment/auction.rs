@@ -132,12 +132,16 @@ pub(crate) struct AuctionState {
 }
 
 impl AuctionState {
-    /// Runs epsilon-scaled phases on the square `n x n` matrix `c` from `eps_start` down to `eps_end`,
+    /// Runs epsilon-scaled phases on the square `n x n` matrix `c` (smallest entry `lo`, subtracted before the
+    /// conversion to `f32`) from `eps_start` down to `eps_end`,
     /// dividing by `theta`; each phase spends at most `bids_per_row * n` bids. Returns the bids spent.
+    // Crate-internal, called once; the settings are separate scalars of `JvConfig` scaled by the caller.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(
         &mut self,
         c: &[f64],
         n: usize,
+        lo: f64,
         eps_start: f64,
         eps_end: f64,
         theta: f64,
@@ -145,7 +149,6 @@ impl AuctionState {
     ) -> usize {
         // Single precision halves the memory traffic and doubles the lanes of the bid scan; the prices only
         // need to be near-optimal because the caller restores exactness in f64.
-        let lo = c.iter().fold(f64::INFINITY, |a, &x| a.min(x));
         self.cost.clear();
         self.cost.extend(c.iter().map(|&x| (x - lo) as f32));
         let cost = std::mem::take(&mut self.cost);

@@ -216,9 +216,7 @@ impl AssignmentSolver for Jv {
 /// column was `j`, so two sweeps settle almost all rows, and a final check frees every row that is not
 /// exactly tight. The shortest-path phase then needs the invariant only for assigned rows.
 fn init_auction(c: &[f64], n: usize, config: &JvConfig, ws: &mut JvWorkspace) {
-    let (lo, hi) = c.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-        (a.min(x), b.max(x))
-    });
+    let (lo, hi) = super::min_max_slice(c);
     let range = hi - lo;
     if range <= 0.0 {
         // All costs equal: every permutation is optimal.
@@ -232,6 +230,7 @@ fn init_auction(c: &[f64], n: usize, config: &JvConfig, ws: &mut JvWorkspace) {
     st.run(
         c,
         n,
+        lo,
         range * config.eps_start,
         range * config.eps_end / n as f64,
         config.eps_ratio,
