@@ -250,10 +250,17 @@ pub fn sinkhorn_weighted(
 /// is NaN or infinite (`x * 0` is NaN exactly then, and the sum of those products stays NaN).
 fn finite_range(c: &[f64]) -> Option<(f64, f64)> {
     let chunk = |c: &[f64]| {
-        c.iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY, 0.0), |(lo, hi, nan), &x| {
-                (lo.min(x), hi.max(x), nan + x * 0.0)
-            })
+        let (lo, hi) = crate::assignment::min_max_slice(c);
+        // Independent lanes: a single running sum would be one add at a time.
+        let mut nan = [0.0; LANES];
+        let chunks = c.chunks_exact(LANES);
+        let rest: f64 = chunks.remainder().iter().map(|&x| x * 0.0).sum();
+        for x in chunks {
+            for lane in 0..LANES {
+                nan[lane] += x[lane] * 0.0;
+            }
+        }
+        (lo, hi, nan.iter().sum::<f64>() + rest)
     };
     let merge = |x: (f64, f64, f64), y: (f64, f64, f64)| (x.0.min(y.0), x.1.max(y.1), x.2 + y.2);
     let (lo, hi, nan) = if c.len() >= PARALLEL_ENTRIES {

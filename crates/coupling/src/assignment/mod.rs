@@ -84,11 +84,20 @@ pub fn validate_cost(cost: ArrayView2<f64>) -> Result<()> {
     // One branch-free pass for the common case (`x * 0` is NaN exactly for NaN and infinite `x`, and a NaN
     // sum also fails the comparison); the entry at fault is searched only when it fails.
     let in_range = |flat: &[f64]| {
-        let (nan, max_abs) = flat.iter().fold((0.0, 0.0f64), |(nan, max_abs), &x| {
-            let a = x.abs();
-            (nan + x * 0.0, if a > max_abs { a } else { max_abs })
-        });
-        nan == 0.0 && max_abs <= MAX_COST_MAGNITUDE
+        // Independent lanes: a single running sum would be one add at a time.
+        const LANES: usize = 8;
+        let (mut nan, mut max_abs) = ([0.0; LANES], [0.0f64; LANES]);
+        let chunks = flat.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        for x in chunks {
+            for lane in 0..LANES {
+                let a = x[lane].abs();
+                nan[lane] += x[lane] * 0.0;
+                max_abs[lane] = if a > max_abs[lane] { a } else { max_abs[lane] };
+            }
+        }
+        let ok = |x: &f64| *x * 0.0 == 0.0 && x.abs() <= MAX_COST_MAGNITUDE;
+        nan.iter().all(|&s| s == 0.0) && max_abs.iter().all(ok) && rest.iter().all(ok)
     };
     if cost.as_slice().is_some_and(in_range) {
         return Ok(());
