@@ -13,6 +13,7 @@ pub mod error;
 mod fastexp;
 pub mod metrics;
 pub mod plan;
+mod simd;
 pub mod sinkhorn;
 
 pub use assignment::{

@@ -2,7 +2,8 @@
 //! rectangular inputs; bad input is refused with a typed error.
 
 use ferroflow_coupling::{
-    Assignment, AssignmentSolver, CouplingError, Hungarian, Jv, JvConfig, JvInit, squared_euclidean,
+    Assignment, AssignmentSolver, CouplingError, Hungarian, Jv, JvConfig, JvInit, JvWorkspace,
+    squared_euclidean,
 };
 use ndarray::{Array2, array};
 use proptest::prelude::*;
@@ -233,4 +234,67 @@ fn agree_on_the_benchmark_distribution() {
     }
     let cost = squared_euclidean(x0.view(), x1.view()).unwrap();
     check_all_agree(&cost, 5).unwrap();
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// OT-CFM's case: batch 256 of 2D points on a coarse grid, so that many points coincide and many costs
+    /// tie; the default Jv must reach Hungarian's optimum.
+    #[test]
+    fn agree_at_batch_256_on_gridded_points(values in prop::collection::vec(-4i8..4, 4 * 256), seed in any::<u64>()) {
+        let n = 256;
+        let x0 = Array2::from_shape_fn((n, 2), |(i, d)| f64::from(values[2 * i + d]));
+        let x1 = Array2::from_shape_fn((n, 2), |(i, d)| f64::from(values[2 * n + 2 * i + d]) * 0.5 + 1.0);
+        let cost = squared_euclidean(x0.view(), x1.view()).unwrap();
+        let jv = Jv::default().solve(cost.view()).unwrap();
+        let hungarian = Hungarian.solve(cost.view()).unwrap();
+        prop_assert!(jv.is_injective(n));
+        prop_assert!((jv.total_cost - hungarian.total_cost).abs() <= tolerance(&cost), "{} vs {}", jv.total_cost, hungarian.total_cost);
+        // No random permutation beats it.
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut cols: Vec<usize> = (0..n).collect();
+        for _ in 0..20 {
+            cols.shuffle(&mut rng);
+            let c: f64 = (0..n).map(|i| cost[[i, cols[i]]]).sum();
+            prop_assert!(c >= jv.total_cost - tolerance(&cost));
+        }
+    }
+}
+
+#[test]
+fn one_workspace_serves_problems_of_changing_shape() {
+    // Reusing the buffers must not leak state between solves: square and rectangular problems of growing
+    // and shrinking sizes, with both initialisations, give the same assignment as a fresh workspace.
+    let classic = Jv::new(JvConfig {
+        init: JvInit::Classic,
+        ..JvConfig::default()
+    })
+    .unwrap();
+    let auction = Jv::default();
+    let mut workspace = JvWorkspace::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    use rand::Rng;
+    for &(rows, cols) in &[
+        (64, 64),
+        (5, 9),
+        (256, 256),
+        (30, 30),
+        (1, 1),
+        (40, 70),
+        (100, 100),
+        (2, 2),
+    ] {
+        let cost = Array2::from_shape_simple_fn((rows, cols), || f64::from(rng.random_range(0u8..20)));
+        for solver in [&classic, &auction] {
+            let reused = solver.solve_with(cost.view(), &mut workspace).unwrap();
+            let fresh = solver
+                .solve_with(cost.view(), &mut JvWorkspace::default())
+                .unwrap();
+            assert_eq!(reused, fresh, "({rows}, {cols})");
+            assert!(reused.is_injective(cols));
+            let hungarian = Hungarian.solve(cost.view()).unwrap();
+            assert!((reused.total_cost - hungarian.total_cost).abs() <= tolerance(&cost));
+        }
+    }
 }

@@ -216,9 +216,7 @@ impl AssignmentSolver for Jv {
 /// column was `j`, so two sweeps settle almost all rows, and a final check frees every row that is not
 /// exactly tight. The shortest-path phase then needs the invariant only for assigned rows.
 fn init_auction(c: &[f64], n: usize, config: &JvConfig, ws: &mut JvWorkspace) {
-    let (lo, hi) = c.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-        (a.min(x), b.max(x))
-    });
+    let (lo, hi) = super::min_max_slice(c);
     let range = hi - lo;
     if range <= 0.0 {
         // All costs equal: every permutation is optimal.
@@ -232,6 +230,7 @@ fn init_auction(c: &[f64], n: usize, config: &JvConfig, ws: &mut JvWorkspace) {
     st.run(
         c,
         n,
+        lo,
         range * config.eps_start,
         range * config.eps_end / n as f64,
         config.eps_ratio,
@@ -251,10 +250,7 @@ fn init_auction(c: &[f64], n: usize, config: &JvConfig, ws: &mut JvWorkspace) {
                 continue;
             }
             let row = &c[i * n..(i + 1) * n];
-            let m = row
-                .iter()
-                .zip(&ws.v)
-                .fold(f64::INFINITY, |m, (&cij, &vj)| m.min(cij - vj));
+            let m = min_reduced(row, &ws.v);
             if row[j] - ws.v[j] > m {
                 ws.v[j] = row[j] - m;
             }
@@ -264,10 +260,7 @@ fn init_auction(c: &[f64], n: usize, config: &JvConfig, ws: &mut JvWorkspace) {
     for i in 0..n {
         let j = ws.row_sol[i];
         let row = &c[i * n..(i + 1) * n];
-        let m = row
-            .iter()
-            .zip(&ws.v)
-            .fold(f64::INFINITY, |m, (&cij, &vj)| m.min(cij - vj));
+        let m = min_reduced(row, &ws.v);
         if j == NONE {
             ws.free.push(i);
         } else if row[j] - ws.v[j] > m {
@@ -275,6 +268,52 @@ fn init_auction(c: &[f64], n: usize, config: &JvConfig, ws: &mut JvWorkspace) {
             ws.row_sol[i] = NONE;
             ws.free.push(i);
         }
+    }
+}
+
+/// `min_j (row_j - v_j)`, the smallest reduced cost of a row, in independent lanes of plain selects (which
+/// vectorise; `f64::min`'s NaN handling does not, and no entry is NaN here). Uses AVX2 where the CPU has it.
+/// The minimum is exact, so every build returns the same value.
+fn min_reduced(row: &[f64], v: &[f64]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(m) = avx2::min_reduced(row, v) {
+        return m;
+    }
+    min_reduced_generic(row, v)
+}
+
+#[inline(always)]
+fn min_reduced_generic(row: &[f64], v: &[f64]) -> f64 {
+    const LANES: usize = 16;
+    let mut m = [f64::INFINITY; LANES];
+    let (rows, vs) = (row.chunks_exact(LANES), v.chunks_exact(LANES));
+    let (row_rest, v_rest) = (rows.remainder(), vs.remainder());
+    for (r, p) in rows.zip(vs) {
+        for lane in 0..LANES {
+            let h = r[lane] - p[lane];
+            m[lane] = if h < m[lane] { h } else { m[lane] };
+        }
+    }
+    let mut best = f64::INFINITY;
+    for (&r, &p) in row_rest.iter().zip(v_rest) {
+        let h = r - p;
+        best = if h < best { h } else { best };
+    }
+    m.iter().fold(best, |b, &x| if x < b { x } else { b })
+}
+
+/// [`min_reduced`] compiled for AVX2; `None` where the CPU lacks it.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    #[target_feature(enable = "avx2")]
+    fn min_reduced_impl(row: &[f64], v: &[f64]) -> f64 {
+        super::min_reduced_generic(row, v)
+    }
+
+    pub(super) fn min_reduced(row: &[f64], v: &[f64]) -> Option<f64> {
+        // SAFETY: the function is compiled for AVX2, which `avx2_fma()` confirmed this CPU has.
+        crate::simd::avx2_fma().then(|| unsafe { min_reduced_impl(row, v) })
     }
 }
 
