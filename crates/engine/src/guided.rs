@@ -138,8 +138,19 @@ mod tests {
             )
         };
         assert!(guided(&GuidanceSettings::default()).unwrap().state.equal(&plain));
-        assert!(guided(&mode_seeking(0.0)).unwrap().state.equal(&plain));
-        assert!(!guided(&mode_seeking(0.5)).unwrap().state.equal(&plain));
+        // Plain sampling of an MLP runs in the fused kernel and guidance through libtorch: equal to rounding.
+        assert!(
+            guided(&mode_seeking(0.0))
+                .unwrap()
+                .state
+                .allclose(&plain, 1e-5, 1e-5, false)
+        );
+        assert!(
+            !guided(&mode_seeking(0.5))
+                .unwrap()
+                .state
+                .allclose(&plain, 1e-3, 1e-3, false)
+        );
 
         let class = GuidanceSettings {
             mode_seeking: None,

@@ -89,9 +89,38 @@ impl TrainedFlow {
         self.net.params().device()
     }
 
-    /// The learned velocity field at time `t` for a batch `x` (no gradient is recorded).
+    /// The learned velocity field at time `t` for a batch `x` (no gradient is recorded). An MLP predicting
+    /// the velocity of `f32` points on the CPU runs through its fused kernel
+    /// ([`ferroflow_models::mlp_kernel`]) on libtorch's current thread count.
     pub fn velocity(&self, x: &Tensor, t: f64) -> Tensor {
+        if let Some(kernel) = self.kernel_for(x) {
+            let points = flat_f32(x);
+            let mut out = vec![0.0f32; points.len()];
+            kernel.velocity(
+                &points,
+                t as f32,
+                &mut out,
+                tch::get_num_threads().max(1) as usize,
+            );
+            return Tensor::from_slice(&out).view(x.size().as_slice());
+        }
         tch::no_grad(|| self.velocity_with_grad(x, t))
+    }
+
+    /// The fused kernel for a batch `x`, where it applies: the network has one, predicts the velocity, is
+    /// unconditional and off manifolds, and `x` is `[n, dim]` `f32` on the CPU.
+    fn kernel_for(&self, x: &Tensor) -> Option<ferroflow_models::mlp_kernel::MlpKernel> {
+        let applies = self.config.flow.prediction == Prediction::Velocity
+            && self.config.data.manifold.is_none()
+            && self.net.num_classes().is_none()
+            && x.device() == Device::Cpu
+            && x.kind() == Kind::Float
+            && x.dim() == 2
+            && x.size()[1] == self.dim() as i64;
+        if !applies {
+            return None;
+        }
+        self.net.cpu_kernel(&self.net.params().views())
     }
 
     /// The learned velocity, recording the autograd graph (for divergences and guidance).
@@ -139,6 +168,26 @@ impl TrainedFlow {
     ) -> Option<(Tensor, Tensor)> {
         if self.config.data.manifold.is_some() || self.net.num_classes().is_some() {
             return None;
+        }
+        if let Some(kernel) = self.kernel_for(x)
+            && probes.is_none_or(|p| p.device() == Device::Cpu)
+        {
+            let points = flat_f32(x);
+            let probes = probes.map(flat_f32);
+            let mut out = vec![0.0f32; points.len()];
+            let mut divergence = vec![0.0f32; x.size()[0] as usize];
+            kernel.velocity_divergence(
+                &points,
+                t as f32,
+                probes.as_deref(),
+                &mut out,
+                &mut divergence,
+                tch::get_num_threads().max(1) as usize,
+            );
+            return Some((
+                Tensor::from_slice(&out).view(x.size().as_slice()),
+                Tensor::from_slice(&divergence),
+            ));
         }
         let times = Tensor::from_slice(&[t as f32]).to_device(x.device());
         let params = self.net.params().views();
@@ -303,6 +352,12 @@ pub fn integrate_unit_interval<F: Field<Tensor>>(
         trajectory,
         stats,
     })
+}
+
+/// The values of `tensor` as row-major `f32`.
+fn flat_f32(tensor: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(tensor.detach().to_kind(Kind::Float).contiguous().view([-1]))
+        .expect("a CPU float tensor converts to Vec<f32>")
 }
 
 /// The source points [`TrainedFlow::source_points`] starts from, row-major, drawn from the run's stream for

@@ -105,6 +105,13 @@ pub trait VelocityNet {
     /// The shape of one sample (without the batch dimension).
     fn sample_shape(&self) -> Vec<i64>;
 
+    /// The fused CPU kernel of this network with the weights `params`, where it has one (an MLP; see
+    /// [`mlp_kernel`]); `None` otherwise.
+    fn cpu_kernel(&self, params: &[Tensor]) -> Option<mlp_kernel::MlpKernel> {
+        let _ = params;
+        None
+    }
+
     /// Floating-point operations of one forward pass per sample, at least (for choosing thread counts and for
     /// the benchmarks' roofline shares): `2 x` the parameter count, exact for an MLP, where every weight
     /// takes one multiply-add per sample.
@@ -150,6 +157,10 @@ impl<N: VelocityNet + ?Sized> VelocityNet for Box<N> {
 
     fn flops_per_sample(&self) -> f64 {
         (**self).flops_per_sample()
+    }
+
+    fn cpu_kernel(&self, params: &[Tensor]) -> Option<mlp_kernel::MlpKernel> {
+        (**self).cpu_kernel(params)
     }
 
     fn divergence_forward(

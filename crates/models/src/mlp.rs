@@ -281,6 +281,10 @@ impl VelocityNet for Mlp {
         apply_linear_layers(self.input(x, t), params, &self.layers, self.config.activation)
     }
 
+    fn cpu_kernel(&self, params: &[Tensor]) -> Option<crate::mlp_kernel::MlpKernel> {
+        crate::mlp_kernel::MlpKernel::new(self, params)
+    }
+
     /// Forward mode: every tangent (a coordinate direction, or a probe) goes through the layers beside the
     /// activations, `dz_{l+1} = (act'(z_l) * dz_l) W_{l+1}^T`, all tangents of all samples in one matrix
     /// product per layer; the first layer's tangent is `W_1` restricted to the columns of `x`. Declines with

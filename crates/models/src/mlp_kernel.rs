@@ -25,8 +25,8 @@ use crate::mlp::{Activation, Mlp, TimeEmbedding};
 /// Rows of a tile: small enough that a tile's buffers (values and tangents of width 64) stay in L2.
 pub const TILE: usize = 256;
 
-const SELU_SCALE: f32 = 1.050_700_987_355_480_5;
-const SELU_ALPHA: f32 = 1.673_263_242_354_377_3;
+const SELU_SCALE: f32 = 1.050_701;
+const SELU_ALPHA: f32 = 1.673_263_2;
 
 /// A dense layer with its weights transposed to `[fan_in, fan_out]`, row-major.
 #[derive(Clone, Debug)]
@@ -192,9 +192,31 @@ impl MlpKernel {
         }
     }
 
-    /// One tile of `rows` points starting at point `first` of `n`.
+    /// One tile of `rows` points starting at point `first` of `n`: compiled for AVX2 and FMA when the CPU
+    /// has them (checked once, at run time), for plain x86-64 otherwise.
     #[allow(clippy::too_many_arguments)]
     fn tile(
+        &self,
+        x: &[f32],
+        first: usize,
+        n: usize,
+        embedding: &[f32],
+        tangents: Tangents<'_>,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+        divergence: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            avx2::tile(self, x, first, n, embedding, tangents, scratch, out, divergence);
+            return;
+        }
+        self.tile_inline(x, first, n, embedding, tangents, scratch, out, divergence);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn tile_inline(
         &self,
         x: &[f32],
         first: usize,
@@ -315,6 +337,53 @@ impl MlpKernel {
     }
 }
 
+/// The tile loop compiled with AVX2 and FMA enabled, so the element-wise passes (activation, slope,
+/// tangents) run eight lanes wide; the matrix products dispatch on their own.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod avx2 {
+    use super::{MlpKernel, Scratch, Tangents};
+
+    /// Whether this CPU has AVX2 and FMA (cached by the standard library).
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn tile(
+        kernel: &MlpKernel,
+        x: &[f32],
+        first: usize,
+        n: usize,
+        embedding: &[f32],
+        tangents: Tangents<'_>,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+        divergence: &mut [f32],
+    ) {
+        assert!(available(), "the caller checks for AVX2 and FMA");
+        // SAFETY: the features the function is compiled for are present (asserted above); it is otherwise
+        // ordinary safe code.
+        unsafe { tile_avx2(kernel, x, first, n, embedding, tangents, scratch, out, divergence) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_avx2(
+        kernel: &MlpKernel,
+        x: &[f32],
+        first: usize,
+        n: usize,
+        embedding: &[f32],
+        tangents: Tangents<'_>,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+        divergence: &mut [f32],
+    ) {
+        kernel.tile_inline(x, first, n, embedding, tangents, scratch, out, divergence);
+    }
+}
+
 /// `c = a W` for `a` `[rows, fan_in]`.
 fn matmul(a: &[f32], rows: usize, layer: &Layer, c: &mut [f32]) {
     let a = ArrayView2::from_shape((rows, layer.fan_in), a).expect("a is [rows, fan_in]");
@@ -364,6 +433,7 @@ fn grow(buffer: &mut Vec<f32>, len: usize) {
 impl Activation {
     /// Replaces every `z` of `values` by `act(z)` and writes `act'(z)` into `slope`, in one pass.
     /// Panics for GELU, which [`MlpKernel::new`] declines.
+    #[inline(always)]
     fn apply_in_place(self, values: &mut [f32], slope: &mut [f32]) {
         let pairs = values.iter_mut().zip(slope.iter_mut());
         match self {
