@@ -1,5 +1,6 @@
 //! `ferroflow bench train`: training throughput in the setting of torchcfm's 2D examples (8gaussians ->
-//! moons, batch 256, MLP 3 x 64 SELU, Adam, CPU), for I-CFM (independent coupling) and OT-CFM (exact OT),
+//! moons, batch 256, MLP 3 x 64 SELU, Adam, CPU), for I-CFM (independent coupling), OT-CFM (exact OT) and
+//! SB-CFM (Brownian bridge, Sinkhorn at reg 2 sigma^2),
 //! reported as the median steps/s of several repetitions, with ratios to torchcfm's figures measured on
 //! this kind of machine (reference.md: 307 and 109 steps/s), or to torchcfm run side by side when a Python
 //! with torch and torchcfm is given (`--peer-python PYTHON`, `PYTHONPATH` passed through).
@@ -13,16 +14,20 @@ use ferroflow_engine::RunConfig;
 use ferroflow_engine::config::{
     DataSection, FlowSection, ModelSection, RunSection, SampleSection, TrainSection,
 };
+use ferroflow_engine::config::PathKind;
 use ferroflow_engine::data::Dataset;
+use ferroflow_models::{Mlp, MlpConfig};
 
+use crate::roofline::{Roofline, network_flops};
 use crate::timing::median;
 
-/// torchcfm 1.0.7's steps/s measured on this kind of machine (../shared/reference.md).
-const TORCHCFM_REFERENCE: [(&str, f64); 2] = [("I-CFM", 307.0), ("OT-CFM", 109.0)];
+/// torchcfm 1.0.7's steps/s measured on this kind of machine (../shared/reference.md; none for SB-CFM).
+const TORCHCFM_REFERENCE: [(&str, f64); 3] = [("I-CFM", 307.0), ("OT-CFM", 109.0), ("SB-CFM", f64::NAN)];
 
 /// torchcfm's 2D training setting as a typed config: 8gaussians -> moons, sigma 0.1, batch 256, MLP 3 x 64.
 fn bench_config(
     name: &str,
+    path: PathKind,
     coupling: CouplingConfig,
     steps: usize,
     threads: usize,
@@ -40,6 +45,7 @@ fn bench_config(
         },
         model: ModelSection::default(),
         flow: FlowSection {
+            path,
             sigma: 0.1,
             coupling,
             ..FlowSection::default()
@@ -91,6 +97,7 @@ pub fn run(args: &TrainBenchSettings) -> Result<()> {
         (
             "I-CFM",
             "independent",
+            PathKind::Affine,
             CouplingConfig::Independent {
                 order: IndependentOrder::Identity,
             },
@@ -98,17 +105,38 @@ pub fn run(args: &TrainBenchSettings) -> Result<()> {
         (
             "OT-CFM",
             "exact_ot",
+            PathKind::Affine,
             CouplingConfig::ExactOt {
                 solver: SolverKind::Jv,
             },
         ),
+        // torchcfm's SB-CFM: Brownian bridge, Sinkhorn plan at reg = 2 sigma^2 = 0.02, pairs sampled from it;
+        // iterations capped as in configs/bench2d/*-sbcfm.toml.
+        (
+            "SB-CFM",
+            "schrodinger_bridge",
+            PathKind::SchrodingerBridge,
+            CouplingConfig::SchrodingerBridge {
+                sigma: 0.1,
+                max_iterations: 100,
+                tolerance: 1e-3,
+            },
+        ),
     ];
-    for (label, coupling_name, coupling) in couplings {
+    let roofline = Roofline::measure(threads, 3);
+    // One step: the forward pass, and a backward pass that forms the input's and the weights' gradients.
+    let flops_per_step = network_flops(
+        &Mlp::new(MlpConfig::benchmark(2), tch::Device::Cpu)?,
+        256,
+        3.0,
+    );
+    for (label, coupling_name, path, coupling) in couplings {
         for &t in threads {
             let mut rates = Vec::new();
             for rep in 0..repeats {
                 let config = bench_config(
                     &format!("{coupling_name}-{t}-{rep}"),
+                    path,
                     coupling.clone(),
                     steps,
                     t,
@@ -137,24 +165,38 @@ pub fn run(args: &TrainBenchSettings) -> Result<()> {
     println!(
         "training throughput, 8gaussians -> moons, batch 256, MLP 3x64 SELU, Adam, CPU; median of {repeats} x {steps} steps\n"
     );
+    println!("{}\n", roofline.summary());
     let peer_header = if peers.is_some() {
         " torchcfm (same run) | ratio |"
     } else {
         ""
     };
-    println!("| method | threads | ferroflow steps/s | torchcfm (reference.md) | ratio |{peer_header}");
     println!(
-        "|---|---|---|---|---|{}",
+        "| method | threads | ferroflow steps/s | of I-CFM | GFLOP/s | roofline | torchcfm (reference.md) | ratio |{peer_header}"
+    );
+    println!(
+        "|---|---|---|---|---|---|---|---|{}",
         if peers.is_some() { "---|---|" } else { "" }
     );
-    for (label, t, rate) in rows {
+    let icfm_rate = |threads: usize| {
+        rows.iter()
+            .find(|(label, t, _)| *label == "I-CFM" && *t == threads)
+            .map_or(f64::NAN, |row| row.2)
+    };
+    for &(label, t, rate) in &rows {
         let reference = TORCHCFM_REFERENCE
             .iter()
             .find(|(l, _)| *l == label)
             .map_or(f64::NAN, |(_, r)| *r);
+        let (gflops, share) = roofline.cells(flops_per_step * rate, 1.0, t);
+        let (reference, reference_ratio) = if reference.is_nan() {
+            ("-".to_owned(), "-".to_owned())
+        } else {
+            (format!("{reference:.0}"), format!("{:.1}x", rate / reference))
+        };
         let mut line = format!(
-            "| {label} | {t} | {rate:.0} | {reference:.0} | {:.1}x |",
-            rate / reference
+            "| {label} | {t} | {rate:.0} | {:.0} % | {gflops} | {share} | {reference} | {reference_ratio} |",
+            100.0 * rate / icfm_rate(t),
         );
         if let Some(peers) = &peers {
             let peer = peers
@@ -187,7 +229,7 @@ fn peer_rates(python: &str, steps: usize) -> Result<Vec<(&'static str, f64)>> {
     }
     let text = String::from_utf8_lossy(&output.stdout);
     let mut rates = Vec::new();
-    for (label, key) in [("I-CFM", "icfm"), ("OT-CFM", "otcfm")] {
+    for (label, key) in [("I-CFM", "icfm"), ("OT-CFM", "otcfm"), ("SB-CFM", "sbcfm")] {
         let rate = text
             .lines()
             .find_map(|l| l.strip_prefix(&format!("{key} ")))
