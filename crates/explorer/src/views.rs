@@ -1,7 +1,7 @@
 //! The closed-form views, computed on the server from the math crates: the marginal field of a Gaussian
 //! mixture target under a chosen path (particles pushed by it, its arrows on a grid, the density rho_t as a
 //! heat map, div v along the particles), the Lagrangian log-density along one trajectory next to the closed
-//! form, and a minibatch's independent and exact-OT couplings with their crossing segments.
+//! form, and a minibatch's independent, exact-OT and Sinkhorn couplings with their crossing segments.
 //!
 //! Targets with a closed form (gaussian, 8gaussians, mixtures) are used exactly; the others (moons, scurve,
 //! ring, checkerboard, a drawn target) are replaced by a Gaussian kernel density estimate of their samples,
@@ -10,7 +10,9 @@
 
 use std::time::Instant;
 
-use ferroflow_coupling::{AssignmentSolver, Jv, squared_euclidean};
+use ferroflow_coupling::{
+    AssignmentSolver, CostScaling, CouplingConfig, Jv, SinkhornConfig, squared_euclidean,
+};
 use ferroflow_engine::config::{FlowSection, PathKind};
 use ferroflow_engine::data::{Dataset, MixtureSpec};
 use ferroflow_paths::{ConditionalPath, GaussianMixture, MixtureMarginal, SchedulerKind};
@@ -581,9 +583,18 @@ pub struct CouplingRequest {
     /// Seed of the minibatch.
     #[serde(default)]
     pub seed: u64,
+    /// Sinkhorn's entropic regularisation, in `[1e-3, 10]`, relative to the batch's largest squared distance
+    /// (the training coupling's cost scaling, so it means what `epsilon` of a training means); default 0.05.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
 }
 
-/// A minibatch paired independently (row i with row i) and by exact optimal transport.
+fn default_epsilon() -> f64 {
+    0.05
+}
+
+/// A minibatch paired independently (row i with row i), by exact optimal transport, and by pairs drawn from
+/// the entropic (Sinkhorn) plan as training draws them.
 #[derive(Clone, Debug, Serialize)]
 pub struct Couplings {
     /// Source points `[n * 2]`.
@@ -601,11 +612,22 @@ pub struct Couplings {
     pub cost_independent: f64,
     /// Mean squared length of the OT pairs.
     pub cost_ot: f64,
+    /// The regularisation used.
+    pub epsilon: f64,
+    /// Sinkhorn pairs (drawn with replacement from the plan): source rows.
+    pub sinkhorn_source: Vec<usize>,
+    /// Sinkhorn pairs: target rows.
+    pub sinkhorn_target: Vec<usize>,
+    /// Crossing pairs of segments of the Sinkhorn pairs.
+    pub crossings_sinkhorn: usize,
+    /// Mean squared length of the Sinkhorn pairs.
+    pub cost_sinkhorn: f64,
 }
 
 /// Draws a minibatch and couples it both ways.
 pub fn couplings(request: &CouplingRequest) -> Result<Couplings, ApiError> {
     let n_pairs = check_range("n_pairs", request.n_pairs, 2, 1_024)?;
+    let epsilon = check_real("epsilon", request.epsilon, 1e-3, 10.0)?;
     let dataset = request.target.dataset("target")?;
     let mut rng = ChaCha8Rng::seed_from_u64(request.seed);
     let x1_f32 = dataset.sample(n_pairs, &mut rng);
@@ -616,25 +638,36 @@ pub fn couplings(request: &CouplingRequest) -> Result<Couplings, ApiError> {
     let assignment = Jv::default()
         .solve(cost.view())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let sinkhorn = CouplingConfig::Sinkhorn {
+        sinkhorn: SinkhornConfig {
+            reg: epsilon,
+            ..SinkhornConfig::default()
+        },
+        scaling: CostScaling::default(),
+    }
+    .build()
+    .and_then(|coupling| coupling.pair(x0.view(), x1.view(), &mut rng))
+    .map_err(|e| ApiError::Internal(format!("sinkhorn: {e}")))?;
     let identity: Vec<usize> = (0..n_pairs).collect();
-    let segments = |perm: &[usize]| -> Vec<[[f64; 2]; 2]> {
-        perm.iter()
-            .enumerate()
-            .map(|(row, &col)| [[x0[[row, 0]], x0[[row, 1]]], [x1[[col, 0]], x1[[col, 1]]]])
+    let segments = |rows: &[usize], cols: &[usize]| -> Vec<[[f64; 2]; 2]> {
+        rows.iter()
+            .zip(cols)
+            .map(|(&row, &col)| [[x0[[row, 0]], x0[[row, 1]]], [x1[[col, 0]], x1[[col, 1]]]])
             .collect()
     };
-    let mean_cost = |perm: &[usize]| {
-        perm.iter()
-            .enumerate()
-            .map(|(row, &col)| cost[[row, col]])
-            .sum::<f64>()
-            / n_pairs as f64
+    let mean_cost = |rows: &[usize], cols: &[usize]| {
+        rows.iter().zip(cols).map(|(&row, &col)| cost[[row, col]]).sum::<f64>() / rows.len() as f64
     };
     Ok(Couplings {
-        crossings_independent: count_crossings(&segments(&identity)),
-        crossings_ot: count_crossings(&segments(&assignment.row_to_col)),
-        cost_independent: mean_cost(&identity),
-        cost_ot: mean_cost(&assignment.row_to_col),
+        crossings_independent: count_crossings(&segments(&identity, &identity)),
+        crossings_ot: count_crossings(&segments(&identity, &assignment.row_to_col)),
+        cost_independent: mean_cost(&identity, &identity),
+        cost_ot: mean_cost(&identity, &assignment.row_to_col),
+        epsilon,
+        crossings_sinkhorn: count_crossings(&segments(&sinkhorn.source_idx, &sinkhorn.target_idx)),
+        cost_sinkhorn: mean_cost(&sinkhorn.source_idx, &sinkhorn.target_idx),
+        sinkhorn_source: sinkhorn.source_idx,
+        sinkhorn_target: sinkhorn.target_idx,
         x0: x0.iter().copied().collect(),
         x1: x1.iter().copied().collect(),
         ot: assignment.row_to_col,
