@@ -177,11 +177,7 @@ pub fn run_frames(runs_dir: &Path, request: &RunViewRequest) -> Result<RunFrames
     let times = frame_times(frames);
     let x0 = run_source(&flow, n_particles, request.seed);
     let solution = flow
-        .integrate(
-            x0,
-            &OdeOptions::fixed(method, 2 * (frames - 1)),
-            Some(&times),
-        )
+        .integrate(x0, &OdeOptions::fixed(method, 2 * (frames - 1)), Some(&times))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let grid_x = tensor_of(&grid_points(grid)).to_device(flow.device());
     let mut out = RunFrames {

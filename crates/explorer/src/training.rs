@@ -124,7 +124,11 @@ impl TrainRequest {
         if !SOURCES.contains(&self.source.kind.as_str()) {
             return Err(ApiError::invalid(
                 "source.kind",
-                format!("unknown source `{}`; allowed: {}", self.source.kind, SOURCES.join(", ")),
+                format!(
+                    "unknown source `{}`; allowed: {}",
+                    self.source.kind,
+                    SOURCES.join(", ")
+                ),
             ));
         }
         let source = self.source.dataset("source")?;

@@ -656,7 +656,11 @@ pub fn couplings(request: &CouplingRequest) -> Result<Couplings, ApiError> {
             .collect()
     };
     let mean_cost = |rows: &[usize], cols: &[usize]| {
-        rows.iter().zip(cols).map(|(&row, &col)| cost[[row, col]]).sum::<f64>() / rows.len() as f64
+        rows.iter()
+            .zip(cols)
+            .map(|(&row, &col)| cost[[row, col]])
+            .sum::<f64>()
+            / rows.len() as f64
     };
     Ok(Couplings {
         crossings_independent: count_crossings(&segments(&identity, &identity)),

@@ -240,15 +240,47 @@ async fn every_endpoint_refuses_bad_input_and_the_server_serves_on() {
     refuses(&app, "/api/run_view", &view, "/run", json!("no-such-run"), "run").await;
     let mut sampled = view.clone();
     sampled["sampler"] = json!("euler");
-    refuses(&app, "/api/run_view", &sampled, "/sampler", json!("rk45"), "sampler").await;
+    refuses(
+        &app,
+        "/api/run_view",
+        &sampled,
+        "/sampler",
+        json!("rk45"),
+        "sampler",
+    )
+    .await;
 
     let train = train_request("client-bad-input", 10);
     let mut sourced = train.clone();
     sourced["source"] = json!({ "kind": "moons" });
-    refuses(&app, "/api/train", &sourced, "/source/kind", json!("spiral"), "source.kind").await;
-    refuses(&app, "/api/train", &sourced, "/source/kind", json!("drawn"), "source.kind").await;
+    refuses(
+        &app,
+        "/api/train",
+        &sourced,
+        "/source/kind",
+        json!("spiral"),
+        "source.kind",
+    )
+    .await;
+    refuses(
+        &app,
+        "/api/train",
+        &sourced,
+        "/source/kind",
+        json!("drawn"),
+        "source.kind",
+    )
+    .await;
     sourced["path"] = json!({ "kind": "one_sided", "sigma": 0.01 });
-    refuses(&app, "/api/train", &sourced, "/source/kind", json!("8gaussians"), "source.kind").await;
+    refuses(
+        &app,
+        "/api/train",
+        &sourced,
+        "/source/kind",
+        json!("8gaussians"),
+        "source.kind",
+    )
+    .await;
     refuses(&app, "/api/train", &train, "/client", json!("x"), "client").await;
     refuses(
         &app,
@@ -321,9 +353,25 @@ async fn every_endpoint_refuses_bad_input_and_the_server_serves_on() {
     }
     let mut window = guide.clone();
     window["schedule"] = json!("window");
-    refuses(&app, "/api/mode_seeking", &window, "/t_start", json!(-1.0), "t_start").await;
+    refuses(
+        &app,
+        "/api/mode_seeking",
+        &window,
+        "/t_start",
+        json!(-1.0),
+        "t_start",
+    )
+    .await;
     window["t_start"] = json!(0.8);
-    refuses(&app, "/api/mode_seeking", &window, "/t_end", json!(0.2), "t_start").await;
+    refuses(
+        &app,
+        "/api/mode_seeking",
+        &window,
+        "/t_end",
+        json!(0.2),
+        "t_start",
+    )
+    .await;
     let mut decay = guide.clone();
     decay["schedule"] = json!("decay");
     refuses(&app, "/api/mode_seeking", &decay, "/power", json!(-2.0), "power").await;
@@ -337,7 +385,10 @@ async fn every_endpoint_refuses_bad_input_and_the_server_serves_on() {
     let mut neither = guide.clone();
     neither.as_object_mut().unwrap().remove("target");
     let (status, answer) = post_json(&app, "/api/mode_seeking", &neither).await;
-    assert!(status.is_client_error() && answer["field"] == "target", "{answer}");
+    assert!(
+        status.is_client_error() && answer["field"] == "target",
+        "{answer}"
+    );
     let mut no_path = guide.clone();
     no_path.as_object_mut().unwrap().remove("path");
     let (status, answer) = post_json(&app, "/api/mode_seeking", &no_path).await;
@@ -349,19 +400,83 @@ async fn every_endpoint_refuses_bad_input_and_the_server_serves_on() {
     object.remove("path");
     by_run["run"] = json!("../etc");
     refuses(&app, "/api/mode_seeking", &by_run, "/run", json!("../etc"), "run").await;
-    refuses(&app, "/api/mode_seeking", &by_run, "/run", json!("no-such-run"), "run").await;
+    refuses(
+        &app,
+        "/api/mode_seeking",
+        &by_run,
+        "/run",
+        json!("no-such-run"),
+        "run",
+    )
+    .await;
     let density = json!({ "run": "no-such-run", "grid": 8, "steps": 10 });
-    refuses(&app, "/api/run_density", &density, "/run", json!("/etc/passwd"), "run").await;
-    refuses(&app, "/api/run_density", &density, "/run", json!("no-such-run"), "run").await;
+    refuses(
+        &app,
+        "/api/run_density",
+        &density,
+        "/run",
+        json!("/etc/passwd"),
+        "run",
+    )
+    .await;
+    refuses(
+        &app,
+        "/api/run_density",
+        &density,
+        "/run",
+        json!("no-such-run"),
+        "run",
+    )
+    .await;
     refuses(&app, "/api/run_density", &density, "/grid", json!(1000), "grid").await;
     refuses(&app, "/api/run_density", &density, "/steps", json!(1), "steps").await;
     let trajectory = json!({ "run": "no-such-run", "start": [0.0, 0.0], "steps": 10 });
-    refuses(&app, "/api/run_trajectory", &trajectory, "/run", json!(".hidden"), "run").await;
-    refuses(&app, "/api/run_trajectory", &trajectory, "/start/0", json!(99.0), "start[0]").await;
-    refuses(&app, "/api/run_trajectory", &trajectory, "/steps", json!(2), "steps").await;
+    refuses(
+        &app,
+        "/api/run_trajectory",
+        &trajectory,
+        "/run",
+        json!(".hidden"),
+        "run",
+    )
+    .await;
+    refuses(
+        &app,
+        "/api/run_trajectory",
+        &trajectory,
+        "/start/0",
+        json!(99.0),
+        "start[0]",
+    )
+    .await;
+    refuses(
+        &app,
+        "/api/run_trajectory",
+        &trajectory,
+        "/steps",
+        json!(2),
+        "steps",
+    )
+    .await;
     let coupling = json!({ "target": { "kind": "8gaussians" }, "n_pairs": 16, "epsilon": 0.1 });
-    refuses(&app, "/api/coupling", &coupling, "/epsilon", json!(0.0), "epsilon").await;
-    refuses(&app, "/api/coupling", &coupling, "/epsilon", json!(1e9), "epsilon").await;
+    refuses(
+        &app,
+        "/api/coupling",
+        &coupling,
+        "/epsilon",
+        json!(0.0),
+        "epsilon",
+    )
+    .await;
+    refuses(
+        &app,
+        "/api/coupling",
+        &coupling,
+        "/epsilon",
+        json!(1e9),
+        "epsilon",
+    )
+    .await;
 
     // Malformed JSON, an unknown key, a wrong content type and an oversize body: 4xx, JSON, a message.
     let (status, answer) = post(&app, "/api/flow", "{\"target\": ").await;
@@ -680,7 +795,8 @@ async fn mode_seeking_on_a_closed_form_field_matches_its_closed_forms() {
     let runs = tempdir("mode-seeking");
     let app = app(&runs);
     for estimator in ["exact", "hutchinson"] {
-        let (status, answer) = post_json(&app, "/api/mode_seeking", &mode_seeking_request(0.0, estimator)).await;
+        let (status, answer) =
+            post_json(&app, "/api/mode_seeking", &mode_seeking_request(0.0, estimator)).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
         assert_eq!(answer["identical"], json!(true), "{estimator}");
         assert_eq!(answer["plain"], answer["guided"], "{estimator}");
@@ -745,10 +861,18 @@ async fn mode_seeking_on_a_closed_form_field_matches_its_closed_forms() {
     }
     let spread = &answer["spread"];
     let ratio = spread["mean_std"].as_f64().unwrap() / spread["mean_std_theory"].as_f64().unwrap();
-    assert!((0.9..1.1).contains(&ratio), "measured / closed-form spread {ratio}: {spread}");
+    assert!(
+        (0.9..1.1).contains(&ratio),
+        "measured / closed-form spread {ratio}: {spread}"
+    );
     assert!(stds.iter().any(|&s| s > 0.0), "the estimate never varied");
     let timing = &answer["timing"];
-    for key in ["plain_eval_ms", "exact_eval_ms", "hutchinson_eval_ms", "guided_solve_ms"] {
+    for key in [
+        "plain_eval_ms",
+        "exact_eval_ms",
+        "hutchinson_eval_ms",
+        "guided_solve_ms",
+    ] {
         assert!(timing[key].as_f64().unwrap() > 0.0, "{key}: {timing}");
     }
 
@@ -771,7 +895,10 @@ async fn mode_seeking_on_a_closed_form_field_matches_its_closed_forms() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     let spread = &answer["spread"];
     let ratio = spread["mean_std"].as_f64().unwrap() / spread["mean_std_theory"].as_f64().unwrap();
-    assert!((0.9..1.1).contains(&ratio), "gaussian probes: measured / closed-form spread {ratio}: {spread}");
+    assert!(
+        (0.9..1.1).contains(&ratio),
+        "gaussian probes: measured / closed-form spread {ratio}: {spread}"
+    );
 }
 
 /// Sinkhorn pairs in the couplings view: with a small epsilon they cost and cross like exact OT's, far less
@@ -832,10 +959,18 @@ async fn a_trained_runs_density_integrates_to_one_and_its_trajectory_meets_the_l
     .await
     .unwrap();
     let app = app(&runs);
-    let (status, density) = post_json(&app, "/api/run_density", &json!({ "run": run, "grid": 48, "steps": 40 })).await;
+    let (status, density) = post_json(
+        &app,
+        "/api/run_density",
+        &json!({ "run": run, "grid": 48, "steps": 40 }),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{density}");
     let mass = density["mass"].as_f64().unwrap();
-    eprintln!("learned mass over [-7, 7]^2 on a 48x48 grid: {mass:.4} ({} ms)", density["compute_ms"]);
+    eprintln!(
+        "learned mass over [-7, 7]^2 on a 48x48 grid: {mass:.4} ({} ms)",
+        density["compute_ms"]
+    );
     // An under-trained model (200 steps) is wider than its target: some of its mass lies outside the window.
     assert!((0.85..1.05).contains(&mass), "mass {mass}");
     assert_eq!(density["log_density"].as_array().unwrap().len(), 48 * 48);
@@ -851,7 +986,10 @@ async fn a_trained_runs_density_integrates_to_one_and_its_trajectory_meets_the_l
     let forward = *log_density.last().unwrap();
     let backward = trajectory["log_density_backward"].as_f64().unwrap();
     eprintln!("ln p at the end: forward {forward:.5}, engine backward {backward:.5}");
-    assert!((forward - backward).abs() < 1e-2, "forward {forward}, backward {backward}");
+    assert!(
+        (forward - backward).abs() < 1e-2,
+        "forward {forward}, backward {backward}"
+    );
     let start = -std::f64::consts::TAU.ln() - 0.5 * (0.5f64 * 0.5 + 0.8 * 0.8);
     assert!((log_density[0] - start).abs() < 1e-6);
     assert_eq!(trajectory["points"].as_array().unwrap().len(), 2 * 101);

@@ -380,7 +380,12 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
     )
     .await?;
     click(client, "ms-run").await?;
-    wait_for(client, "guidance at lambda = 0", "window.__explorer.modeSeeking !== null").await?;
+    wait_for(
+        client,
+        "guidance at lambda = 0",
+        "window.__explorer.modeSeeking !== null",
+    )
+    .await?;
     let guided = js(client, "return window.__explorer.modeSeeking;").await?;
     if guided["identical"] != Value::Bool(true) || guided["plain"] != guided["guided"] {
         return Err("at lambda = 0 the guided samples differ from the plain ones".into());
@@ -392,7 +397,12 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
     )
     .await?;
     click(client, "ms-run").await?;
-    wait_for(client, "Hutchinson guidance", "window.__explorer.modeSeeking !== null").await?;
+    wait_for(
+        client,
+        "Hutchinson guidance",
+        "window.__explorer.modeSeeking !== null",
+    )
+    .await?;
     let guided = js(client, "return window.__explorer.modeSeeking;").await?;
     if guided["identical"] != Value::Bool(false) {
         return Err("at lambda = 0.5 the guided samples equal the plain ones".into());
@@ -404,7 +414,7 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
     )?;
     let timing = &guided["timing"];
     eprintln!(
-        "explorer mode seeking ({} samples, {}): exact {:.2} ms/eval, Hutchinson K=4 {:.2} ms/eval, plain {:.2}          ms/eval; spread {}",
+        "explorer mode seeking ({} samples, {}): exact {:.2} ms/eval, Hutchinson K=4 {:.2} ms/eval, plain {:.2} ms/eval; spread {}",
         timing["batch"],
         guided["field"],
         timing["exact_eval_ms"].as_f64().unwrap_or(f64::NAN),
@@ -482,7 +492,12 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
 
     // The learned density of the run: its mass over the window is about 1.
     click(client, "run-density").await?;
-    wait_for(client, "the learned density", "window.__explorer.runDensity !== null").await?;
+    wait_for(
+        client,
+        "the learned density",
+        "window.__explorer.runDensity !== null",
+    )
+    .await?;
     let density = js(client, "return window.__explorer.runDensity;").await?;
     let mass = density["mass"].as_f64().unwrap_or(f64::NAN);
     eprintln!("explorer learned density of {run}: mass {mass:.3} over the window");
@@ -516,7 +531,12 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
     // Mode seeking of the trained run.
     js(client, "window.__explorer.modeSeeking = null; return 0;").await?;
     click(client, "ms-run").await?;
-    wait_for(client, "the run's mode seeking", "window.__explorer.modeSeeking !== null").await?;
+    wait_for(
+        client,
+        "the run's mode seeking",
+        "window.__explorer.modeSeeking !== null",
+    )
+    .await?;
     let guided = js(client, "return window.__explorer.modeSeeking;").await?;
     if guided["field"] != Value::String(format!("run {run}")) {
         return Err(format!("mode seeking did not use the run: {}", guided["field"]));
