@@ -1,11 +1,12 @@
 //! Speed figures of the explorer (issue 14), printed, never asserted: (a) how many progress updates a second
-//! the live training stream delivers, (b) how much the stream (progress events and sample snapshots) slows
-//! training against the same training without it (same config and steps, runs interleaved, medians), and
-//! (c) the server round trip of the page's requests over real TCP (closed-form views, trajectory, couplings,
-//! mode seeking), against the server's own compute time.
+//! the live training stream delivers; (b) how much the stream (progress events and sample snapshots) slows
+//! training against the same training without it (same config and steps, runs interleaved, medians), and the
+//! time the stream's observer itself spends on the training thread, which is what it adds whatever else loads
+//! the machine; (c) the server round trip of the page's requests over real TCP (closed-form views,
+//! trajectory, couplings, mode seeking), against the server's own compute time.
 //!
 //! `cargo run -p ferroflow-explorer --example speed` (debug, opt-level 1, as the tests build it); add
-//! `--release` for optimised figures. `ARGS`: `[REPEATS] [STEPS]` (default 5 and 1500).
+//! `--release` for optimised figures. `ARGS`: `[REPEATS] [STEPS]` (default 7 and 3000).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,7 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use ferroflow_explorer::training::{TrainEvent, TrainRequest, run_training};
+use ferroflow_engine::error::TrainError;
+use ferroflow_engine::train::FlowModel;
+use ferroflow_engine::train::observe::{Journal, Observer, StepInfo};
+use ferroflow_explorer::training::{StreamObserver, TrainEvent, TrainRequest, run_training};
 use ferroflow_explorer::{ServerConfig, serve};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -72,6 +76,48 @@ fn train_streamed(runs_dir: &std::path::Path, steps: usize) -> (f64, f64, usize)
     (seconds, rate, snapshots)
 }
 
+/// The stream's observer with a clock on its own work: the time it adds to the training thread.
+struct Timed {
+    inner: StreamObserver,
+    seconds: f64,
+}
+
+impl Observer<FlowModel> for Timed {
+    fn on_start(&mut self, first_step: usize, total: usize) -> Result<(), TrainError> {
+        self.inner.on_start(first_step, total)
+    }
+
+    fn on_step(
+        &mut self,
+        model: &FlowModel,
+        info: &StepInfo,
+        journal: &mut Journal,
+    ) -> Result<(), TrainError> {
+        let started = Instant::now();
+        let result = self.inner.on_step(model, info, journal);
+        self.seconds += started.elapsed().as_secs_f64();
+        result
+    }
+}
+
+/// Seconds of one training with the stream's observer, and the seconds spent inside it (snapshots among them).
+fn train_timed(runs_dir: &std::path::Path, steps: usize) -> (f64, f64, f64) {
+    let config = request(steps).run_config(runs_dir).expect("a valid config");
+    let (sender, mut receiver) = mpsc::channel::<TrainEvent>(64);
+    let reader = std::thread::spawn(move || while receiver.blocking_recv().is_some() {});
+    let mut observer = Timed {
+        inner: StreamObserver::new(sender, &config.data.source, config.run.seed),
+        seconds: 0.0,
+    };
+    let started = Instant::now();
+    ferroflow_engine::run::train_new(&config, &mut [&mut observer], None).expect("training runs");
+    let seconds = started.elapsed().as_secs_f64();
+    let (inside, snapshots) = (observer.seconds, observer.inner.snapshot_seconds);
+    drop(observer);
+    reader.join().expect("the reader ends");
+    (seconds, inside, snapshots)
+}
+
 /// One POST over a fresh TCP connection: milliseconds from connect to the last byte, and the JSON answer.
 fn post(addr: SocketAddr, path: &str, body: &Value) -> (f64, Value) {
     let body = body.to_string();
@@ -97,8 +143,8 @@ fn post(addr: SocketAddr, path: &str, body: &Value) -> (f64, Value) {
 
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let repeats = args.first().copied().unwrap_or(5);
-    let steps = args.get(1).copied().unwrap_or(1500);
+    let repeats = args.first().copied().unwrap_or(7);
+    let steps = args.get(1).copied().unwrap_or(3000);
     let runs_dir = std::env::temp_dir().join(format!("ferroflow-explorer-speed-{}", std::process::id()));
     std::fs::create_dir_all(&runs_dir).expect("a temporary runs folder");
 
@@ -113,6 +159,11 @@ fn main() {
         rates.push(rate);
         snapshots = shots;
     }
+    let mut inside = Vec::new();
+    for _ in 0..repeats {
+        let (seconds, observer, snapshots) = train_timed(&runs_dir, steps);
+        inside.push((100.0 * observer / seconds, 100.0 * snapshots / seconds));
+    }
     let (plain_median, streamed_median) = (median(plain.clone()), median(streamed.clone()));
     println!("training {steps} steps (MLP 3x64, batch 256, 8gaussians), {repeats} runs each, interleaved:");
     println!("  without the stream: median {plain_median:.2} s  (all: {plain:.2?})");
@@ -120,6 +171,12 @@ fn main() {
     println!(
         "  overhead of the stream: {:+.1} % (median vs median)",
         100.0 * (streamed_median / plain_median - 1.0)
+    );
+    println!(
+        "  time inside the stream's observer on the training thread: median {:.2} % of training (snapshots \
+         {:.2} %); all runs: {inside:.2?}",
+        median(inside.iter().map(|p| p.0).collect()),
+        median(inside.iter().map(|p| p.1).collect())
     );
     println!(
         "  progress updates received: median {:.1} /s (all: {rates:.1?}); {snapshots} snapshots in the last run",

@@ -4,7 +4,9 @@
 //! the page's ln rho along the trajectory matches the closed form computed here from the paths crate, that the
 //! mode-seeking panel is plain at lambda = 0 and guided otherwise (closed form and run), that the run's learned
 //! density has mass about 1 and its trajectory's ln rho meets the engine's likelihood, and that the page saw no
-//! error. With `FERROFLOW_EXPLORER_SCREENSHOT=FILE` it saves a screenshot of the page there (the README's). Redraw times are measured in the page with `performance.now()` and printed.
+//! error. Redraw times are measured in the page with `performance.now()` and printed. With
+//! `FERROFLOW_EXPLORER_SCREENSHOT=FILE` it saves a screenshot of the page there (the README's
+//! `docs/explorer.png` is one, cropped to its top 1,445 rows and posterised to 16 levels a channel).
 //!
 //! Every wait is on a condition with a generous deadline (the machine has two shared cores); a failure saves
 //! a screenshot under `CARGO_TARGET_TMPDIR/explorer-browser/`. Without `/usr/bin/chromedriver` the test fails
@@ -427,6 +429,22 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
         return Err(format!("the page does not show the estimators' cost: {shown}"));
     }
 
+    // For the README: the page with the closed-form views, couplings and mode seeking, when asked for.
+    if let Ok(path) = std::env::var("FERROFLOW_EXPLORER_SCREENSHOT") {
+        client
+            .set_window_size(1400, 1900)
+            .await
+            .map_err(|e| e.to_string())?;
+        js(client, "window.scrollTo(0, 0); return 0;").await?;
+        set_t(client, 0.6).await?;
+        let png = client.screenshot().await.map_err(|e| e.to_string())?;
+        std::fs::write(&path, png).map_err(|e| format!("{path}: {e}"))?;
+        client
+            .set_window_size(1400, 1300)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+
     // Train a tiny model to the end with the real engine.
     js(
         client,
@@ -540,13 +558,6 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
     let guided = js(client, "return window.__explorer.modeSeeking;").await?;
     if guided["field"] != Value::String(format!("run {run}")) {
         return Err(format!("mode seeking did not use the run: {}", guided["field"]));
-    }
-
-    // For the README: the whole page, when asked for.
-    if let Ok(path) = std::env::var("FERROFLOW_EXPLORER_SCREENSHOT") {
-        set_t(client, 0.6).await?;
-        let png = client.screenshot().await.map_err(|e| e.to_string())?;
-        std::fs::write(&path, png).map_err(|e| format!("{path}: {e}"))?;
     }
 
     let errors = js(client, "return window.__explorer.errors;").await?;
