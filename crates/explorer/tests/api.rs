@@ -1008,3 +1008,63 @@ async fn a_trained_runs_density_integrates_to_one_and_its_trajectory_meets_the_l
     assert_eq!(guided["identical"], json!(false));
     assert_eq!(plain["plain"], guided["plain"]);
 }
+
+/// The closed-form views, computed in batched tensor operations, agree with the paths crate's per-point
+/// closed forms: the marginal velocity on the arrow grid, ln rho_t on the heat-map grid and div v at the
+/// particles, at every frame (up to the 1e-4 rounding of the JSON and f32).
+#[tokio::test]
+async fn the_batched_views_agree_with_the_paths_crates_closed_forms() {
+    use ferroflow_explorer::views::{Marginal, PathSpec, TargetSpec, grid_points};
+    let runs = tempdir("batched");
+    let app = app(&runs);
+    for (kind, scheduler) in [("mixtures", "cosine"), ("8gaussians", "cond_ot")] {
+        let request = json!({
+            "target": { "kind": kind },
+            "path": { "kind": "affine", "scheduler": scheduler, "sigma": 0.0 },
+            "n_particles": 40, "grid": 6, "density_grid": 5, "frames": 6, "seed": 2
+        });
+        let (status, frames) = post_json(&app, "/api/flow", &request).await;
+        assert_eq!(status, StatusCode::OK, "{frames}");
+        let target = TargetSpec {
+            kind: kind.into(),
+            points: vec![],
+        };
+        let path = PathSpec {
+            kind: "affine".into(),
+            scheduler: scheduler.into(),
+            sigma: 0.0,
+        };
+        let marginal = Marginal::new(&target, &path, 2).unwrap();
+        let times = floats(&frames["t"]);
+        let (mut worst_field, mut worst_density, mut worst_divergence) = (0.0f64, 0.0f64, 0.0f64);
+        for (frame, &t) in times.iter().enumerate() {
+            let field = floats(&frames["field"][frame]);
+            for (cell, &x) in grid_points(6).iter().enumerate() {
+                let v = marginal.velocity(x, t);
+                for axis in 0..2 {
+                    let error = (field[2 * cell + axis] - v[axis]).abs() / (1.0 + v[axis].abs());
+                    worst_field = worst_field.max(error);
+                }
+            }
+            let density = floats(&frames["log_density"][frame]);
+            for (cell, &x) in grid_points(5).iter().enumerate() {
+                let exact = marginal.log_density(x, t).max(-1e4);
+                worst_density = worst_density.max((density[cell] - exact).abs() / (1.0 + exact.abs()));
+            }
+            let particles = floats(&frames["particles"][frame]);
+            let divergence = floats(&frames["divergence"][frame]);
+            for (idx, &d) in divergence.iter().enumerate() {
+                let exact = marginal.divergence([particles[2 * idx], particles[2 * idx + 1]], t);
+                worst_divergence = worst_divergence.max((d - exact).abs() / (1.0 + exact.abs()));
+            }
+        }
+        eprintln!(
+            "{kind}: worst relative errors: field {worst_field:.1e}, ln rho {worst_density:.1e}, div v {worst_divergence:.1e}"
+        );
+        assert!(worst_field < 1e-4, "{kind}: field {worst_field}");
+        assert!(worst_density < 1e-4, "{kind}: ln rho {worst_density}");
+        // The particles' positions are rounded to 1e-4 in the answer, so their divergence is compared at
+        // points up to 5e-5 away.
+        assert!(worst_divergence < 1e-2, "{kind}: div v {worst_divergence}");
+    }
+}
