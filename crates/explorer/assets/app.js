@@ -437,6 +437,7 @@ async function computeFlow() {
       density_grid: 64,
       frames: 51,
       seed: 0,
+      sampler: $("flow-sampler").value,
     });
     if (id !== state.requestId) return;
     state.frames = frames;
@@ -662,6 +663,7 @@ async function refreshOptions() {
   fill("source", state.options.sources);
   fill("ms-schedule", state.options.schedules);
   fill("ms-sampler", state.options.samplers);
+  fill("flow-sampler", state.options.flow_samplers);
   fill("run-sampler", state.options.samplers.slice().reverse());
   fill("run", state.options.runs, '<option value="">(none)</option>');
 }
@@ -859,7 +861,7 @@ $("clear-brush").addEventListener("click", () => {
 $("t").addEventListener("input", () => setT(Number($("t").value)));
 $("play").addEventListener("click", play);
 $("compute").addEventListener("click", computeFlow);
-["target", "path", "scheduler", "sigma"].forEach((id) =>
+["target", "path", "scheduler", "sigma", "flow-sampler"].forEach((id) =>
   $(id).addEventListener("change", () => {
     if ($("target").value === "drawn" && !state.drawn.length) {
       setStatus("draw a target: tick brush and paint on the main view");

@@ -153,6 +153,7 @@ async fn options(State(state): Shared) -> Json<serde_json::Value> {
         "couplings": training::COUPLINGS,
         "sources": training::SOURCES,
         "samplers": mode_seeking::SAMPLERS,
+        "flow_samplers": views::FLOW_SAMPLERS,
         "schedules": mode_seeking::SCHEDULES,
         "runs": runs,
         "initial_run": state.config.initial_run,

@@ -452,7 +452,18 @@ pub struct FlowRequest {
     /// Seed of the particles and of a kernel density estimate's samples.
     #[serde(default)]
     pub seed: u64,
+    /// The method pushing the particles, one of [`FLOW_SAMPLERS`] (default `rk4`), two steps per frame
+    /// interval: Euler's and the midpoint method's discretisation error shows against RK4.
+    #[serde(default = "default_flow_sampler")]
+    pub sampler: String,
 }
+
+fn default_flow_sampler() -> String {
+    "rk4".into()
+}
+
+/// The methods that may push the particles of the closed-form views.
+pub const FLOW_SAMPLERS: [&str; 3] = ["rk4", "midpoint", "euler"];
 
 /// Precomputed frames of the marginal views: the page redraws any `t` from these without a request.
 #[derive(Clone, Debug, Serialize)]
@@ -520,6 +531,17 @@ pub fn flow_frames(request: &FlowRequest) -> Result<FlowFrames, ApiError> {
     let grid = check_range("grid", request.grid, 2, 64)?;
     let density_grid = check_range("density_grid", request.density_grid, 2, 128)?;
     let frames = check_range("frames", request.frames, 2, 201)?;
+    let method = match request.sampler.as_str() {
+        "rk4" => Method::Rk4,
+        "midpoint" => Method::Midpoint,
+        "euler" => Method::Euler,
+        other => {
+            return Err(ApiError::invalid(
+                "sampler",
+                format!("unknown sampler `{other}`; allowed: {}", FLOW_SAMPLERS.join(", ")),
+            ));
+        }
+    };
     let marginal = Marginal::new(&request.target, &request.path, request.seed)?;
     let times = frame_times(frames);
 
@@ -531,8 +553,8 @@ pub fn flow_frames(request: &FlowRequest) -> Result<FlowFrames, ApiError> {
     let mut velocity = |t: f64, x: &Tensor| -> Result<Tensor, ferroflow_solvers::SolverError> {
         Ok(tch::no_grad(|| field.velocity(x, t)))
     };
-    // Two RK4 steps per frame interval: the particles are drawn, not measured, so this is plenty.
-    let options = OdeOptions::fixed(Method::Rk4, 2 * (frames - 1));
+    // Two steps per frame interval: with RK4 the particles are drawn, not measured, so this is plenty.
+    let options = OdeOptions::fixed(method, 2 * (frames - 1));
     let solution = integrate_unit_interval(&mut velocity, x0, &options, Some(&times))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
 

@@ -139,6 +139,17 @@ async fn every_endpoint_refuses_bad_input_and_the_server_serves_on() {
     .await;
     refuses(&app, "/api/flow", &flow, "/grid", json!(0), "grid").await;
     refuses(&app, "/api/flow", &flow, "/frames", json!(100_000), "frames").await;
+    let mut sampled = flow.clone();
+    sampled["sampler"] = json!("euler");
+    refuses(
+        &app,
+        "/api/flow",
+        &sampled,
+        "/sampler",
+        json!("leapfrog"),
+        "sampler",
+    )
+    .await;
     refuses(
         &app,
         "/api/flow",
@@ -1067,4 +1078,44 @@ async fn the_batched_views_agree_with_the_paths_crates_closed_forms() {
         // points up to 5e-5 away.
         assert!(worst_divergence < 1e-2, "{kind}: div v {worst_divergence}");
     }
+}
+
+/// The closed-form particles pushed by Euler approach RK4's at first order: ten times the steps, about a tenth
+/// of the gap at t = 1; the midpoint method starts far closer.
+#[tokio::test]
+async fn euler_particles_approach_rk4_at_first_order() {
+    let runs = tempdir("samplers");
+    let app = app(&runs);
+    let end_gap = |frames: i64, sampler: &'static str| {
+        let app = app.clone();
+        async move {
+            let request = |name: &str| {
+                json!({
+                    "target": { "kind": "mixtures" },
+                    "path": { "kind": "affine", "scheduler": "cond_ot", "sigma": 0.0 },
+                    "n_particles": 200, "grid": 2, "density_grid": 2, "frames": frames, "seed": 5,
+                    "sampler": name
+                })
+            };
+            let (status, reference) = post_json(&app, "/api/flow", &request("rk4")).await;
+            assert_eq!(status, StatusCode::OK, "{reference}");
+            let (status, other) = post_json(&app, "/api/flow", &request(sampler)).await;
+            assert_eq!(status, StatusCode::OK, "{other}");
+            let last = (frames - 1) as usize;
+            let a = floats(&reference["particles"][last]);
+            let b = floats(&other["particles"][last]);
+            a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
+        }
+    };
+    let (coarse, fine) = (end_gap(5, "euler").await, end_gap(41, "euler").await);
+    let midpoint = end_gap(5, "midpoint").await;
+    eprintln!(
+        "mean |euler - rk4| at t = 1: 8 steps {coarse:.4}, 80 steps {fine:.4}; midpoint, 8 steps {midpoint:.4}"
+    );
+    assert!(coarse > 1e-3, "Euler with 8 steps matches RK4: {coarse}");
+    assert!(
+        (5.0..20.0).contains(&(coarse / fine)),
+        "8 steps {coarse}, 80 steps {fine}"
+    );
+    assert!(midpoint < 0.5 * coarse, "midpoint {midpoint}, Euler {coarse}");
 }
