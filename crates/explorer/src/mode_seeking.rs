@@ -37,6 +37,9 @@ pub const SCHEDULES: [&str; 3] = ["constant", "window", "decay"];
 pub const MAX_LAMBDA: f64 = 10.0;
 /// The most Hutchinson probes accepted.
 pub const MAX_PROBES: usize = 64;
+/// Rows times mixture components per batch of Hutchinson's repeats (a drawn target has up to 2,000
+/// components and the repeats up to 256 x 48^2 rows, so they are estimated in batches).
+pub const ROW_BUDGET: usize = 1 << 20;
 /// Times each estimator is timed; the median is reported.
 pub const TIMING_REPEATS: usize = 5;
 
@@ -193,6 +196,8 @@ enum Velocity {
         field: MixtureVelocity<Box<dyn ConditionalPath + Send + Sync>>,
         t_min: f64,
         name: String,
+        /// Components of the mixture: a batch's intermediates grow with rows times components.
+        n_components: usize,
     },
     Run {
         flow: Box<TrainedFlow>,
@@ -224,6 +229,7 @@ impl Velocity {
                     field,
                     t_min: marginal.t_min,
                     name: target.kind.clone(),
+                    n_components: mixture.n_components(),
                 })
             }
             (Some(_), _, _) => Err(ApiError::invalid(
@@ -252,6 +258,14 @@ impl Velocity {
         match self {
             Velocity::Closed { .. } => Device::Cpu,
             Velocity::Run { flow, .. } => flow.device(),
+        }
+    }
+
+    /// Rows per batch that keep a batch's intermediates near [`ROW_BUDGET`] entries.
+    fn rows_per_batch(&self) -> usize {
+        match self {
+            Velocity::Closed { n_components, .. } => (ROW_BUDGET / (*n_components).max(1)).max(1),
+            Velocity::Run { .. } => ROW_BUDGET,
         }
     }
 
@@ -421,6 +435,16 @@ pub fn mode_seeking(runs_dir: &Path, request: &ModeSeekingRequest) -> Result<Mod
     let repeats = check_range("repeats", request.repeats, 2, 256)?;
     let t_map = check_real("t", request.t, 0.0, 1.0)?;
     let source = Velocity::of(runs_dir, request)?;
+    // The exact gradient and the solves take whole batches: bound their rows times components.
+    let max_rows = 4 * source.rows_per_batch();
+    for (field, rows) in [("n_particles", n_particles), ("grid", grid * grid)] {
+        if rows > max_rows {
+            return Err(ApiError::invalid(
+                field,
+                format!("{rows} points is too many for this target's components; at most {max_rows}"),
+            ));
+        }
+    }
     let (kind, device) = (source.kind(), source.device());
     let t_map = source.regular_time(t_map);
     let velocity = |x: &Tensor, t: f64| source.eval(x, t);
@@ -490,13 +514,23 @@ pub fn mode_seeking(runs_dir: &Path, request: &ModeSeekingRequest) -> Result<Mod
         })
         .collect();
 
-    // Hutchinson's estimate, `repeats` independent K-probe estimates per cell in one batch.
+    // Hutchinson's estimate, `repeats` independent K-probe estimates per cell, as many repeats per batch as
+    // the row budget allows.
     let mut rng = ChaCha8Rng::seed_from_u64(request.seed.wrapping_add(0x5EED));
-    let repeated = grid_x.repeat([repeats as i64, 1]);
-    let probe_draw = distribution.draw(probes, &repeated, &mut rng);
-    let (_, estimates) = divergence_hutchinson(|x| velocity(x, t_map), &repeated, &probe_draw, false)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let estimates = finite("Hutchinson's estimate", to_f64(&estimates))?;
+    let repeats_per_batch = (source.rows_per_batch() / n_cells).clamp(1, repeats);
+    let mut estimates = Vec::with_capacity(repeats * n_cells);
+    let mut done = 0;
+    while done < repeats {
+        let batch = repeats_per_batch.min(repeats - done);
+        let repeated = grid_x.repeat([batch as i64, 1]);
+        let probe_draw = distribution.draw(probes, &repeated, &mut rng);
+        let (_, batch_estimates) =
+            divergence_hutchinson(|x| velocity(x, t_map), &repeated, &probe_draw, false)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        estimates.extend(to_f64(&batch_estimates));
+        done += batch;
+    }
+    let estimates = finite("Hutchinson's estimate", estimates)?;
     let mut hutchinson_mean = vec![0.0; n_cells];
     let mut hutchinson_std = vec![0.0; n_cells];
     for cell in 0..n_cells {

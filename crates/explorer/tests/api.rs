@@ -1119,3 +1119,44 @@ async fn euler_particles_approach_rk4_at_first_order() {
     );
     assert!(midpoint < 0.5 * coarse, "midpoint {midpoint}, Euler {coarse}");
 }
+
+/// A drawn target of 2,000 points (2,000 mixture components): Hutchinson's repeats are estimated in batches
+/// and still centre on the exact divergence, and a grid whose whole batch would be too large is refused,
+/// naming `grid`.
+#[tokio::test]
+async fn mode_seeking_on_a_large_drawn_target_is_batched_or_refused() {
+    let runs = tempdir("drawn-mode-seeking");
+    let app = app(&runs);
+    let points: Vec<[f64; 2]> = (0..2_000)
+        .map(|k| {
+            let angle = k as f64 * 0.0031;
+            [3.0 * angle.cos(), 3.0 * angle.sin()]
+        })
+        .collect();
+    let mut request = mode_seeking_request(0.3, "exact");
+    request["target"] = json!({ "kind": "drawn", "points": points });
+    request["n_particles"] = json!(50);
+    request["steps"] = json!(2);
+    request["grid"] = json!(6);
+    request["repeats"] = json!(64);
+    request["probes"] = json!(4);
+    let (status, answer) = post_json(&app, "/api/mode_seeking", &request).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (means, exact, theory) = (
+        floats(&answer["hutchinson_mean"]),
+        floats(&answer["divergence"]),
+        floats(&answer["hutchinson_std_theory"]),
+    );
+    for cell in 0..36 {
+        let standard_error = theory[cell] / 8.0;
+        assert!(
+            (means[cell] - exact[cell]).abs() <= 5.0 * standard_error + 1e-9 * (1.0 + exact[cell].abs()),
+            "cell {cell}: mean {} exact {} standard error {standard_error}",
+            means[cell],
+            exact[cell]
+        );
+    }
+    request["grid"] = json!(48);
+    let (status, answer) = post_json(&app, "/api/mode_seeking", &request).await;
+    assert!(status.is_client_error() && answer["field"] == "grid", "{answer}");
+}
