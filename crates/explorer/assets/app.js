@@ -9,6 +9,9 @@ const probe = (window.__explorer = {
   flowLoads: 0,
   trajectory: null,
   couplings: null,
+  modeSeeking: null,
+  runDensity: null,
+  streamlineSegments: 0,
   train: { started: false, finished: null, progressEvents: 0, snapshots: 0, firstAt: 0, lastAt: 0, run: null },
 });
 window.addEventListener("error", (e) => probe.errors.push(String(e.message || e)));
@@ -156,6 +159,53 @@ function drawArrows(ctx, canvas, field, cells, colour, scaleHint) {
   }
   ctx.stroke();
 }
+// Streamlines of the field on the grid (cell-centre values, rows from the bottom), bilinearly interpolated:
+// from a lattice of seeds, fixed-length steps along the direction, both ways, one stroke in all.
+function drawStreamlines(ctx, canvas, field, cells, colour) {
+  const w = win();
+  const spacing = (2 * w) / cells;
+  const sample = (x, y) => {
+    const gx = Math.max(0, Math.min(cells - 1.001, (x + w) / spacing - 0.5));
+    const gy = Math.max(0, Math.min(cells - 1.001, (y + w) / spacing - 0.5));
+    const c0 = Math.floor(gx);
+    const r0 = Math.floor(gy);
+    const fx = gx - c0;
+    const fy = gy - r0;
+    const at = (r, c, k) => field[(r * cells + c) * 2 + k];
+    const lerp = (k) =>
+      (1 - fy) * ((1 - fx) * at(r0, c0, k) + fx * at(r0, c0 + 1, k)) + fy * ((1 - fx) * at(r0 + 1, c0, k) + fx * at(r0 + 1, c0 + 1, k));
+    return [lerp(0), lerp(1)];
+  };
+  const seeds = 18;
+  const step = (2 * w) / seeds / 4;
+  let segments = 0;
+  ctx.strokeStyle = colour;
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  for (let i = 0; i < seeds; i++) {
+    for (let j = 0; j < seeds; j++) {
+      for (const direction of [1, -1]) {
+        let x = -w + ((i + 0.5) * 2 * w) / seeds;
+        let y = -w + ((j + 0.5) * 2 * w) / seeds;
+        let [px, py] = toPx(canvas, x, y);
+        ctx.moveTo(px, py);
+        for (let k = 0; k < 12; k++) {
+          const [vx, vy] = sample(x, y);
+          const norm = Math.hypot(vx, vy);
+          if (norm < 1e-9) break;
+          x += (direction * step * vx) / norm;
+          y += (direction * step * vy) / norm;
+          if (Math.abs(x) > w || Math.abs(y) > w) break;
+          [px, py] = toPx(canvas, x, y);
+          ctx.lineTo(px, py);
+          segments += 1;
+        }
+      }
+    }
+  }
+  ctx.stroke();
+  probe.streamlineSegments = segments;
+}
 function drawParticles(ctx, canvas, positions, divergence) {
   const colourByDiv = $("color-div").checked && divergence;
   if (!colourByDiv) ctx.fillStyle = "rgba(20,20,20,0.75)";
@@ -239,7 +289,11 @@ function redrawMain() {
     drawDensity(ctx, canvas, state.frames.log_density[nearest], state.frames.density_grid);
   }
   if ($("show-trajectories").checked) drawTrajectories(ctx, canvas, nearest);
-  if ($("show-field").checked) drawArrows(ctx, canvas, interpolated("field", i, w), state.frames.grid, "rgba(30,60,160,0.8)");
+  if ($("show-field").checked) {
+    const field = interpolated("field", i, w);
+    if ($("streamlines").checked) drawStreamlines(ctx, canvas, field, state.frames.grid, "rgba(30,60,160,0.6)");
+    else drawArrows(ctx, canvas, field, state.frames.grid, "rgba(30,60,160,0.8)");
+  }
   if ($("show-particles").checked) drawParticles(ctx, canvas, interpolated("particles", i, w), state.frames.divergence[nearest]);
   drawStartTrajectory(ctx, canvas);
   drawDrawn(ctx, canvas);
@@ -316,7 +370,8 @@ function redrawLnRho() {
     ctx.fillText("click the main view to start a trajectory", 10, 20);
     return;
   }
-  const all = tr.log_density.concat(tr.log_density_exact).filter(Number.isFinite);
+  const exact = tr.log_density_exact || [];
+  const all = tr.log_density.concat(exact, [tr.log_density_backward]).filter(Number.isFinite);
   const lo = Math.min(...all);
   const hi = Math.max(...all);
   const pad = 30;
@@ -324,7 +379,7 @@ function redrawLnRho() {
   const Y = (v) => c.height - pad - ((v - lo) / Math.max(hi - lo, 1e-9)) * (c.height - 2 * pad);
   ctx.strokeStyle = "#999";
   ctx.strokeRect(pad, pad, c.width - 2 * pad, c.height - 2 * pad);
-  [[tr.log_density, [], "#1f4e9c", 2.5], [tr.log_density_exact, [6, 4], "#d04010", 1.5]].forEach(([values, dash, colour, width]) => {
+  [[tr.log_density, [], "#1f4e9c", 2.5], [exact, [6, 4], "#d04010", 1.5]].forEach(([values, dash, colour, width]) => {
     ctx.setLineDash(dash);
     ctx.strokeStyle = colour;
     ctx.lineWidth = width;
@@ -333,6 +388,13 @@ function redrawLnRho() {
     ctx.stroke();
   });
   ctx.setLineDash([]);
+  if (Number.isFinite(tr.log_density_backward)) {
+    // A run's check: the engine's backward likelihood of the end point.
+    ctx.fillStyle = "#d04010";
+    ctx.beginPath();
+    ctx.arc(X(1), Y(tr.log_density_backward), 4, 0, 2 * Math.PI);
+    ctx.fill();
+  }
   ctx.strokeStyle = "#000";
   ctx.beginPath();
   ctx.moveTo(X(state.t), pad);
@@ -375,6 +437,7 @@ async function computeFlow() {
       density_grid: 64,
       frames: 51,
       seed: 0,
+      sampler: $("flow-sampler").value,
     });
     if (id !== state.requestId) return;
     state.frames = frames;
@@ -404,19 +467,29 @@ async function computeCouplings() {
   const kind = $("target").value;
   if (kind === "drawn" && !state.drawn.length) return;
   try {
-    const c = await api("/api/coupling", { target: targetSpec(), n_pairs: Number($("n-pairs").value), seed: Math.floor(Math.random() * 1e9) });
+    const c = await api("/api/coupling", {
+      target: targetSpec(),
+      n_pairs: Number($("n-pairs").value),
+      epsilon: Number($("coupling-epsilon").value),
+      seed: Math.floor(Math.random() * 1e9),
+    });
     probe.couplings = c;
     const n = c.ot.length;
-    [["coupling-independent", (k) => k, c.crossings_independent, c.cost_independent, "independent"], ["coupling-ot", (k) => c.ot[k], c.crossings_ot, c.cost_ot, "exact OT"]].forEach(([id, pair, crossings, cost, name]) => {
+    const identity = [...Array(n).keys()];
+    [
+      ["coupling-independent", identity, identity, c.crossings_independent, c.cost_independent, "independent"],
+      ["coupling-ot", identity, c.ot, c.crossings_ot, c.cost_ot, "exact OT"],
+      ["coupling-sinkhorn", c.sinkhorn_source, c.sinkhorn_target, c.crossings_sinkhorn, c.cost_sinkhorn, `Sinkhorn eps ${c.epsilon}`],
+    ].forEach(([id, rows, cols, crossings, cost, name]) => {
       const canvas = $(id);
       const ctx = canvas.getContext("2d");
       ctx.fillStyle = "#fff";
       ctx.fillRect(0, 0, canvas.width, canvas.height);
       ctx.strokeStyle = "rgba(60,60,60,0.5)";
       ctx.beginPath();
-      for (let k = 0; k < n; k++) {
-        const j = pair(k);
-        const [ax, ay] = toPx(canvas, c.x0[2 * k], c.x0[2 * k + 1]);
+      for (let k = 0; k < rows.length; k++) {
+        const [i, j] = [rows[k], cols[k]];
+        const [ax, ay] = toPx(canvas, c.x0[2 * i], c.x0[2 * i + 1]);
         const [bx, by] = toPx(canvas, c.x1[2 * j], c.x1[2 * j + 1]);
         ctx.moveTo(ax, ay);
         ctx.lineTo(bx, by);
@@ -436,12 +509,134 @@ async function computeCouplings() {
     setStatus(String(e.message || e), true);
   }
 }
+
+// ---- mode seeking -----------------------------------------------------------------------------------------
+// A scalar map over the window (`cells` per side, rows from the bottom) on a diverging ramp symmetric around 0
+// (`signed`) or on the density ramp from 0 to its maximum.
+function drawScalarMap(canvas, values, cells, signed) {
+  const ctx = canvas.getContext("2d");
+  heat.width = cells;
+  heat.height = cells;
+  const hctx = heat.getContext("2d");
+  const image = hctx.createImageData(cells, cells);
+  let scale = 1e-12;
+  for (const v of values) scale = Math.max(scale, Math.abs(v));
+  for (let row = 0; row < cells; row++) {
+    for (let col = 0; col < cells; col++) {
+      const v = values[row * cells + col];
+      const u = signed ? Math.round(((v / scale) * 0.5 + 0.5) * 255) : Math.round((v / scale) * 255);
+      const c = (signed ? DIVERGING : DENSITY)[Math.max(0, Math.min(255, u))];
+      const p = ((cells - 1 - row) * cells + col) * 4;
+      image.data.set([c[0], c[1], c[2], 255], p);
+    }
+  }
+  hctx.putImageData(image, 0, 0);
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(heat, 0, 0, canvas.width, canvas.height);
+  return scale;
+}
+function drawSamples(canvas, points, colour) {
+  const ctx = canvas.getContext("2d");
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  ctx.fillStyle = colour;
+  for (let k = 0; k < points.length; k += 2) {
+    const [px, py] = toPx(canvas, points[k], points[k + 1]);
+    ctx.fillRect(px - 1, py - 1, 2, 2);
+  }
+}
+function modeSeekingRequest() {
+  const body = {
+    lambda: Number($("ms-lambda").value),
+    estimator: $("ms-estimator").value,
+    probes: Number($("ms-probes").value),
+    distribution: $("ms-distribution").value,
+    schedule: $("ms-schedule").value,
+    t_start: Number($("ms-t-start").value),
+    t_end: Number($("ms-t-end").value),
+    power: Number($("ms-power").value),
+    sampler: $("ms-sampler").value,
+    steps: Number($("ms-steps").value),
+    n_particles: Math.min(2000, Number($("n-particles").value)),
+    grid: 24,
+    t: Number($("ms-t").value),
+    repeats: 32,
+    seed: 0,
+  };
+  if (state.mode === "run" && state.frames && state.frames.run) body.run = state.frames.run;
+  else {
+    body.target = targetSpec();
+    body.path = pathSpec();
+  }
+  return body;
+}
+async function computeModeSeeking() {
+  if ($("target").value === "drawn" && !state.drawn.length && state.mode !== "run") return;
+  $("ms-timing").textContent = "computing ...";
+  try {
+    const m = await api("/api/mode_seeking", modeSeekingRequest());
+    probe.modeSeeking = m;
+    $("ms-field").textContent = m.field;
+    drawSamples($("ms-plain"), m.plain, "rgba(20,20,20,0.7)");
+    drawSamples($("ms-guided"), m.guided, "rgba(178,24,43,0.75)");
+    $("ms-guided-caption").textContent = m.identical ? "guided = plain (bit for bit)" : `guided samples (${m.guided_evals} guided evals)`;
+    const div = $("ms-divergence");
+    drawScalarMap(div, m.divergence, m.grid, true);
+    drawArrows(div.getContext("2d"), div, m.gradient, m.grid, "rgba(0,0,0,0.75)");
+    drawScalarMap($("ms-spread"), m.hutchinson_std, m.grid, false);
+    const s = m.spread;
+    $("ms-spread-text").textContent =
+      `t = ${m.t.toFixed(3)}: Hutchinson K = ${s.probes} (${s.distribution}), ${s.repeats} repeats per cell: mean std ${s.mean_std.toFixed(3)} ` +
+      `(closed form ${s.mean_std_theory.toFixed(3)}), mean |mean - exact| ${s.mean_abs_error.toFixed(4)}, mean |div v| ${s.mean_abs_divergence.toFixed(3)}`;
+    const tm = m.timing;
+    $("ms-timing").textContent =
+      `per guided step on ${tm.batch} samples (${tm.evals_per_step} eval/step): exact ${tm.exact_step_ms.toFixed(2)} ms, ` +
+      `Hutchinson K=${tm.probes} ${tm.hutchinson_step_ms.toFixed(2)} ms, plain ${(tm.plain_eval_ms * tm.evals_per_step).toFixed(2)} ms; ` +
+      `solves: plain ${tm.plain_solve_ms.toFixed(0)} ms, guided ${tm.guided_solve_ms.toFixed(0)} ms; server ${m.compute_ms.toFixed(0)} ms`;
+  } catch (e) {
+    $("ms-timing").textContent = String(e.message || e);
+    probe.errors.push("mode seeking: " + String(e.message || e));
+  }
+}
+
+// ---- trained runs: learned density and trajectories ---------------------------------------------------------
+async function computeRunDensity() {
+  if (state.mode !== "run" || !state.frames.run) {
+    $("run-density-text").textContent = "show a run first";
+    return;
+  }
+  $("run-density-text").textContent = "integrating the likelihood backwards ...";
+  try {
+    const d = await api("/api/run_density", { run: state.frames.run, grid: 40, steps: 40 });
+    probe.runDensity = d;
+    const canvas = $("run-density-view");
+    drawDensity(canvas.getContext("2d"), canvas, d.log_density, d.grid);
+    $("run-density-text").textContent = `run ${d.run}: mass over the window ${d.mass.toFixed(3)} (server ${d.compute_ms.toFixed(0)} ms)`;
+  } catch (e) {
+    $("run-density-text").textContent = String(e.message || e);
+  }
+}
+async function computeRunTrajectory() {
+  if (!state.start || state.mode !== "run") return;
+  try {
+    const tr = await api("/api/run_trajectory", { run: state.frames.run, start: state.start, steps: 100 });
+    tr.log_density_exact = null;
+    state.trajectory = tr;
+    probe.trajectory = tr;
+    const end = tr.log_density[tr.log_density.length - 1];
+    $("lnrho-error").textContent = `run: ln p at t = 1 forward ${end.toFixed(4)}, engine likelihood (backward) ${tr.log_density_backward.toFixed(4)}`;
+    redraw();
+  } catch (e) {
+    setStatus(String(e.message || e), true);
+  }
+}
+
 async function showRun() {
   const run = $("run").value;
   if (!run) return;
   setStatus(`loading run ${run} ...`);
   try {
-    const frames = await api("/api/run_view", { run, n_particles: Number($("n-particles").value), grid: 40, frames: 51, seed: 0 });
+    const frames = await api("/api/run_view", { run, n_particles: Number($("n-particles").value), grid: 40, frames: 51, seed: 0, sampler: $("run-sampler").value });
     state.frames = frames;
     state.mode = "run";
     state.trajectory = null;
@@ -465,6 +660,11 @@ async function refreshOptions() {
   fill("path", state.options.paths);
   fill("scheduler", state.options.schedulers);
   fill("coupling", state.options.couplings);
+  fill("source", state.options.sources);
+  fill("ms-schedule", state.options.schedules);
+  fill("ms-sampler", state.options.samplers);
+  fill("flow-sampler", state.options.flow_samplers);
+  fill("run-sampler", state.options.samplers.slice().reverse());
   fill("run", state.options.runs, '<option value="">(none)</option>');
 }
 
@@ -530,6 +730,7 @@ async function train() {
   const body = {
     client,
     target: targetSpec(),
+    source: { kind: $("source").value },
     path: pathSpec(),
     coupling: $("coupling").value,
     epsilon: Number($("epsilon").value),
@@ -637,6 +838,7 @@ $("view").addEventListener("mousedown", (event) => {
   }
   state.start = canvasPoint($("view"), event);
   if (state.mode === "closed") computeTrajectory();
+  else computeRunTrajectory();
 });
 $("view").addEventListener("mousemove", (event) => painting && paint(event));
 window.addEventListener("mouseup", () => {
@@ -659,7 +861,7 @@ $("clear-brush").addEventListener("click", () => {
 $("t").addEventListener("input", () => setT(Number($("t").value)));
 $("play").addEventListener("click", play);
 $("compute").addEventListener("click", computeFlow);
-["target", "path", "scheduler", "sigma"].forEach((id) =>
+["target", "path", "scheduler", "sigma", "flow-sampler"].forEach((id) =>
   $(id).addEventListener("change", () => {
     if ($("target").value === "drawn" && !state.drawn.length) {
       setStatus("draw a target: tick brush and paint on the main view");
@@ -669,8 +871,11 @@ $("compute").addEventListener("click", computeFlow);
     if (id === "target") computeCouplings();
   }),
 );
-["show-density", "show-field", "show-particles", "color-div", "show-trajectories"].forEach((id) => $(id).addEventListener("change", redraw));
+["show-density", "show-field", "streamlines", "show-particles", "color-div", "show-trajectories"].forEach((id) => $(id).addEventListener("change", redraw));
 $("new-batch").addEventListener("click", computeCouplings);
+$("coupling-epsilon").addEventListener("change", computeCouplings);
+$("ms-run").addEventListener("click", computeModeSeeking);
+$("run-density").addEventListener("click", computeRunDensity);
 $("show-run").addEventListener("click", showRun);
 $("train").addEventListener("click", train);
 $("stop").addEventListener("click", stopTraining);
@@ -687,6 +892,7 @@ $("export").addEventListener("click", () => {
     $("target").value = "8gaussians";
     await computeFlow();
     await computeCouplings();
+    await computeModeSeeking();
     if (state.options.initial_run) {
       $("run").value = state.options.initial_run;
       await showRun();

@@ -3,7 +3,9 @@
 //! One page (HTML, JavaScript on plain canvases, CSS), built into the binary with `include_str!`, and a JSON
 //! API: closed-form views of Gaussian-mixture targets under any path ([`views`]), live training with the
 //! real engine streamed as server-sent events ([`training`]), and the learned field of trained runs chosen
-//! by name from the runs folder ([`runs`]). Every endpoint validates its input and refuses with a 4xx JSON
+//! by name from the runs folder with their learned log-density and a trajectory's `ln rho` ([`runs`]), and
+//! mode-seeking guidance on closed-form fields and runs, with Hutchinson's spread and the estimators' measured
+//! cost ([`mode_seeking`]). Every endpoint validates its input and refuses with a 4xx JSON
 //! answer naming the field ([`error`]); bodies are limited to [`MAX_BODY_BYTES`]; nothing from the page
 //! reaches a shell or names a file.
 //!
@@ -11,6 +13,7 @@
 //! keeps answering while they run.
 
 pub mod error;
+pub mod mode_seeking;
 pub mod runs;
 pub mod training;
 pub mod views;
@@ -103,6 +106,9 @@ pub fn router(config: ServerConfig) -> (Router, Arc<AppState>) {
         .route("/api/trajectory", post(trajectory))
         .route("/api/coupling", post(coupling))
         .route("/api/run_view", post(run_view))
+        .route("/api/run_density", post(run_density))
+        .route("/api/run_trajectory", post(run_trajectory))
+        .route("/api/mode_seeking", post(mode_seeking))
         .route("/api/train", post(train))
         .route("/api/train/stop", post(stop_training))
         .fallback(|| async {
@@ -145,6 +151,10 @@ async fn options(State(state): Shared) -> Json<serde_json::Value> {
         "paths": views::PATHS,
         "schedulers": views::SCHEDULERS,
         "couplings": training::COUPLINGS,
+        "sources": training::SOURCES,
+        "samplers": mode_seeking::SAMPLERS,
+        "flow_samplers": views::FLOW_SAMPLERS,
+        "schedules": mode_seeking::SCHEDULES,
         "runs": runs,
         "initial_run": state.config.initial_run,
         "window": views::WINDOW,
@@ -199,6 +209,39 @@ async fn run_view(
     let runs_dir = state.config.runs_dir.clone();
     Ok(Json(
         compute(&state, move || runs::run_frames(&runs_dir, &request)).await?,
+    ))
+}
+
+async fn run_density(
+    State(state): Shared,
+    body: Result<Json<runs::RunDensityRequest>, JsonRejection>,
+) -> Result<Json<runs::RunDensity>, ApiError> {
+    let Json(request) = body?;
+    let runs_dir = state.config.runs_dir.clone();
+    Ok(Json(
+        compute(&state, move || runs::run_density(&runs_dir, &request)).await?,
+    ))
+}
+
+async fn run_trajectory(
+    State(state): Shared,
+    body: Result<Json<runs::RunTrajectoryRequest>, JsonRejection>,
+) -> Result<Json<runs::RunTrajectory>, ApiError> {
+    let Json(request) = body?;
+    let runs_dir = state.config.runs_dir.clone();
+    Ok(Json(
+        compute(&state, move || runs::run_trajectory(&runs_dir, &request)).await?,
+    ))
+}
+
+async fn mode_seeking(
+    State(state): Shared,
+    body: Result<Json<mode_seeking::ModeSeekingRequest>, JsonRejection>,
+) -> Result<Json<mode_seeking::ModeSeekingView>, ApiError> {
+    let Json(request) = body?;
+    let runs_dir = state.config.runs_dir.clone();
+    Ok(Json(
+        compute(&state, move || mode_seeking::mode_seeking(&runs_dir, &request)).await?,
     ))
 }
 

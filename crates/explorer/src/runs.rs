@@ -1,18 +1,26 @@
 //! Trained runs, chosen by name from the runs folder (never by a path from the page): the names the page may
 //! pick, and the learned field `v_theta` of one as frames of particles, arrows and divergences, in the same
-//! layout as the closed-form views.
+//! layout as the closed-form views; its learned log-density `ln p_theta(x)` on a grid (the engine's
+//! likelihood); and one trajectory with `ln rho` along it, checked against the engine's backward likelihood.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ferroflow_engine::config::RunConfig;
+use ferroflow_engine::likelihood::{
+    GaussianSource, LikelihoodError, LikelihoodSettings, log_likelihood_with,
+};
 use ferroflow_engine::sample::TrainedFlow;
+use ferroflow_models::DivergenceEstimator;
+use ferroflow_models::autograd::divergence_exact;
 use ferroflow_solvers::{Method, OdeOptions};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::error::{ApiError, check_range};
-use crate::views::{WINDOW, frame_times, grid_points, source_points};
+use crate::error::{ApiError, check_range, check_real};
+use crate::views::{WINDOW, frame_times, grid_points};
 
 /// The longest run name accepted.
 pub const MAX_RUN_NAME: usize = 120;
@@ -90,6 +98,13 @@ pub struct RunViewRequest {
     /// Seed of the particles.
     #[serde(default)]
     pub seed: u64,
+    /// The sampler pushing the particles, `euler` or `midpoint` (default), two steps per frame interval.
+    #[serde(default = "default_sampler")]
+    pub sampler: String,
+}
+
+fn default_sampler() -> String {
+    "midpoint".into()
 }
 
 /// Frames of a trained run's learned field (the layout of [`crate::views::FlowFrames`], without a density).
@@ -124,6 +139,18 @@ fn flat(tensor: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(&tensor.to_kind(Kind::Float).contiguous().view([-1])).unwrap_or_default()
 }
 
+/// `n_points` points of a run's source (its data set, N(0, I) unless the run chose another), drawn with `seed`.
+pub fn run_source(flow: &TrainedFlow, n_points: usize, seed: u64) -> Tensor {
+    let points = flow
+        .config
+        .data
+        .source
+        .sample(n_points, &mut ChaCha8Rng::seed_from_u64(seed));
+    Tensor::from_slice(&points)
+        .view([n_points as i64, 2])
+        .to_device(flow.device())
+}
+
 /// `div v_theta(x, t)` for a batch by central differences.
 fn divergence(flow: &TrainedFlow, x: &Tensor, t: f64) -> Tensor {
     const STEP: f64 = 1e-2;
@@ -144,16 +171,13 @@ pub fn run_frames(runs_dir: &Path, request: &RunViewRequest) -> Result<RunFrames
     let n_particles = check_range("n_particles", request.n_particles, 1, 5_000)?;
     let grid = check_range("grid", request.grid, 2, 64)?;
     let frames = check_range("frames", request.frames, 2, 201)?;
+    let method = crate::mode_seeking::sampler("sampler", &request.sampler)?;
     let dir = run_dir(runs_dir, &request.run)?;
     let flow = TrainedFlow::load(&dir).map_err(|e| ApiError::Internal(format!("{e:#}")))?;
     let times = frame_times(frames);
-    let x0 = tensor_of(&source_points(n_particles, request.seed)).to_device(flow.device());
+    let x0 = run_source(&flow, n_particles, request.seed);
     let solution = flow
-        .integrate(
-            x0,
-            &OdeOptions::fixed(Method::Midpoint, 2 * (frames - 1)),
-            Some(&times),
-        )
+        .integrate(x0, &OdeOptions::fixed(method, 2 * (frames - 1)), Some(&times))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let grid_x = tensor_of(&grid_points(grid)).to_device(flow.device());
     let mut out = RunFrames {
@@ -174,5 +198,173 @@ pub fn run_frames(runs_dir: &Path, request: &RunViewRequest) -> Result<RunFrames
         out.field.push(flat(&flow.velocity(&grid_x, t)));
     }
     out.compute_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(out)
+}
+
+/// A likelihood that cannot be computed for this run (a non-Gaussian source) is the request's fault (`run`);
+/// any other failure is the server's.
+fn likelihood_error(run: &str, error: LikelihoodError) -> ApiError {
+    match error {
+        LikelihoodError::UnsupportedSource { .. } => ApiError::invalid("run", format!("run {run}: {error}")),
+        other => ApiError::Internal(format!("run {run}: {other}")),
+    }
+}
+
+/// A request for a trained run's learned log-density `ln p_theta(x)` at t = 1 on a grid.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunDensityRequest {
+    /// The run's name under the runs folder.
+    pub run: String,
+    /// Cells per side of the window, 2..=64.
+    pub grid: i64,
+    /// Midpoint steps of the backward solve, 2..=200.
+    pub steps: i64,
+}
+
+/// `ln p_theta(x)` of a trained run at the cell centres of a grid over the window.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunDensity {
+    /// The run.
+    pub run: String,
+    /// Half width of the window.
+    pub window: f64,
+    /// Cells per side.
+    pub grid: usize,
+    /// `ln p_theta` at the cell centres `[grid^2]`, rows from the bottom, by the engine's likelihood
+    /// (`ln p0(x0) - int_0^1 div v_theta dt`, exact divergence, integrated backwards from t = 1).
+    pub log_density: Vec<f64>,
+    /// The probability mass inside the window, `sum exp(ln p) * cell area` (close to 1 when the window holds
+    /// the learned distribution and the grid resolves it).
+    pub mass: f64,
+    /// Milliseconds the server spent.
+    pub compute_ms: f64,
+}
+
+/// Computes a trained run's learned log-density on a grid.
+pub fn run_density(runs_dir: &Path, request: &RunDensityRequest) -> Result<RunDensity, ApiError> {
+    let started = Instant::now();
+    let grid = check_range("grid", request.grid, 2, 64)?;
+    let steps = check_range("steps", request.steps, 2, 200)?;
+    let dir = run_dir(runs_dir, &request.run)?;
+    let flow = TrainedFlow::load(&dir).map_err(|e| ApiError::Internal(format!("{e:#}")))?;
+    let points = tensor_of(&grid_points(grid));
+    let likelihood = log_likelihood_with(
+        &flow,
+        &points,
+        &LikelihoodSettings::new(DivergenceEstimator::Exact, 0),
+        &OdeOptions::fixed(Method::Midpoint, steps),
+    )
+    .map_err(|e| likelihood_error(&request.run, e))?;
+    let log_density = likelihood.log_density.to_vec();
+    let cell = 2.0 * WINDOW / grid as f64;
+    let mass = log_density.iter().map(|l| l.exp()).sum::<f64>() * cell * cell;
+    Ok(RunDensity {
+        run: request.run.clone(),
+        window: WINDOW,
+        grid,
+        log_density,
+        mass,
+        compute_ms: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// A request for one trajectory of a trained run with `ln rho` along it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunTrajectoryRequest {
+    /// The run's name under the runs folder.
+    pub run: String,
+    /// The start point at t = 0, inside the window.
+    pub start: [f64; 2],
+    /// RK4 steps over [0, 1], 4..=1000.
+    pub steps: i64,
+}
+
+/// One trajectory of the learned field with the log-density along it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunTrajectory {
+    /// Times `k / steps`.
+    pub t: Vec<f64>,
+    /// Positions `[len * 2]`.
+    pub points: Vec<f64>,
+    /// `ln rho_t(x_t) = ln p0(x0) - int_0^t div v_theta(x_s, s) ds`, integrated with the position (RK4,
+    /// exact divergence by autograd).
+    pub log_density: Vec<f64>,
+    /// `div v_theta(x_t, t)`.
+    pub divergence: Vec<f64>,
+    /// The engine's likelihood of the end point (integrated backwards, the same steps): agrees with the
+    /// last `log_density` up to the solvers' errors.
+    pub log_density_backward: f64,
+}
+
+/// Integrates one trajectory of a trained run forward with its log-density.
+pub fn run_trajectory(runs_dir: &Path, request: &RunTrajectoryRequest) -> Result<RunTrajectory, ApiError> {
+    for (axis, &value) in request.start.iter().enumerate() {
+        check_real(&format!("start[{axis}]"), value, -WINDOW, WINDOW)?;
+    }
+    let steps = check_range("steps", request.steps, 4, 1_000)?;
+    let dir = run_dir(runs_dir, &request.run)?;
+    let flow = TrainedFlow::load(&dir).map_err(|e| ApiError::Internal(format!("{e:#}")))?;
+    let source = GaussianSource::of(&flow.config.data.source)
+        .map_err(|e| ApiError::invalid("run", format!("run {}: {e}", request.run)))?;
+    let internal = |e: ferroflow_models::ModelError| ApiError::Internal(e.to_string());
+    // The state (x, y, ln rho) in f64; the network sees f32.
+    let derivative = |t: f64, state: [f64; 3]| -> Result<[f64; 3], ApiError> {
+        let x = tensor_of(&[[state[0], state[1]]]).to_device(flow.device());
+        let (velocity, divergence) =
+            divergence_exact(|x| flow.velocity_with_grad(x, t), &x, false).map_err(internal)?;
+        let velocity = flat(&velocity);
+        let divergence = flat(&divergence);
+        Ok([
+            f64::from(velocity[0]),
+            f64::from(velocity[1]),
+            -f64::from(divergence[0]),
+        ])
+    };
+    let [x, y] = request.start;
+    let start_tensor = Tensor::from_slice(&[x, y]).view([1, 2]);
+    let log_density_start = Vec::<f64>::try_from(&source.log_density(&start_tensor)).unwrap_or_default();
+    let mut state = [x, y, log_density_start.first().copied().unwrap_or(f64::NAN)];
+    let dt = 1.0 / steps as f64;
+    let mut out = RunTrajectory {
+        t: Vec::with_capacity(steps + 1),
+        points: Vec::with_capacity(2 * steps + 2),
+        log_density: Vec::with_capacity(steps + 1),
+        divergence: Vec::with_capacity(steps + 1),
+        log_density_backward: f64::NAN,
+    };
+    for step in 0..=steps {
+        let t = step as f64 * dt;
+        let k1 = derivative(t, state)?;
+        out.t.push(t);
+        out.points.extend([state[0], state[1]]);
+        out.log_density.push(state[2]);
+        out.divergence.push(-k1[2]);
+        if step == steps {
+            break;
+        }
+        let shifted = |k: [f64; 3], h: f64| [state[0] + h * k[0], state[1] + h * k[1], state[2] + h * k[2]];
+        let k2 = derivative(t + 0.5 * dt, shifted(k1, 0.5 * dt))?;
+        let k3 = derivative(t + 0.5 * dt, shifted(k2, 0.5 * dt))?;
+        let k4 = derivative(t + dt, shifted(k3, dt))?;
+        for axis in 0..3 {
+            state[axis] += dt / 6.0 * (k1[axis] + 2.0 * k2[axis] + 2.0 * k3[axis] + k4[axis]);
+        }
+    }
+    if !state.iter().all(|v| v.is_finite()) {
+        return Err(ApiError::Internal(
+            "the trajectory left the finite numbers".into(),
+        ));
+    }
+    let end = tensor_of(&[[state[0], state[1]]]);
+    let backward = log_likelihood_with(
+        &flow,
+        &end,
+        &LikelihoodSettings::new(DivergenceEstimator::Exact, 0),
+        &OdeOptions::fixed(Method::Rk4, steps),
+    )
+    .map_err(|e| likelihood_error(&request.run, e))?;
+    out.log_density_backward = backward.log_density[0];
     Ok(out)
 }

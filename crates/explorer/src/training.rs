@@ -16,15 +16,18 @@ use ferroflow_coupling::{CouplingConfig, IndependentOrder, SinkhornConfig, Solve
 use ferroflow_engine::config::{
     DataSection, ModelSection, RunConfig, RunSection, SampleSection, TrainSection,
 };
+use ferroflow_engine::data::Dataset;
 use ferroflow_engine::error::TrainError;
 use ferroflow_engine::train::FlowModel;
 use ferroflow_engine::train::observe::{Journal, Observer, StepInfo};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 use tokio::sync::mpsc;
 
 use crate::error::{ApiError, check_range, check_real};
-use crate::views::{PathSpec, TargetSpec, source_points};
+use crate::views::{PathSpec, TargetSpec};
 
 /// The shortest interval between two progress events (10 a second).
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(100);
@@ -34,6 +37,16 @@ pub const SNAPSHOT_EVERY: Duration = Duration::from_millis(400);
 pub const SNAPSHOT_POINTS: usize = 400;
 /// Euler steps of a sample snapshot.
 pub const SNAPSHOT_STEPS: usize = 16;
+/// The sources the page offers for training (the data sets; a drawn set is a target only).
+pub const SOURCES: [&str; 7] = [
+    "gaussian",
+    "8gaussians",
+    "moons",
+    "scurve",
+    "ring",
+    "checkerboard",
+    "mixtures",
+];
 /// The couplings the page offers.
 pub const COUPLINGS: [&str; 3] = ["independent", "exact_ot", "sinkhorn"];
 
@@ -43,8 +56,12 @@ pub const COUPLINGS: [&str; 3] = ["independent", "exact_ot", "sinkhorn"];
 pub struct TrainRequest {
     /// The page's client id (8 to 64 letters, digits, `-` or `_`): one training per client at a time.
     pub client: String,
-    /// The target (the source is N(0, I)).
+    /// The target.
     pub target: TargetSpec,
+    /// The source, one of [`SOURCES`] (default `gaussian`, N(0, I)). The engine trains from any of them
+    /// (not with the `one_sided` path, which needs N(0, I)); the likelihood views need a Gaussian source.
+    #[serde(default = "gaussian_source")]
+    pub source: TargetSpec,
     /// The path.
     pub path: PathSpec,
     /// One of [`COUPLINGS`].
@@ -66,6 +83,13 @@ pub struct TrainRequest {
     /// The run's seed.
     #[serde(default)]
     pub seed: u64,
+}
+
+fn gaussian_source() -> TargetSpec {
+    TargetSpec {
+        kind: "gaussian".into(),
+        points: Vec::new(),
+    }
 }
 
 fn default_epsilon() -> f64 {
@@ -97,6 +121,23 @@ impl TrainRequest {
     pub fn run_config(&self, runs_dir: &Path) -> Result<RunConfig, ApiError> {
         check_client(&self.client)?;
         let target = self.target.dataset("target")?;
+        if !SOURCES.contains(&self.source.kind.as_str()) {
+            return Err(ApiError::invalid(
+                "source.kind",
+                format!(
+                    "unknown source `{}`; allowed: {}",
+                    self.source.kind,
+                    SOURCES.join(", ")
+                ),
+            ));
+        }
+        let source = self.source.dataset("source")?;
+        if self.path.kind == "one_sided" && self.source.kind != "gaussian" {
+            return Err(ApiError::invalid(
+                "source.kind",
+                "the one_sided path needs the gaussian source N(0, I)",
+            ));
+        }
         let mut flow = self.path.flow_section("path")?;
         flow.coupling = match self.coupling.as_str() {
             "independent" => CouplingConfig::Independent {
@@ -141,7 +182,7 @@ impl TrainRequest {
         let config = RunConfig {
             run,
             data: DataSection {
-                source: Default::default(),
+                source,
                 target,
                 manifold: None,
             },
@@ -221,12 +262,9 @@ pub struct StreamObserver {
 }
 
 impl StreamObserver {
-    /// An observer that sends into `events`; snapshots start from points drawn with `seed`.
-    pub fn new(events: mpsc::Sender<TrainEvent>, seed: u64) -> Self {
-        let points: Vec<f32> = source_points(SNAPSHOT_POINTS, seed)
-            .into_iter()
-            .flat_map(|p| [p[0] as f32, p[1] as f32])
-            .collect();
+    /// An observer that sends into `events`; snapshots start from points of `source` drawn with `seed`.
+    pub fn new(events: mpsc::Sender<TrainEvent>, source: &Dataset, seed: u64) -> Self {
+        let points = source.sample(SNAPSHOT_POINTS, &mut ChaCha8Rng::seed_from_u64(seed));
         Self {
             events,
             started: Instant::now(),
@@ -310,7 +348,7 @@ pub fn run_training(config: RunConfig, stop: Arc<AtomicBool>, events: mpsc::Send
         run: run.clone(),
         total: config.train.steps,
     });
-    let mut observer = StreamObserver::new(events.clone(), config.run.seed);
+    let mut observer = StreamObserver::new(events.clone(), &config.data.source, config.run.seed);
     let result = ferroflow_engine::run::train_new(&config, &mut [&mut observer], Some(&stop));
     let message = result.as_ref().err().map(|e| format!("{e:#}"));
     let _ = events.blocking_send(TrainEvent::Finished {

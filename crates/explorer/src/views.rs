@@ -1,18 +1,27 @@
 //! The closed-form views, computed on the server from the math crates: the marginal field of a Gaussian
 //! mixture target under a chosen path (particles pushed by it, its arrows on a grid, the density rho_t as a
 //! heat map, div v along the particles), the Lagrangian log-density along one trajectory next to the closed
-//! form, and a minibatch's independent and exact-OT couplings with their crossing segments.
+//! form, and a minibatch's independent, exact-OT and Sinkhorn couplings with their crossing segments.
 //!
 //! Targets with a closed form (gaussian, 8gaussians, mixtures) are used exactly; the others (moons, scurve,
 //! ring, checkerboard, a drawn target) are replaced by a Gaussian kernel density estimate of their samples,
 //! itself a Gaussian mixture, so every view is exact for the (smoothed) target it names. The marginal velocity
 //! is singular at t = 1 for paths without noise there, so fields are evaluated at `min(t, T_MAX)`.
+//!
+//! The frames of the marginal views evaluate the same closed forms in batched f64 tensor operations (the
+//! guidance crate's `MixtureVelocity`, its divergence by autograd), checked against the paths crate's
+//! per-point `MixtureMarginal` in the tests; the single trajectory uses the per-point form directly.
 
 use std::time::Instant;
 
-use ferroflow_coupling::{AssignmentSolver, Jv, squared_euclidean};
+use ferroflow_coupling::{
+    AssignmentSolver, CostScaling, CouplingConfig, Jv, SinkhornConfig, squared_euclidean,
+};
 use ferroflow_engine::config::{FlowSection, PathKind};
 use ferroflow_engine::data::{Dataset, MixtureSpec};
+use ferroflow_engine::sample::integrate_unit_interval;
+use ferroflow_guidance::MixtureVelocity;
+use ferroflow_models::autograd::divergence_exact;
 use ferroflow_paths::{ConditionalPath, GaussianMixture, MixtureMarginal, SchedulerKind};
 use ferroflow_solvers::{Method, OdeOptions, solve_with_trajectory};
 use ndarray::{Array1, Array2, Array3};
@@ -20,6 +29,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 
 use crate::error::{ApiError, check_range, check_real};
 
@@ -337,6 +347,92 @@ impl Marginal {
     }
 }
 
+/// The closed-form marginal of a request in batched f64 tensor operations, in chunks of rows small enough
+/// that a many-component target (a drawn one has up to 2,000) keeps its intermediates near 16 MB.
+struct BatchedMarginal {
+    field: MixtureVelocity<Box<dyn ConditionalPath + Send + Sync>>,
+    t_min: f64,
+    chunk_rows: i64,
+}
+
+impl BatchedMarginal {
+    fn new(request: &FlowRequest, t_min: f64) -> Result<Self, ApiError> {
+        let (mixture, _) = request.target.mixture("target", request.seed)?;
+        let path = request
+            .path
+            .flow_section("path")?
+            .build_path()
+            .map_err(|e| ApiError::invalid("path", e.to_string()))?;
+        let chunk_rows = (1_000_000 / mixture.n_components().max(1)).max(1) as i64;
+        let field =
+            MixtureVelocity::new(&mixture, path, 1.0).map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(Self {
+            field,
+            t_min,
+            chunk_rows,
+        })
+    }
+
+    fn chunked(&self, x: &Tensor, mut f: impl FnMut(&Tensor) -> Tensor) -> Tensor {
+        let parts: Vec<Tensor> = x.split(self.chunk_rows, 0).iter().map(&mut f).collect();
+        Tensor::cat(&parts, 0)
+    }
+
+    /// `v*(x, t)` with `t` clamped to the regular times; NaN where the closed form refuses (never at them).
+    fn velocity(&self, x: &Tensor, t: f64) -> Tensor {
+        let t = t.clamp(self.t_min, T_MAX);
+        self.chunked(x, |rows| {
+            self.field
+                .velocity(rows, t)
+                .unwrap_or_else(|_| rows.full_like(f64::NAN))
+        })
+    }
+
+    /// `div v*(x, t)` by autograd (two vector-Jacobian products per chunk).
+    fn divergence(&self, x: &Tensor, t: f64) -> Result<Tensor, ApiError> {
+        let t = t.clamp(self.t_min, T_MAX);
+        let mut failure = None;
+        let out = self.chunked(x, |rows| {
+            match divergence_exact(
+                |x| {
+                    self.field
+                        .velocity(x, t)
+                        .unwrap_or_else(|_| x.full_like(f64::NAN))
+                },
+                rows,
+                false,
+            ) {
+                Ok((_, divergence)) => divergence.detach(),
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    rows.select(1, 0).full_like(f64::NAN)
+                }
+            }
+        });
+        match failure {
+            Some(message) => Err(ApiError::Internal(message)),
+            None => Ok(out),
+        }
+    }
+
+    /// `ln rho_t(x)`; -inf where the closed form refuses.
+    fn log_density(&self, x: &Tensor, t: f64) -> Tensor {
+        let t = t.clamp(0.0, 1.0);
+        tch::no_grad(|| {
+            self.chunked(x, |rows| {
+                self.field
+                    .log_density(rows, t)
+                    .unwrap_or_else(|_| rows.select(1, 0).full_like(f64::NEG_INFINITY))
+            })
+        })
+    }
+}
+
+fn points_tensor(points: &[[f64; 2]]) -> Tensor {
+    let flat: Vec<f64> = points.iter().flat_map(|p| [p[0], p[1]]).collect();
+    Tensor::from_slice(&flat).view([points.len() as i64, 2])
+}
+
 /// A request for the marginal views over time.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -356,7 +452,18 @@ pub struct FlowRequest {
     /// Seed of the particles and of a kernel density estimate's samples.
     #[serde(default)]
     pub seed: u64,
+    /// The method pushing the particles, one of [`FLOW_SAMPLERS`] (default `rk4`), two steps per frame
+    /// interval: Euler's and the midpoint method's discretisation error shows against RK4.
+    #[serde(default = "default_flow_sampler")]
+    pub sampler: String,
 }
+
+fn default_flow_sampler() -> String {
+    "rk4".into()
+}
+
+/// The methods that may push the particles of the closed-form views.
+pub const FLOW_SAMPLERS: [&str; 3] = ["rk4", "midpoint", "euler"];
 
 /// Precomputed frames of the marginal views: the page redraws any `t` from these without a request.
 #[derive(Clone, Debug, Serialize)]
@@ -424,27 +531,35 @@ pub fn flow_frames(request: &FlowRequest) -> Result<FlowFrames, ApiError> {
     let grid = check_range("grid", request.grid, 2, 64)?;
     let density_grid = check_range("density_grid", request.density_grid, 2, 128)?;
     let frames = check_range("frames", request.frames, 2, 201)?;
+    let method = match request.sampler.as_str() {
+        "rk4" => Method::Rk4,
+        "midpoint" => Method::Midpoint,
+        "euler" => Method::Euler,
+        other => {
+            return Err(ApiError::invalid(
+                "sampler",
+                format!("unknown sampler `{other}`; allowed: {}", FLOW_SAMPLERS.join(", ")),
+            ));
+        }
+    };
     let marginal = Marginal::new(&request.target, &request.path, request.seed)?;
     let times = frame_times(frames);
 
+    // The same closed forms in batched tensor operations (the guidance crate's `MixtureVelocity`, f64): one
+    // call per batch instead of one per point, and the divergence by autograd instead of four more calls.
+    let field = BatchedMarginal::new(request, marginal.t_min)?;
     let start = source_points(n_particles, request.seed);
-    let x0 = Array2::from_shape_fn((n_particles, 2), |(row, axis)| start[row][axis]);
-    let mut field = |t: f64, x: &Array2<f64>| -> Result<Array2<f64>, ferroflow_solvers::SolverError> {
-        let mut out = Array2::zeros(x.raw_dim());
-        for (row, mut out_row) in out.outer_iter_mut().enumerate() {
-            let velocity = marginal.velocity([x[[row, 0]], x[[row, 1]]], t);
-            out_row[0] = velocity[0];
-            out_row[1] = velocity[1];
-        }
-        Ok(out)
+    let x0 = points_tensor(&start);
+    let mut velocity = |t: f64, x: &Tensor| -> Result<Tensor, ferroflow_solvers::SolverError> {
+        Ok(tch::no_grad(|| field.velocity(x, t)))
     };
-    // Two RK4 steps per frame interval: the particles are drawn, not measured, so this is plenty.
-    let options = OdeOptions::fixed(Method::Rk4, 2 * (frames - 1));
-    let solution = solve_with_trajectory(&mut field, x0, &times, &options)
+    // Two steps per frame interval: with RK4 the particles are drawn, not measured, so this is plenty.
+    let options = OdeOptions::fixed(method, 2 * (frames - 1));
+    let solution = integrate_unit_interval(&mut velocity, x0, &options, Some(&times))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
 
-    let grid_xs = grid_points(grid);
-    let density_xs = grid_points(density_grid);
+    let grid_x = points_tensor(&grid_points(grid));
+    let density_x = points_tensor(&grid_points(density_grid));
     let mut out = FlowFrames {
         t: times.clone(),
         window: WINDOW,
@@ -458,28 +573,24 @@ pub fn flow_frames(request: &FlowRequest) -> Result<FlowFrames, ApiError> {
         log_density: Vec::with_capacity(frames),
         compute_ms: 0.0,
     };
+    let shorts = |tensor: &Tensor| -> Result<Vec<f32>, ApiError> {
+        let values = Vec::<f64>::try_from(&tensor.detach().contiguous().view([-1]))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if values.iter().any(|v| v.is_nan()) {
+            return Err(ApiError::Internal(
+                "the closed-form field is not finite here".into(),
+            ));
+        }
+        Ok(values.into_iter().map(short).collect())
+    };
     for (&t, positions) in times.iter().zip(&solution.trajectory) {
         out.coefficients.push(marginal.coefficients(t));
-        out.particles.push(positions.iter().map(|&v| short(v)).collect());
-        out.divergence.push(
-            positions
-                .outer_iter()
-                .map(|p| short(marginal.divergence([p[0], p[1]], t)))
-                .collect(),
-        );
-        out.field.push(
-            grid_xs
-                .iter()
-                .flat_map(|&x| marginal.velocity(x, t))
-                .map(short)
-                .collect(),
-        );
-        out.log_density.push(
-            density_xs
-                .iter()
-                .map(|&x| short(marginal.log_density(x, t).max(-1e4)))
-                .collect(),
-        );
+        out.particles.push(shorts(positions)?);
+        out.divergence.push(shorts(&field.divergence(positions, t)?)?);
+        out.field
+            .push(shorts(&tch::no_grad(|| field.velocity(&grid_x, t)))?);
+        out.log_density
+            .push(shorts(&field.log_density(&density_x, t).clamp_min(-1e4))?);
     }
     out.compute_ms = started.elapsed().as_secs_f64() * 1e3;
     Ok(out)
@@ -581,9 +692,18 @@ pub struct CouplingRequest {
     /// Seed of the minibatch.
     #[serde(default)]
     pub seed: u64,
+    /// Sinkhorn's entropic regularisation, in `[1e-3, 10]`, relative to the batch's largest squared distance
+    /// (the training coupling's cost scaling, so it means what `epsilon` of a training means); default 0.05.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
 }
 
-/// A minibatch paired independently (row i with row i) and by exact optimal transport.
+fn default_epsilon() -> f64 {
+    0.05
+}
+
+/// A minibatch paired independently (row i with row i), by exact optimal transport, and by pairs drawn from
+/// the entropic (Sinkhorn) plan as training draws them.
 #[derive(Clone, Debug, Serialize)]
 pub struct Couplings {
     /// Source points `[n * 2]`.
@@ -601,11 +721,22 @@ pub struct Couplings {
     pub cost_independent: f64,
     /// Mean squared length of the OT pairs.
     pub cost_ot: f64,
+    /// The regularisation used.
+    pub epsilon: f64,
+    /// Sinkhorn pairs (drawn with replacement from the plan): source rows.
+    pub sinkhorn_source: Vec<usize>,
+    /// Sinkhorn pairs: target rows.
+    pub sinkhorn_target: Vec<usize>,
+    /// Crossing pairs of segments of the Sinkhorn pairs.
+    pub crossings_sinkhorn: usize,
+    /// Mean squared length of the Sinkhorn pairs.
+    pub cost_sinkhorn: f64,
 }
 
 /// Draws a minibatch and couples it both ways.
 pub fn couplings(request: &CouplingRequest) -> Result<Couplings, ApiError> {
     let n_pairs = check_range("n_pairs", request.n_pairs, 2, 1_024)?;
+    let epsilon = check_real("epsilon", request.epsilon, 1e-3, 10.0)?;
     let dataset = request.target.dataset("target")?;
     let mut rng = ChaCha8Rng::seed_from_u64(request.seed);
     let x1_f32 = dataset.sample(n_pairs, &mut rng);
@@ -616,25 +747,40 @@ pub fn couplings(request: &CouplingRequest) -> Result<Couplings, ApiError> {
     let assignment = Jv::default()
         .solve(cost.view())
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let sinkhorn = CouplingConfig::Sinkhorn {
+        sinkhorn: SinkhornConfig {
+            reg: epsilon,
+            ..SinkhornConfig::default()
+        },
+        scaling: CostScaling::default(),
+    }
+    .build()
+    .and_then(|coupling| coupling.pair(x0.view(), x1.view(), &mut rng))
+    .map_err(|e| ApiError::Internal(format!("sinkhorn: {e}")))?;
     let identity: Vec<usize> = (0..n_pairs).collect();
-    let segments = |perm: &[usize]| -> Vec<[[f64; 2]; 2]> {
-        perm.iter()
-            .enumerate()
-            .map(|(row, &col)| [[x0[[row, 0]], x0[[row, 1]]], [x1[[col, 0]], x1[[col, 1]]]])
+    let segments = |rows: &[usize], cols: &[usize]| -> Vec<[[f64; 2]; 2]> {
+        rows.iter()
+            .zip(cols)
+            .map(|(&row, &col)| [[x0[[row, 0]], x0[[row, 1]]], [x1[[col, 0]], x1[[col, 1]]]])
             .collect()
     };
-    let mean_cost = |perm: &[usize]| {
-        perm.iter()
-            .enumerate()
-            .map(|(row, &col)| cost[[row, col]])
+    let mean_cost = |rows: &[usize], cols: &[usize]| {
+        rows.iter()
+            .zip(cols)
+            .map(|(&row, &col)| cost[[row, col]])
             .sum::<f64>()
-            / n_pairs as f64
+            / rows.len() as f64
     };
     Ok(Couplings {
-        crossings_independent: count_crossings(&segments(&identity)),
-        crossings_ot: count_crossings(&segments(&assignment.row_to_col)),
-        cost_independent: mean_cost(&identity),
-        cost_ot: mean_cost(&assignment.row_to_col),
+        crossings_independent: count_crossings(&segments(&identity, &identity)),
+        crossings_ot: count_crossings(&segments(&identity, &assignment.row_to_col)),
+        cost_independent: mean_cost(&identity, &identity),
+        cost_ot: mean_cost(&identity, &assignment.row_to_col),
+        epsilon,
+        crossings_sinkhorn: count_crossings(&segments(&sinkhorn.source_idx, &sinkhorn.target_idx)),
+        cost_sinkhorn: mean_cost(&sinkhorn.source_idx, &sinkhorn.target_idx),
+        sinkhorn_source: sinkhorn.source_idx,
+        sinkhorn_target: sinkhorn.target_idx,
         x0: x0.iter().copied().collect(),
         x1: x1.iter().copied().collect(),
         ot: assignment.row_to_col,

@@ -48,6 +48,17 @@ fn flow_request() -> Value {
     })
 }
 
+/// A small mode-seeking request on the closed-form field of 8gaussians under the CondOT path.
+fn mode_seeking_request(lambda: f64, estimator: &str) -> Value {
+    json!({
+        "target": { "kind": "8gaussians" },
+        "path": { "kind": "affine", "scheduler": "cond_ot", "sigma": 0.0 },
+        "lambda": lambda, "estimator": estimator, "probes": 2, "distribution": "rademacher",
+        "schedule": "constant", "t_start": 0.0, "t_end": 1.0, "power": 1.0, "sampler": "euler", "steps": 20,
+        "n_particles": 200, "grid": 6, "t": 0.5, "repeats": 16, "seed": 4
+    })
+}
+
 fn train_request(client: &str, steps: i64) -> Value {
     json!({
         "client": client,
@@ -128,6 +139,17 @@ async fn every_endpoint_refuses_bad_input_and_the_server_serves_on() {
     .await;
     refuses(&app, "/api/flow", &flow, "/grid", json!(0), "grid").await;
     refuses(&app, "/api/flow", &flow, "/frames", json!(100_000), "frames").await;
+    let mut sampled = flow.clone();
+    sampled["sampler"] = json!("euler");
+    refuses(
+        &app,
+        "/api/flow",
+        &sampled,
+        "/sampler",
+        json!("leapfrog"),
+        "sampler",
+    )
+    .await;
     refuses(
         &app,
         "/api/flow",
@@ -227,8 +249,49 @@ async fn every_endpoint_refuses_bad_input_and_the_server_serves_on() {
     refuses(&app, "/api/run_view", &view, "/run", json!("/etc"), "run").await;
     refuses(&app, "/api/run_view", &view, "/run", json!(".hidden"), "run").await;
     refuses(&app, "/api/run_view", &view, "/run", json!("no-such-run"), "run").await;
+    let mut sampled = view.clone();
+    sampled["sampler"] = json!("euler");
+    refuses(
+        &app,
+        "/api/run_view",
+        &sampled,
+        "/sampler",
+        json!("rk45"),
+        "sampler",
+    )
+    .await;
 
     let train = train_request("client-bad-input", 10);
+    let mut sourced = train.clone();
+    sourced["source"] = json!({ "kind": "moons" });
+    refuses(
+        &app,
+        "/api/train",
+        &sourced,
+        "/source/kind",
+        json!("spiral"),
+        "source.kind",
+    )
+    .await;
+    refuses(
+        &app,
+        "/api/train",
+        &sourced,
+        "/source/kind",
+        json!("drawn"),
+        "source.kind",
+    )
+    .await;
+    sourced["path"] = json!({ "kind": "one_sided", "sigma": 0.01 });
+    refuses(
+        &app,
+        "/api/train",
+        &sourced,
+        "/source/kind",
+        json!("8gaussians"),
+        "source.kind",
+    )
+    .await;
     refuses(&app, "/api/train", &train, "/client", json!("x"), "client").await;
     refuses(
         &app,
@@ -275,6 +338,154 @@ async fn every_endpoint_refuses_bad_input_and_the_server_serves_on() {
         "/client",
         json!("nobody-trains"),
         "client",
+    )
+    .await;
+
+    // The mode-seeking panel, on a closed-form field: every field named when refused.
+    let guide = mode_seeking_request(0.5, "exact");
+    for (pointer, value, field) in [
+        ("/lambda", json!(-0.1), "lambda"),
+        ("/lambda", json!(1e6), "lambda"),
+        ("/estimator", json!("sloppy"), "estimator"),
+        ("/probes", json!(0), "probes"),
+        ("/probes", json!(100_000), "probes"),
+        ("/distribution", json!("uniform"), "distribution"),
+        ("/schedule", json!("sawtooth"), "schedule"),
+        ("/sampler", json!("rk45"), "sampler"),
+        ("/steps", json!(0), "steps"),
+        ("/n_particles", json!(10_000_000), "n_particles"),
+        ("/grid", json!(1), "grid"),
+        ("/t", json!(1.5), "t"),
+        ("/repeats", json!(1), "repeats"),
+        ("/target/kind", json!("spiral"), "target.kind"),
+        ("/path/sigma", json!(9.0), "path.sigma"),
+    ] {
+        refuses(&app, "/api/mode_seeking", &guide, pointer, value, field).await;
+    }
+    let mut window = guide.clone();
+    window["schedule"] = json!("window");
+    refuses(
+        &app,
+        "/api/mode_seeking",
+        &window,
+        "/t_start",
+        json!(-1.0),
+        "t_start",
+    )
+    .await;
+    window["t_start"] = json!(0.8);
+    refuses(
+        &app,
+        "/api/mode_seeking",
+        &window,
+        "/t_end",
+        json!(0.2),
+        "t_start",
+    )
+    .await;
+    let mut decay = guide.clone();
+    decay["schedule"] = json!("decay");
+    refuses(&app, "/api/mode_seeking", &decay, "/power", json!(-2.0), "power").await;
+    let mut clipped = guide.clone();
+    clipped["clip"] = json!(0.0);
+    refuses(&app, "/api/mode_seeking", &clipped, "/clip", json!(-1.0), "clip").await;
+    let mut both = guide.clone();
+    both["run"] = json!("some-run");
+    let (status, answer) = post_json(&app, "/api/mode_seeking", &both).await;
+    assert!(status.is_client_error() && answer["field"] == "run", "{answer}");
+    let mut neither = guide.clone();
+    neither.as_object_mut().unwrap().remove("target");
+    let (status, answer) = post_json(&app, "/api/mode_seeking", &neither).await;
+    assert!(
+        status.is_client_error() && answer["field"] == "target",
+        "{answer}"
+    );
+    let mut no_path = guide.clone();
+    no_path.as_object_mut().unwrap().remove("path");
+    let (status, answer) = post_json(&app, "/api/mode_seeking", &no_path).await;
+    assert!(status.is_client_error() && answer["field"] == "path", "{answer}");
+    // Runs by name only: a path or a missing run is refused on every run endpoint.
+    let mut by_run = guide.clone();
+    let object = by_run.as_object_mut().unwrap();
+    object.remove("target");
+    object.remove("path");
+    by_run["run"] = json!("../etc");
+    refuses(&app, "/api/mode_seeking", &by_run, "/run", json!("../etc"), "run").await;
+    refuses(
+        &app,
+        "/api/mode_seeking",
+        &by_run,
+        "/run",
+        json!("no-such-run"),
+        "run",
+    )
+    .await;
+    let density = json!({ "run": "no-such-run", "grid": 8, "steps": 10 });
+    refuses(
+        &app,
+        "/api/run_density",
+        &density,
+        "/run",
+        json!("/etc/passwd"),
+        "run",
+    )
+    .await;
+    refuses(
+        &app,
+        "/api/run_density",
+        &density,
+        "/run",
+        json!("no-such-run"),
+        "run",
+    )
+    .await;
+    refuses(&app, "/api/run_density", &density, "/grid", json!(1000), "grid").await;
+    refuses(&app, "/api/run_density", &density, "/steps", json!(1), "steps").await;
+    let trajectory = json!({ "run": "no-such-run", "start": [0.0, 0.0], "steps": 10 });
+    refuses(
+        &app,
+        "/api/run_trajectory",
+        &trajectory,
+        "/run",
+        json!(".hidden"),
+        "run",
+    )
+    .await;
+    refuses(
+        &app,
+        "/api/run_trajectory",
+        &trajectory,
+        "/start/0",
+        json!(99.0),
+        "start[0]",
+    )
+    .await;
+    refuses(
+        &app,
+        "/api/run_trajectory",
+        &trajectory,
+        "/steps",
+        json!(2),
+        "steps",
+    )
+    .await;
+    let coupling = json!({ "target": { "kind": "8gaussians" }, "n_pairs": 16, "epsilon": 0.1 });
+    refuses(
+        &app,
+        "/api/coupling",
+        &coupling,
+        "/epsilon",
+        json!(0.0),
+        "epsilon",
+    )
+    .await;
+    refuses(
+        &app,
+        "/api/coupling",
+        &coupling,
+        "/epsilon",
+        json!(1e9),
+        "epsilon",
     )
     .await;
 
@@ -574,4 +785,378 @@ async fn one_training_per_client_stop_ends_it_and_a_closed_page_stops_it() {
     assert_eq!(status, StatusCode::OK, "{frames}");
     assert_eq!(frames["particles"][2].as_array().unwrap().len(), 40);
     assert_eq!(frames["field"][0].as_array().unwrap().len(), 32);
+}
+
+fn floats(value: &Value) -> Vec<f64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+/// Mode seeking on the closed-form field of 8gaussians (CondOT): lambda = 0 gives the plain samples bit for
+/// bit with either estimator; the exact divergence and its gradient match finite differences of the paths
+/// crate's closed-form velocity; Hutchinson's mean over many probes approaches the exact divergence, with the
+/// spread its closed form predicts; guidance raises the samples' log-density.
+#[tokio::test]
+async fn mode_seeking_on_a_closed_form_field_matches_its_closed_forms() {
+    use ferroflow_explorer::views::{Marginal, PathSpec, TargetSpec};
+    let runs = tempdir("mode-seeking");
+    let app = app(&runs);
+    for estimator in ["exact", "hutchinson"] {
+        let (status, answer) =
+            post_json(&app, "/api/mode_seeking", &mode_seeking_request(0.0, estimator)).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(answer["identical"], json!(true), "{estimator}");
+        assert_eq!(answer["plain"], answer["guided"], "{estimator}");
+        assert_eq!(answer["guided_evals"], json!(0), "{estimator}");
+    }
+
+    let mut request = mode_seeking_request(1.0, "exact");
+    request["repeats"] = json!(256);
+    request["probes"] = json!(4);
+    let (status, answer) = post_json(&app, "/api/mode_seeking", &request).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["identical"], json!(false));
+    assert_eq!(answer["guided_evals"], json!(20));
+    let target = TargetSpec {
+        kind: "8gaussians".into(),
+        points: vec![],
+    };
+    let path = PathSpec {
+        kind: "affine".into(),
+        scheduler: "cond_ot".into(),
+        sigma: 0.0,
+    };
+    let marginal = Marginal::new(&target, &path, 4).unwrap();
+    let t = answer["t"].as_f64().unwrap();
+    let cells = ferroflow_explorer::views::grid_points(6);
+    let divergence = floats(&answer["divergence"]);
+    let gradient = floats(&answer["gradient"]);
+    const STEP: f64 = 1e-3;
+    for (cell, &x) in cells.iter().enumerate() {
+        let reference = marginal.divergence(x, t);
+        assert!(
+            (divergence[cell] - reference).abs() < 1e-5 * (1.0 + reference.abs()),
+            "cell {cell} at {x:?}: autograd div v {} vs finite differences {reference}",
+            divergence[cell]
+        );
+        for axis in 0..2 {
+            let (mut plus, mut minus) = (x, x);
+            plus[axis] += STEP;
+            minus[axis] -= STEP;
+            let reference = -(marginal.divergence(plus, t) - marginal.divergence(minus, t)) / (2.0 * STEP);
+            let value = gradient[2 * cell + axis];
+            assert!(
+                (value - reference).abs() < 1e-3 * (1.0 + reference.abs()),
+                "cell {cell} axis {axis}: autograd g {value} vs finite differences {reference}"
+            );
+        }
+    }
+
+    // 256 repeats of a 4-probe estimate: the mean is within 5 standard errors of the exact divergence at
+    // every cell, and the measured spread is the closed form's within sampling error.
+    let means = floats(&answer["hutchinson_mean"]);
+    let stds = floats(&answer["hutchinson_std"]);
+    let theory = floats(&answer["hutchinson_std_theory"]);
+    for cell in 0..cells.len() {
+        let standard_error = theory[cell] / 256f64.sqrt();
+        assert!(
+            (means[cell] - divergence[cell]).abs() <= 5.0 * standard_error + 1e-9,
+            "cell {cell}: Hutchinson mean {} vs exact {} (standard error {standard_error})",
+            means[cell],
+            divergence[cell]
+        );
+    }
+    let spread = &answer["spread"];
+    let ratio = spread["mean_std"].as_f64().unwrap() / spread["mean_std_theory"].as_f64().unwrap();
+    assert!(
+        (0.9..1.1).contains(&ratio),
+        "measured / closed-form spread {ratio}: {spread}"
+    );
+    assert!(stds.iter().any(|&s| s > 0.0), "the estimate never varied");
+    let timing = &answer["timing"];
+    for key in [
+        "plain_eval_ms",
+        "exact_eval_ms",
+        "hutchinson_eval_ms",
+        "guided_solve_ms",
+    ] {
+        assert!(timing[key].as_f64().unwrap() > 0.0, "{key}: {timing}");
+    }
+
+    // Guidance moves samples towards the modes: their mean closed-form log-density at the end rises.
+    let mean_log_density = |samples: &[f64]| {
+        samples
+            .chunks(2)
+            .map(|p| marginal.log_density([p[0], p[1]], 0.999))
+            .sum::<f64>()
+            / (samples.len() / 2) as f64
+    };
+    let plain = mean_log_density(&floats(&answer["plain"]));
+    let guided = mean_log_density(&floats(&answer["guided"]));
+    eprintln!("mean ln rho_1: plain {plain:.3}, guided (lambda 1) {guided:.3}; timing {timing}");
+    assert!(guided > plain + 0.05, "plain {plain}, guided {guided}");
+
+    // Gaussian probes: a different closed-form spread, still matched.
+    request["distribution"] = json!("gaussian");
+    let (status, answer) = post_json(&app, "/api/mode_seeking", &request).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let spread = &answer["spread"];
+    let ratio = spread["mean_std"].as_f64().unwrap() / spread["mean_std_theory"].as_f64().unwrap();
+    assert!(
+        (0.9..1.1).contains(&ratio),
+        "gaussian probes: measured / closed-form spread {ratio}: {spread}"
+    );
+}
+
+/// Sinkhorn pairs in the couplings view: with a small epsilon they cost and cross like exact OT's, far less
+/// than independent pairs; with a large one the plan is nearly the product of the marginals.
+#[tokio::test]
+async fn sinkhorn_pairs_move_from_ot_to_independent_as_epsilon_grows() {
+    let runs = tempdir("sinkhorn");
+    let app = app(&runs);
+    let request = |epsilon: f64| json!({ "target": { "kind": "8gaussians" }, "n_pairs": 128, "seed": 7, "epsilon": epsilon });
+    let (status, sharp) = post_json(&app, "/api/coupling", &request(0.01)).await;
+    assert_eq!(status, StatusCode::OK, "{sharp}");
+    let (status, blurred) = post_json(&app, "/api/coupling", &request(10.0)).await;
+    assert_eq!(status, StatusCode::OK, "{blurred}");
+    let cost = |answer: &Value, key: &str| answer[key].as_f64().unwrap();
+    let crossings = |answer: &Value, key: &str| answer[key].as_u64().unwrap();
+    eprintln!(
+        "costs: ot {:.3}, sinkhorn(0.01) {:.3}, sinkhorn(10) {:.3}, independent {:.3}; crossings: ot {}, sinkhorn(0.01) {}, sinkhorn(10) {}, independent {}",
+        cost(&sharp, "cost_ot"),
+        cost(&sharp, "cost_sinkhorn"),
+        cost(&blurred, "cost_sinkhorn"),
+        cost(&sharp, "cost_independent"),
+        crossings(&sharp, "crossings_ot"),
+        crossings(&sharp, "crossings_sinkhorn"),
+        crossings(&blurred, "crossings_sinkhorn"),
+        crossings(&sharp, "crossings_independent"),
+    );
+    assert!(cost(&sharp, "cost_sinkhorn") < 1.5 * cost(&sharp, "cost_ot"));
+    assert!(3 * crossings(&sharp, "crossings_sinkhorn") < crossings(&sharp, "crossings_independent"));
+    assert!(cost(&blurred, "cost_sinkhorn") > 0.9 * cost(&sharp, "cost_independent"));
+    assert!(crossings(&blurred, "crossings_sinkhorn") > 3 * crossings(&sharp, "crossings_sinkhorn"));
+    assert!(cost(&blurred, "cost_sinkhorn") > 1.4 * cost(&sharp, "cost_sinkhorn"));
+    assert_eq!(sharp["sinkhorn_source"].as_array().unwrap().len(), 128);
+}
+
+/// A tiny trained run (200 steps on 8gaussians), trained by the engine into `runs`.
+fn tiny_run(runs: &Path) -> String {
+    let text = format!(
+        "[run]\nname = \"tiny\"\nout_dir = {:?}\n[data]\ntarget = {{ kind = \"8gaussians\" }}\n\
+         [model]\nwidth = 32\ndepth = 2\n[train]\nsteps = 200\nbatch_size = 128\n\
+         [sample]\nn_samples = 64\nw2_samples = 32\nsteps = 10\n",
+        runs.display().to_string()
+    );
+    let config = ferroflow_engine::RunConfig::parse(&text, Path::new("tiny.toml")).unwrap();
+    ferroflow_engine::run::train_new(&config, &mut [], None).unwrap();
+    "tiny".into()
+}
+
+/// A trained run's learned density: its mass over the window is 1 within the grid's and the solver's
+/// errors; the log-density integrated forward along a trajectory meets the engine's backward likelihood at
+/// its end; mode seeking of the run is plain at lambda = 0 and moves samples otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trained_runs_density_integrates_to_one_and_its_trajectory_meets_the_likelihood() {
+    let runs = tempdir("run-density");
+    let run = tokio::task::spawn_blocking({
+        let runs = runs.clone();
+        move || tiny_run(&runs)
+    })
+    .await
+    .unwrap();
+    let app = app(&runs);
+    let (status, density) = post_json(
+        &app,
+        "/api/run_density",
+        &json!({ "run": run, "grid": 48, "steps": 40 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{density}");
+    let mass = density["mass"].as_f64().unwrap();
+    eprintln!(
+        "learned mass over [-7, 7]^2 on a 48x48 grid: {mass:.4} ({} ms)",
+        density["compute_ms"]
+    );
+    // An under-trained model (200 steps) is wider than its target: some of its mass lies outside the window.
+    assert!((0.85..1.05).contains(&mass), "mass {mass}");
+    assert_eq!(density["log_density"].as_array().unwrap().len(), 48 * 48);
+
+    let (status, trajectory) = post_json(
+        &app,
+        "/api/run_trajectory",
+        &json!({ "run": run, "start": [0.5, -0.8], "steps": 100 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{trajectory}");
+    let log_density = floats(&trajectory["log_density"]);
+    let forward = *log_density.last().unwrap();
+    let backward = trajectory["log_density_backward"].as_f64().unwrap();
+    eprintln!("ln p at the end: forward {forward:.5}, engine backward {backward:.5}");
+    assert!(
+        (forward - backward).abs() < 1e-2,
+        "forward {forward}, backward {backward}"
+    );
+    let start = -std::f64::consts::TAU.ln() - 0.5 * (0.5f64 * 0.5 + 0.8 * 0.8);
+    assert!((log_density[0] - start).abs() < 1e-6);
+    assert_eq!(trajectory["points"].as_array().unwrap().len(), 2 * 101);
+
+    let mut guide = mode_seeking_request(0.0, "hutchinson");
+    let object = guide.as_object_mut().unwrap();
+    object.remove("target");
+    object.remove("path");
+    guide["run"] = json!(run);
+    let (status, plain) = post_json(&app, "/api/mode_seeking", &guide).await;
+    assert_eq!(status, StatusCode::OK, "{plain}");
+    assert_eq!(plain["identical"], json!(true));
+    guide["lambda"] = json!(0.5);
+    let (status, guided) = post_json(&app, "/api/mode_seeking", &guide).await;
+    assert_eq!(status, StatusCode::OK, "{guided}");
+    assert_eq!(guided["identical"], json!(false));
+    assert_eq!(plain["plain"], guided["plain"]);
+}
+
+/// The closed-form views, computed in batched tensor operations, agree with the paths crate's per-point
+/// closed forms: the marginal velocity on the arrow grid, ln rho_t on the heat-map grid and div v at the
+/// particles, at every frame (up to the 1e-4 rounding of the JSON and f32).
+#[tokio::test]
+async fn the_batched_views_agree_with_the_paths_crates_closed_forms() {
+    use ferroflow_explorer::views::{Marginal, PathSpec, TargetSpec, grid_points};
+    let runs = tempdir("batched");
+    let app = app(&runs);
+    for (kind, scheduler) in [("mixtures", "cosine"), ("8gaussians", "cond_ot")] {
+        let request = json!({
+            "target": { "kind": kind },
+            "path": { "kind": "affine", "scheduler": scheduler, "sigma": 0.0 },
+            "n_particles": 40, "grid": 6, "density_grid": 5, "frames": 6, "seed": 2
+        });
+        let (status, frames) = post_json(&app, "/api/flow", &request).await;
+        assert_eq!(status, StatusCode::OK, "{frames}");
+        let target = TargetSpec {
+            kind: kind.into(),
+            points: vec![],
+        };
+        let path = PathSpec {
+            kind: "affine".into(),
+            scheduler: scheduler.into(),
+            sigma: 0.0,
+        };
+        let marginal = Marginal::new(&target, &path, 2).unwrap();
+        let times = floats(&frames["t"]);
+        let (mut worst_field, mut worst_density, mut worst_divergence) = (0.0f64, 0.0f64, 0.0f64);
+        for (frame, &t) in times.iter().enumerate() {
+            let field = floats(&frames["field"][frame]);
+            for (cell, &x) in grid_points(6).iter().enumerate() {
+                let v = marginal.velocity(x, t);
+                for axis in 0..2 {
+                    let error = (field[2 * cell + axis] - v[axis]).abs() / (1.0 + v[axis].abs());
+                    worst_field = worst_field.max(error);
+                }
+            }
+            let density = floats(&frames["log_density"][frame]);
+            for (cell, &x) in grid_points(5).iter().enumerate() {
+                let exact = marginal.log_density(x, t).max(-1e4);
+                worst_density = worst_density.max((density[cell] - exact).abs() / (1.0 + exact.abs()));
+            }
+            let particles = floats(&frames["particles"][frame]);
+            let divergence = floats(&frames["divergence"][frame]);
+            for (idx, &d) in divergence.iter().enumerate() {
+                let exact = marginal.divergence([particles[2 * idx], particles[2 * idx + 1]], t);
+                worst_divergence = worst_divergence.max((d - exact).abs() / (1.0 + exact.abs()));
+            }
+        }
+        eprintln!(
+            "{kind}: worst relative errors: field {worst_field:.1e}, ln rho {worst_density:.1e}, div v {worst_divergence:.1e}"
+        );
+        assert!(worst_field < 1e-4, "{kind}: field {worst_field}");
+        assert!(worst_density < 1e-4, "{kind}: ln rho {worst_density}");
+        // The particles' positions are rounded to 1e-4 in the answer, so their divergence is compared at
+        // points up to 5e-5 away.
+        assert!(worst_divergence < 1e-2, "{kind}: div v {worst_divergence}");
+    }
+}
+
+/// The closed-form particles pushed by Euler approach RK4's at first order: ten times the steps, about a tenth
+/// of the gap at t = 1; the midpoint method starts far closer.
+#[tokio::test]
+async fn euler_particles_approach_rk4_at_first_order() {
+    let runs = tempdir("samplers");
+    let app = app(&runs);
+    let end_gap = |frames: i64, sampler: &'static str| {
+        let app = app.clone();
+        async move {
+            let request = |name: &str| {
+                json!({
+                    "target": { "kind": "mixtures" },
+                    "path": { "kind": "affine", "scheduler": "cond_ot", "sigma": 0.0 },
+                    "n_particles": 200, "grid": 2, "density_grid": 2, "frames": frames, "seed": 5,
+                    "sampler": name
+                })
+            };
+            let (status, reference) = post_json(&app, "/api/flow", &request("rk4")).await;
+            assert_eq!(status, StatusCode::OK, "{reference}");
+            let (status, other) = post_json(&app, "/api/flow", &request(sampler)).await;
+            assert_eq!(status, StatusCode::OK, "{other}");
+            let last = (frames - 1) as usize;
+            let a = floats(&reference["particles"][last]);
+            let b = floats(&other["particles"][last]);
+            a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
+        }
+    };
+    let (coarse, fine) = (end_gap(5, "euler").await, end_gap(41, "euler").await);
+    let midpoint = end_gap(5, "midpoint").await;
+    eprintln!(
+        "mean |euler - rk4| at t = 1: 8 steps {coarse:.4}, 80 steps {fine:.4}; midpoint, 8 steps {midpoint:.4}"
+    );
+    assert!(coarse > 1e-3, "Euler with 8 steps matches RK4: {coarse}");
+    assert!(
+        (5.0..20.0).contains(&(coarse / fine)),
+        "8 steps {coarse}, 80 steps {fine}"
+    );
+    assert!(midpoint < 0.5 * coarse, "midpoint {midpoint}, Euler {coarse}");
+}
+
+/// A drawn target of 2,000 points (2,000 mixture components): Hutchinson's repeats are estimated in batches
+/// and still centre on the exact divergence, and a grid whose whole batch would be too large is refused,
+/// naming `grid`.
+#[tokio::test]
+async fn mode_seeking_on_a_large_drawn_target_is_batched_or_refused() {
+    let runs = tempdir("drawn-mode-seeking");
+    let app = app(&runs);
+    let points: Vec<[f64; 2]> = (0..2_000)
+        .map(|k| {
+            let angle = k as f64 * 0.0031;
+            [3.0 * angle.cos(), 3.0 * angle.sin()]
+        })
+        .collect();
+    let mut request = mode_seeking_request(0.3, "exact");
+    request["target"] = json!({ "kind": "drawn", "points": points });
+    request["n_particles"] = json!(50);
+    request["steps"] = json!(2);
+    request["grid"] = json!(6);
+    request["repeats"] = json!(64);
+    request["probes"] = json!(4);
+    let (status, answer) = post_json(&app, "/api/mode_seeking", &request).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (means, exact, theory) = (
+        floats(&answer["hutchinson_mean"]),
+        floats(&answer["divergence"]),
+        floats(&answer["hutchinson_std_theory"]),
+    );
+    for cell in 0..36 {
+        let standard_error = theory[cell] / 8.0;
+        assert!(
+            (means[cell] - exact[cell]).abs() <= 5.0 * standard_error + 1e-9 * (1.0 + exact[cell].abs()),
+            "cell {cell}: mean {} exact {} standard error {standard_error}",
+            means[cell],
+            exact[cell]
+        );
+    }
+    request["grid"] = json!(48);
+    let (status, answer) = post_json(&app, "/api/mode_seeking", &request).await;
+    assert!(status.is_client_error() && answer["field"] == "grid", "{answer}");
 }

@@ -1,8 +1,12 @@
 //! The explorer in a real browser: Debian's chromium, driven through chromedriver (WebDriver) with
 //! fantoccini. Loads the page, picks a target, scrubs t, clicks a start point and an x1, trains a tiny model
 //! to the end with the real engine and opens the trained run; checks that the canvases' pixels change, that
-//! the page's ln rho along the trajectory matches the closed form computed here from the paths crate, and that
-//! the page saw no error. Redraw times are measured in the page with `performance.now()` and printed.
+//! the page's ln rho along the trajectory matches the closed form computed here from the paths crate, that the
+//! mode-seeking panel is plain at lambda = 0 and guided otherwise (closed form and run), that the run's learned
+//! density has mass about 1 and its trajectory's ln rho meets the engine's likelihood, and that the page saw no
+//! error. Redraw times are measured in the page with `performance.now()` and printed. With
+//! `FERROFLOW_EXPLORER_SCREENSHOT=FILE` it saves a screenshot of the page there (the README's
+//! `docs/explorer.png` is one, cropped to its top 1,445 rows and posterised to 16 levels a channel).
 //!
 //! Every wait is on a condition with a generous deadline (the machine has two shared cores); a failure saves
 //! a screenshot under `CARGO_TARGET_TMPDIR/explorer-browser/`. Without `/usr/bin/chromedriver` the test fails
@@ -341,6 +345,106 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
         "u_t - v* did not change with x1",
     )?;
 
+    // The Sinkhorn coupling is drawn beside the independent and OT ones.
+    wait_for(client, "the couplings", "window.__explorer.couplings !== null").await?;
+    pixels(client, "coupling-sinkhorn").await?;
+
+    // Streamlines instead of arrows.
+    let arrows_view = pixels(client, "view").await?;
+    click(client, "streamlines").await?;
+    wait_for(
+        client,
+        "streamlines",
+        "window.__explorer.streamlineSegments > 100",
+    )
+    .await?;
+    assert_ne_or(
+        arrows_view,
+        pixels(client, "view").await?,
+        "the main view did not change with streamlines",
+    )?;
+    click(client, "streamlines").await?;
+
+    // Mode seeking: the page computed it at load; lambda = 0 gives the plain samples bit for bit, and
+    // Hutchinson's estimator with K = 4 reports its spread and cost.
+    wait_for(
+        client,
+        "the first mode-seeking views",
+        "window.__explorer.modeSeeking !== null",
+    )
+    .await?;
+    for id in ["ms-plain", "ms-guided", "ms-divergence", "ms-spread"] {
+        pixels(client, id).await?;
+    }
+    js(
+        client,
+        "window.__explorer.modeSeeking = null; document.getElementById('ms-lambda').value = '0'; return 0;",
+    )
+    .await?;
+    click(client, "ms-run").await?;
+    wait_for(
+        client,
+        "guidance at lambda = 0",
+        "window.__explorer.modeSeeking !== null",
+    )
+    .await?;
+    let guided = js(client, "return window.__explorer.modeSeeking;").await?;
+    if guided["identical"] != Value::Bool(true) || guided["plain"] != guided["guided"] {
+        return Err("at lambda = 0 the guided samples differ from the plain ones".into());
+    }
+    let guided_before = pixels(client, "ms-guided").await?;
+    js(
+        client,
+        "window.__explorer.modeSeeking = null; for (const [id, v] of [['ms-lambda', '0.5'], ['ms-estimator', 'hutchinson'], ['ms-probes', '4']]) document.getElementById(id).value = v; return 0;",
+    )
+    .await?;
+    click(client, "ms-run").await?;
+    wait_for(
+        client,
+        "Hutchinson guidance",
+        "window.__explorer.modeSeeking !== null",
+    )
+    .await?;
+    let guided = js(client, "return window.__explorer.modeSeeking;").await?;
+    if guided["identical"] != Value::Bool(false) {
+        return Err("at lambda = 0.5 the guided samples equal the plain ones".into());
+    }
+    assert_ne_or(
+        guided_before,
+        pixels(client, "ms-guided").await?,
+        "the guided samples did not change with lambda",
+    )?;
+    let timing = &guided["timing"];
+    eprintln!(
+        "explorer mode seeking ({} samples, {}): exact {:.2} ms/eval, Hutchinson K=4 {:.2} ms/eval, plain {:.2} ms/eval; spread {}",
+        timing["batch"],
+        guided["field"],
+        timing["exact_eval_ms"].as_f64().unwrap_or(f64::NAN),
+        timing["hutchinson_eval_ms"].as_f64().unwrap_or(f64::NAN),
+        timing["plain_eval_ms"].as_f64().unwrap_or(f64::NAN),
+        guided["spread"]
+    );
+    let shown = js(client, "return document.getElementById('ms-timing').textContent;").await?;
+    if !shown.as_str().unwrap_or_default().contains("Hutchinson K=4") {
+        return Err(format!("the page does not show the estimators' cost: {shown}"));
+    }
+
+    // For the README: the page with the closed-form views, couplings and mode seeking, when asked for.
+    if let Ok(path) = std::env::var("FERROFLOW_EXPLORER_SCREENSHOT") {
+        client
+            .set_window_size(1400, 1900)
+            .await
+            .map_err(|e| e.to_string())?;
+        js(client, "window.scrollTo(0, 0); return 0;").await?;
+        set_t(client, 0.6).await?;
+        let png = client.screenshot().await.map_err(|e| e.to_string())?;
+        std::fs::write(&path, png).map_err(|e| format!("{path}: {e}"))?;
+        client
+            .set_window_size(1400, 1300)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+
     // Train a tiny model to the end with the real engine.
     js(
         client,
@@ -403,6 +507,58 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
         pixels(client, "view").await?,
         "the trained run's view did not replace the closed form",
     )?;
+
+    // The learned density of the run: its mass over the window is about 1.
+    click(client, "run-density").await?;
+    wait_for(
+        client,
+        "the learned density",
+        "window.__explorer.runDensity !== null",
+    )
+    .await?;
+    let density = js(client, "return window.__explorer.runDensity;").await?;
+    let mass = density["mass"].as_f64().unwrap_or(f64::NAN);
+    eprintln!("explorer learned density of {run}: mass {mass:.3} over the window");
+    if !(0.85..1.1).contains(&mass) {
+        return Err(format!("the learned density has mass {mass} over the window"));
+    }
+    pixels(client, "run-density-view").await?;
+
+    // A trajectory of the run with ln rho: its end meets the engine's backward likelihood.
+    js(client, "window.__explorer.trajectory = null; return 0;").await?;
+    click_at(client, "view", -30.0, 40.0).await?;
+    wait_for(
+        client,
+        "the run's trajectory",
+        "window.__explorer.trajectory !== null && window.__explorer.trajectory.log_density_backward !== undefined",
+    )
+    .await?;
+    let trajectory = js(client, "return window.__explorer.trajectory;").await?;
+    let forward = trajectory["log_density"]
+        .as_array()
+        .and_then(|a| a.last())
+        .and_then(Value::as_f64)
+        .unwrap_or(f64::NAN);
+    let backward = trajectory["log_density_backward"].as_f64().unwrap_or(f64::NAN);
+    if (forward - backward).abs() > 2e-2 {
+        return Err(format!(
+            "ln p at the end of the run's trajectory: forward {forward}, backward {backward}"
+        ));
+    }
+
+    // Mode seeking of the trained run.
+    js(client, "window.__explorer.modeSeeking = null; return 0;").await?;
+    click(client, "ms-run").await?;
+    wait_for(
+        client,
+        "the run's mode seeking",
+        "window.__explorer.modeSeeking !== null",
+    )
+    .await?;
+    let guided = js(client, "return window.__explorer.modeSeeking;").await?;
+    if guided["field"] != Value::String(format!("run {run}")) {
+        return Err(format!("mode seeking did not use the run: {}", guided["field"]));
+    }
 
     let errors = js(client, "return window.__explorer.errors;").await?;
     if errors.as_array().is_none_or(|e| !e.is_empty()) {
