@@ -11,10 +11,10 @@ use anyhow::{Context, Result, bail};
 
 use ferroflow_coupling::{CouplingConfig, IndependentOrder, SolverKind};
 use ferroflow_engine::RunConfig;
+use ferroflow_engine::config::PathKind;
 use ferroflow_engine::config::{
     DataSection, FlowSection, ModelSection, RunSection, SampleSection, TrainSection,
 };
-use ferroflow_engine::config::PathKind;
 use ferroflow_engine::data::Dataset;
 use ferroflow_models::{Mlp, MlpConfig};
 
@@ -125,11 +125,7 @@ pub fn run(args: &TrainBenchSettings) -> Result<()> {
     ];
     let roofline = Roofline::measure(threads, 3);
     // One step: the forward pass, and a backward pass that forms the input's and the weights' gradients.
-    let flops_per_step = network_flops(
-        &Mlp::new(MlpConfig::benchmark(2), tch::Device::Cpu)?,
-        256,
-        3.0,
-    );
+    let flops_per_step = network_flops(&Mlp::new(MlpConfig::benchmark(2), tch::Device::Cpu)?, 256, 3.0);
     for (label, coupling_name, path, coupling) in couplings {
         for &t in threads {
             let mut rates = Vec::new();
