@@ -282,8 +282,27 @@ fn peer_likelihood(python: &str, n_points: usize, repeats: usize, threads: usize
     } else {
         threads.to_string()
     };
+    let text = run_peer_script(
+        python,
+        script,
+        &[n_points.to_string(), repeats.to_string(), threads_arg],
+    )?;
+    let value = |key: &str| peer_value(&text, script, key);
+    Ok(PeerRates {
+        threads: value("threads")? as usize,
+        rates: ["exact", "hutchinson", "sample"]
+            .iter()
+            .map(|&key| Ok((key.to_owned(), value(key)?)))
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// Runs the peer `script` with `python` and `args` and returns what it printed; a failure names the script
+/// and the last line of its error output.
+fn run_peer_script(python: &str, script: &str, args: &[String]) -> Result<String> {
     let output = std::process::Command::new(python)
-        .args([script, &n_points.to_string(), &repeats.to_string(), &threads_arg])
+        .arg(script)
+        .args(args)
         .output()
         .with_context(|| format!("cannot run {python} {script}"))?;
     if !output.status.success() {
@@ -295,20 +314,15 @@ fn peer_likelihood(python: &str, n_points: usize, repeats: usize, threads: usize
                 .unwrap_or("")
         );
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let value = |key: &str| -> Result<f64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(&format!("{key} ")))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .with_context(|| format!("{script} printed no `{key} <value>` line"))
-    };
-    Ok(PeerRates {
-        threads: value("threads")? as usize,
-        rates: ["exact", "hutchinson", "sample"]
-            .iter()
-            .map(|&key| Ok((key.to_owned(), value(key)?)))
-            .collect::<Result<_>>()?,
-    })
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The number a peer script printed after `key ` at the start of a line.
+fn peer_value(text: &str, script: &str, key: &str) -> Result<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{key} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("{script} printed no `{key} <value>` line"))
 }
 
 /// The benchmark's trained 2D run: loaded from `out_dir` when a finished one is there, trained otherwise

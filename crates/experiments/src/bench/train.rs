@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use ferroflow_coupling::{CouplingConfig, IndependentOrder, SolverKind};
 use ferroflow_engine::RunConfig;
@@ -209,29 +209,10 @@ pub fn run(args: &TrainBenchSettings) -> Result<()> {
 /// Runs torchcfm's training loop in the same setting and reads its steps/s.
 fn peer_rates(python: &str, steps: usize) -> Result<Vec<(&'static str, f64)>> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/torchcfm_train.py");
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg(steps.to_string())
-        .output()
-        .with_context(|| format!("cannot run {python} {script}"))?;
-    if !output.status.success() {
-        bail!(
-            "{script} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = super::run_peer_script(python, script, &[steps.to_string()])?;
     let mut rates = Vec::new();
     for (label, key) in [("I-CFM", "icfm"), ("OT-CFM", "otcfm"), ("SB-CFM", "sbcfm")] {
-        let rate = text
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{key} ")))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .with_context(|| format!("{script} printed no `{key} <steps/s>` line"))?;
-        rates.push((label, rate));
+        rates.push((label, super::peer_value(&text, script, key)?));
     }
     Ok(rates)
 }
