@@ -461,8 +461,9 @@ pub fn train_classifier(
         });
     }
     let device = data.train.images.device();
-    tch::manual_seed(training.seed as i64);
-    let classifier = Classifier::new(training.classifier.clone(), device)?;
+    let classifier = ferroflow_models::with_torch_seed(training.seed, || {
+        Classifier::new(training.classifier.clone(), device)
+    })?;
     let optimizer = OptimizerConfig {
         lr: training.lr,
         ..OptimizerConfig::default()

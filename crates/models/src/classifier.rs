@@ -134,7 +134,8 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Builds the classifier (tch's global RNG: seed it with `tch::manual_seed`).
+    /// Builds the classifier from libtorch's global generator: build it inside
+    /// [`crate::with_torch_seed`] for reproducible weights.
     pub fn new(config: ClassifierConfig, device: Device) -> Result<Self, ModelError> {
         config.validate()?;
         let [c1, c2] = config.channels.map(|c| c as i64);

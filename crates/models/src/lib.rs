@@ -25,7 +25,7 @@ pub use discrete::{
     TokenMlp, TokenMlpConfig, TokenNet, TokenSource, TokenTransformer, TokenTransformerConfig,
 };
 pub use mlp::{Activation, Mlp, MlpConfig, TimeEmbedding};
-pub use params::{Init, ParamBuilder, ParamId, ParamStore};
+pub use params::{Init, ParamBuilder, ParamId, ParamStore, with_torch_seed};
 
 /// Errors of the models crate.
 #[derive(Debug, thiserror::Error)]

@@ -10,10 +10,24 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use tch::{Device, Kind, Tensor};
 
 use crate::ModelError;
+
+/// Guards libtorch's process-wide random generator during a seeded initialisation.
+static TORCH_RNG: Mutex<()> = Mutex::new(());
+
+/// Runs `init` with libtorch's global generator seeded with `seed`, holding a process-wide lock for the whole
+/// call: two seeded initialisations in one process (tests of one binary, trainings started by the explorer's
+/// server) would otherwise interleave their seeding and draws, and a run would no longer be a function of its
+/// config and seed. Every draw from libtorch's generator that must be reproducible goes through here.
+pub fn with_torch_seed<T>(seed: u64, init: impl FnOnce() -> T) -> T {
+    let _guard = TORCH_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed as i64);
+    init()
+}
 
 /// How a parameter is initialised.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -81,7 +95,8 @@ impl ParamBuilder {
         ParamId(self.specs.len() - 1)
     }
 
-    /// Allocates and initialises every parameter (tch's global RNG: seed it with `tch::manual_seed`).
+    /// Allocates and initialises every parameter from libtorch's global generator: call it inside
+    /// [`with_torch_seed`] for a reproducible initialisation.
     pub fn build(self, device: Device) -> ParamStore {
         let pieces: Vec<Tensor> = self
             .specs
@@ -203,5 +218,36 @@ impl ParamStore {
     pub fn load(&self, path: &Path) -> Result<(), ModelError> {
         let named = crate::checkpoint::load_tensors(path)?;
         self.load_named_into(&self.flat, named, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draw(seed: u64) -> Vec<f32> {
+        with_torch_seed(seed, || {
+            let mut builder = ParamBuilder::default();
+            builder.add("w", &[64, 64], Init::Normal { std: 1.0 });
+            builder.add("b", &[64], Init::Uniform { bound: 0.5 });
+            let store = builder.build(Device::Cpu);
+            Vec::<f32>::try_from(&store.flat.detach()).unwrap()
+        })
+    }
+
+    #[test]
+    fn seeded_initialisations_on_concurrent_threads_do_not_mix_their_draws() {
+        let (a, b) = (draw(1), draw(2));
+        assert_ne!(a, b);
+        let workers: Vec<_> = [(1, a), (2, b)]
+            .into_iter()
+            .map(|(seed, expected)| std::thread::spawn(move || (0..200).all(|_| draw(seed) == expected)))
+            .collect();
+        for worker in workers {
+            assert!(
+                worker.join().unwrap(),
+                "a concurrent initialisation changed the draws of a seed"
+            );
+        }
     }
 }

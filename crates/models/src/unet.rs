@@ -430,7 +430,8 @@ pub struct Unet {
 }
 
 impl Unet {
-    /// Builds the network (tch's global RNG: seed it with `tch::manual_seed` for reproducible weights).
+    /// Builds the network from libtorch's global generator: build it inside
+    /// [`crate::with_torch_seed`] for reproducible weights.
     pub fn new(config: UnetConfig, device: Device) -> Result<Self, ModelError> {
         config.validate()?;
         let mut builder = ParamBuilder::default();

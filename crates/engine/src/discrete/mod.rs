@@ -236,22 +236,23 @@ pub fn path_and_kappa(config: &RunConfig) -> Result<(MixturePath, SchedulerKappa
 
 /// Builds the run's token network with its seeded initialisation.
 pub fn build_token_net(config: &RunConfig) -> Result<Box<dyn TokenNet>, TrainError> {
-    tch::manual_seed(config.run.seed as i64);
     let device = crate::train::resolve_device(&config.run.device)?;
     let vocab_size = config.data.target.vocab_size().unwrap_or(0);
     let length = config.data.target.dim();
     let discrete = config.flow.discrete.unwrap_or_default();
     let (source, num_classes) = (discrete.source, discrete.num_classes(&config.data.target));
     let model = &config.model;
-    Ok(match model.kind {
-        ModelKind::TokenTransformer => Box::new(TokenTransformer::new(
-            model.token_transformer_config(vocab_size, length, source, num_classes),
-            device,
-        )?),
-        _ => Box::new(TokenMlp::new(
-            model.token_mlp_config(vocab_size, length, source, num_classes),
-            device,
-        )?),
+    ferroflow_models::with_torch_seed(config.run.seed, || -> Result<Box<dyn TokenNet>, TrainError> {
+        Ok(match model.kind {
+            ModelKind::TokenTransformer => Box::new(TokenTransformer::new(
+                model.token_transformer_config(vocab_size, length, source, num_classes),
+                device,
+            )?),
+            _ => Box::new(TokenMlp::new(
+                model.token_mlp_config(vocab_size, length, source, num_classes),
+                device,
+            )?),
+        })
     })
 }
 

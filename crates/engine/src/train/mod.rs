@@ -3,9 +3,10 @@
 //!
 //! Conditional flow matching minimises E_{t, (x0, x1) ~ pi} |v_theta(x_t, t) - u_t(x_t | x0, x1)|^2
 //! (Lipman et al. 2023, eq. 9; Tong et al. 2023, eq. 14). The batch of step k is a pure function of
-//! `(seed, k)` ([`crate::batch`]); the model starts from `tch::manual_seed(seed)`. A checkpoint holds the
-//! weights, their EMA, both Adam moments, the step and the loss history in one safetensors file written
-//! atomically, so resuming from it reproduces the uninterrupted run's loss curve exactly on the CPU.
+//! `(seed, k)` ([`crate::batch`]); the model starts from libtorch's generator seeded with `seed` (under
+//! `ferroflow_models::with_torch_seed`, so concurrent runs in one process keep their draws). A checkpoint
+//! holds the weights, their EMA, both Adam moments, the step and the loss history in one safetensors file
+//! written atomically, so resuming from it reproduces the uninterrupted run's loss curve exactly on the CPU.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -119,23 +120,24 @@ pub fn device_name(device: Device) -> String {
 
 /// Builds the run's network with its seeded initialisation.
 pub fn build_model(config: &RunConfig) -> Result<Box<dyn VelocityNet>, TrainError> {
-    tch::manual_seed(config.run.seed as i64);
     let model = &config.model;
     let device = resolve_device(&config.run.device)?;
-    Ok(match model.kind {
-        ModelKind::Mlp => {
-            let mlp = model.mlp_config(config.data.target.dim(), config.data.manifold.as_ref());
-            Box::new(Mlp::new(mlp, device)?)
-        }
-        ModelKind::Unet => Box::new(Unet::new(model.unet.clone(), device)?),
-        ModelKind::TokenMlp | ModelKind::TokenTransformer => {
-            return Err(TrainError::Model(ferroflow_models::ModelError::InvalidConfig {
-                key: "model.kind",
-                detail: "a token network is no velocity field; discrete runs train through \
+    ferroflow_models::with_torch_seed(config.run.seed, || -> Result<Box<dyn VelocityNet>, TrainError> {
+        Ok(match model.kind {
+            ModelKind::Mlp => {
+                let mlp = model.mlp_config(config.data.target.dim(), config.data.manifold.as_ref());
+                Box::new(Mlp::new(mlp, device)?)
+            }
+            ModelKind::Unet => Box::new(Unet::new(model.unet.clone(), device)?),
+            ModelKind::TokenMlp | ModelKind::TokenTransformer => {
+                return Err(TrainError::Model(ferroflow_models::ModelError::InvalidConfig {
+                    key: "model.kind",
+                    detail: "a token network is no velocity field; discrete runs train through \
                          `ferroflow_engine::discrete`"
-                    .into(),
-            }));
-        }
+                        .into(),
+                }));
+            }
+        })
     })
 }
 

@@ -151,7 +151,8 @@ pub struct TokenMlp {
 }
 
 impl TokenMlp {
-    /// Builds the network (tch's global RNG: seed it with `tch::manual_seed`).
+    /// Builds the network from libtorch's global generator: build it inside
+    /// [`crate::with_torch_seed`] for reproducible weights.
     pub fn new(config: TokenMlpConfig, device: Device) -> Result<Self, ModelError> {
         config.validate()?;
         let mut builder = ParamBuilder::default();
