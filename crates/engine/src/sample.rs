@@ -237,8 +237,65 @@ impl TrainedFlow {
         if let Some(manifold) = &self.config.data.manifold {
             return self.integrate_on_manifold(manifold, x0, options, times);
         }
+        if times.is_none()
+            && let Some(solution) = self.integrate_in_tiles(&x0, options)
+        {
+            return solution;
+        }
         let mut field = |t: f64, x: &Tensor| -> Result<Tensor, SolverError> { Ok(self.velocity(x, t)) };
         integrate_unit_interval(&mut field, x0, options, times)
+    }
+
+    /// [`TrainedFlow::integrate`] without trajectory through the fused kernel's tile-by-tile solve, where
+    /// the kernel applies and the method takes fixed steps and is not first-same-as-last: the same numbers
+    /// as the step-by-step solve, without its per-step tensors and with one hand-out of the tiles to the
+    /// threads for the whole solve. `None` where it does not apply.
+    fn integrate_in_tiles(
+        &self,
+        x0: &Tensor,
+        options: &OdeOptions,
+    ) -> Option<Result<Solution<Tensor>, SolverError>> {
+        let StepControl::Fixed { n_steps } = options.control else {
+            return None;
+        };
+        let tableau = options.method.tableau();
+        if tableau.fsal || n_steps == 0 {
+            return None;
+        }
+        let kernel = self.kernel_for(x0)?;
+        let times: Vec<f64> = (0..=n_steps)
+            .map(|k| {
+                if k == n_steps {
+                    1.0
+                } else {
+                    k as f64 / n_steps as f64
+                }
+            })
+            .collect();
+        let method = ferroflow_models::mlp_kernel::FixedSteps {
+            times: &times,
+            c: tableau.c,
+            a: tableau.a,
+            b: tableau.b,
+        };
+        let mut x = flat_f32(x0);
+        let threads = tch::get_num_threads().max(1) as usize;
+        Some(match kernel.integrate(&mut x, &method, threads) {
+            Ok(()) => Ok(Solution {
+                state: Tensor::from_slice(&x).view(x0.size().as_slice()),
+                times: Vec::new(),
+                trajectory: Vec::new(),
+                stats: ferroflow_solvers::SolverStats {
+                    steps: n_steps,
+                    rejected_steps: 0,
+                    field_evals: n_steps * tableau.n_stages(),
+                },
+            }),
+            Err(bad) => Err(SolverError::NonFiniteState {
+                t_reached: times[bad.step],
+                t_attempted: times[bad.step + 1],
+            }),
+        })
     }
 
     /// The learned field on a manifold: the network's velocity projected onto the tangent space at `x`.

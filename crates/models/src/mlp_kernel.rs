@@ -4,10 +4,11 @@
 //! Why beside libtorch: on this project's machines a 2D MLP of width 64 spends most of its time in
 //! libtorch's element-wise passes (SELU alone costs more than the layer's matrix product), each a trip
 //! through memory with its own allocation. Here the batch is cut into tiles of [`TILE`] rows that stay in
-//! the core's cache through every layer: one matrix product per layer with its bias (a register-blocked
-//! AVX-512 product where the CPU has AVX-512F and the width is a multiple of 16, else `ndarray`'s, which
-//! is `matrixmultiply`'s runtime-dispatched AVX2/FMA kernels), then activation and its derivative in one
-//! pass with a branch-free `exp`. The tangents of the forward mode ride in the same product as the values
+//! the core's cache through every layer: one matrix product per layer, its bias, activation and derivative
+//! (a register-blocked AVX-512 product with all of that in its epilogue where the CPU has AVX-512F and the
+//! width is a multiple of 16; else `ndarray`'s product, which is `matrixmultiply`'s runtime-dispatched
+//! AVX2/FMA kernels, and one element-wise pass), with a branch-free `exp`. [`MlpKernel::integrate`] runs a
+//! whole fixed-step solve tile by tile, so sampling keeps each tile in cache for every step. The tangents of the forward mode ride in the same product as the values
 //! (the tile's buffer stacks `[values; tangent 1; ...; tangent M]`), so an exact 2D divergence is one product
 //! of three times the rows per layer. Tiles run on rayon's pool when more than one thread is asked for.
 //!
@@ -119,6 +120,96 @@ impl MlpKernel {
             Some(probes) => Tangents::Probes(probes, probes.len() / x.len().max(1)),
         };
         self.run(x, t, tangents, out, divergence, threads);
+    }
+
+    /// Integrates `dx/dt = v(x, t)` from the points `x` (row-major `[n, dim]`, overwritten with the result)
+    /// with an explicit Runge-Kutta method over a fixed grid of times, tile by tile: a tile of [`TILE`]
+    /// points runs every step while its state, its stages and the network's buffers stay in the core's
+    /// cache, and the tiles share out over `threads` threads once for the whole solve (not once per step).
+    /// The arithmetic is that of a step-by-step solve through [`Self::velocity`]: each stage's input is
+    /// `y + sum_j (h a_ij) k_j` and the new state `y + sum_i (h b_i) k_i`, in `f32`, in that order, with the
+    /// weights rounded to `f32` first, so both give the same numbers. Returns the first step after which a
+    /// state is not finite, if any (every tile stops at its own first such step).
+    pub fn integrate(&self, x: &mut [f32], method: &FixedSteps<'_>, threads: usize) -> Result<(), NonFinite> {
+        let dim = self.dim;
+        assert_eq!(x.len() % dim, 0, "x must be [n, dim]");
+        let run_tile = |scratch: &mut IntegrationScratch, tile: &mut [f32]| -> Option<usize> {
+            let rows = tile.len() / dim;
+            let stages = method.b.len();
+            grow(&mut scratch.stage, tile.len());
+            grow(&mut scratch.k, stages * tile.len());
+            let stage = &mut scratch.stage[..tile.len()];
+            let k = &mut scratch.k[..stages * tile.len()];
+            for (step, pair) in method.times.windows(2).enumerate() {
+                let (t, t_new) = (pair[0], pair[1]);
+                let h = t_new - t;
+                for s in 0..stages {
+                    let (done, rest) = k.split_at_mut(s * tile.len());
+                    let k_s = &mut rest[..tile.len()];
+                    // As the solver does: the first stage at t, a node of 1 at exactly t_new.
+                    let c = method.c[s];
+                    let t_stage = if s == 0 {
+                        t
+                    } else if c == 1.0 {
+                        t_new
+                    } else {
+                        t + c * h
+                    };
+                    let embedding = self.time_features(t_stage as f32);
+                    let input: &[f32] = if s == 0 {
+                        tile
+                    } else {
+                        stage.copy_from_slice(tile);
+                        for (j, &a) in method.a[s].iter().enumerate() {
+                            if a != 0.0 {
+                                add_scaled(
+                                    stage,
+                                    (h * a) as f32,
+                                    &done[j * tile.len()..(j + 1) * tile.len()],
+                                );
+                            }
+                        }
+                        stage
+                    };
+                    self.tile(
+                        input,
+                        0,
+                        rows,
+                        &embedding,
+                        Tangents::None,
+                        &mut scratch.net,
+                        k_s,
+                        &mut [],
+                    );
+                }
+                for (s, &b) in method.b.iter().enumerate() {
+                    if b != 0.0 {
+                        add_scaled(tile, (h * b) as f32, &k[s * tile.len()..(s + 1) * tile.len()]);
+                    }
+                }
+                if !tile.iter().all(|v| v.is_finite()) {
+                    return Some(step);
+                }
+            }
+            None
+        };
+        let first_bad = if threads <= 1 {
+            let mut scratch = IntegrationScratch::default();
+            x.chunks_mut(TILE * dim)
+                .filter_map(|tile| run_tile(&mut scratch, tile))
+                .min()
+        } else {
+            x.par_chunks_mut(TILE * dim)
+                .map_init(IntegrationScratch::default, |scratch, tile| {
+                    run_tile(scratch, tile)
+                })
+                .flatten()
+                .min()
+        };
+        match first_bad {
+            Some(step) => Err(NonFinite { step }),
+            None => Ok(()),
+        }
     }
 
     fn run(
@@ -247,8 +338,19 @@ impl MlpKernel {
             features[..dim].copy_from_slice(&x[row * dim..(row + 1) * dim]);
             features[dim..].copy_from_slice(embedding);
         }
+        let last = self.layers.len() - 1;
+        let activation_of = |idx: usize| (idx < last).then_some(self.activation);
+        // The first layer's values (activated, their slopes kept), then its tangents, times those slopes.
         let width = first_layer.fan_out;
-        affine(input, rows, rows, first_layer, &mut current[..rows * width]);
+        layer_forward(
+            input,
+            rows,
+            rows,
+            first_layer,
+            &mut current[..rows * width],
+            activation_of(0),
+            slope,
+        );
         match tangents {
             Tangents::None => {}
             Tangents::Exact => {
@@ -275,33 +377,20 @@ impl MlpKernel {
                 }
             }
         }
-        let last = self.layers.len() - 1;
-        let mut width = width;
-        for (idx, layer) in self.layers.iter().enumerate() {
-            if idx > 0 {
-                affine(
-                    &current[..stacked * layer.fan_in],
-                    stacked,
-                    rows,
-                    layer,
-                    &mut next[..stacked * layer.fan_out],
-                );
-                std::mem::swap(current, next);
-                width = layer.fan_out;
-            }
-            // Values (their bias is in): the activation and its slope (hidden layers).
-            let values = &mut current[..rows * width];
-            if idx == last {
-                break;
-            }
-            let slope = &mut slope[..rows * width];
-            self.activation.apply_in_place(values, slope);
-            // Tangents: times the slope of their point.
-            for block in current[rows * width..stacked * width].chunks_mut(rows * width) {
-                for (t, s) in block.iter_mut().zip(slope.iter()) {
-                    *t *= s;
-                }
-            }
+        if last > 0 {
+            scale_tangents(&mut current[..stacked * width], rows * width, slope);
+        }
+        for (idx, layer) in self.layers.iter().enumerate().skip(1) {
+            layer_forward(
+                &current[..stacked * layer.fan_in],
+                stacked,
+                rows,
+                layer,
+                &mut next[..stacked * layer.fan_out],
+                activation_of(idx),
+                slope,
+            );
+            std::mem::swap(current, next);
         }
         out.copy_from_slice(&current[..rows * dim]);
         match tangents {
@@ -381,41 +470,84 @@ mod avx2 {
     }
 }
 
-/// `c = a W + b` for `a` `[rows, fan_in]`, the bias `b` added to the first `bias_rows` rows only (the values;
-/// the tangent rows below them take no bias). AVX-512's register-blocked product where the CPU has it and
-/// the layer's width is a multiple of 16, else `matrixmultiply`'s product and a pass for the bias.
-fn affine(a: &[f32], rows: usize, bias_rows: usize, layer: &Layer, c: &mut [f32]) {
+/// One layer on a tile's stacked rows `a` (`[stacked, fan_in]`: `rows` values, then tangent blocks of
+/// `rows` each) into `c` (`[stacked, fan_out]`): the values become `act(a W + b)` with `act'` written into
+/// `slope` (`[rows, fan_out]`), the tangents `(a W) * act'` of their point; without an activation (the
+/// output layer) `a W + b` and `a W`. AVX-512's register-blocked product with all of that in its epilogue
+/// where the CPU has AVX-512F and the width is a multiple of 16; else `matrixmultiply`'s product and
+/// element-wise passes.
+#[inline(always)]
+fn layer_forward(
+    a: &[f32],
+    stacked: usize,
+    rows: usize,
+    layer: &Layer,
+    c: &mut [f32],
+    activation: Option<Activation>,
+    slope: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
-    if avx512::affine(a, rows, bias_rows, layer, c) {
+    if avx512::layer_forward(a, stacked, rows, layer, c, activation, slope) {
         return;
     }
-    affine_portable(a, rows, bias_rows, layer, c);
+    layer_forward_portable(a, stacked, rows, layer, c, activation, slope);
 }
 
-fn affine_portable(a: &[f32], rows: usize, bias_rows: usize, layer: &Layer, c: &mut [f32]) {
-    let av = ArrayView2::from_shape((rows, layer.fan_in), a).expect("a is [rows, fan_in]");
-    let w = ArrayView2::from_shape((layer.fan_in, layer.fan_out), &layer.weight).expect("W is [in, out]");
-    let mut cv = ArrayViewMut2::from_shape((rows, layer.fan_out), &mut *c).expect("c is [rows, fan_out]");
+#[inline(always)]
+fn layer_forward_portable(
+    a: &[f32],
+    stacked: usize,
+    rows: usize,
+    layer: &Layer,
+    c: &mut [f32],
+    activation: Option<Activation>,
+    slope: &mut [f32],
+) {
+    let width = layer.fan_out;
+    let av = ArrayView2::from_shape((stacked, layer.fan_in), a).expect("a is [stacked, fan_in]");
+    let w = ArrayView2::from_shape((layer.fan_in, width), &layer.weight).expect("W is [in, out]");
+    let mut cv = ArrayViewMut2::from_shape((stacked, width), &mut *c).expect("c is [stacked, fan_out]");
     general_mat_mul(1.0, &av, &w, 0.0, &mut cv);
-    for row in c[..bias_rows * layer.fan_out].chunks_mut(layer.fan_out) {
+    for row in c[..rows * width].chunks_mut(width) {
         for (z, b) in row.iter_mut().zip(&layer.bias) {
             *z += b;
         }
     }
+    if let Some(activation) = activation {
+        activation.apply_in_place(&mut c[..rows * width], &mut slope[..rows * width]);
+        scale_tangents(&mut c[..stacked * width], rows * width, slope);
+    }
 }
 
-/// The layer product `c = a W (+ b)` with AVX-512 (`avx512f`): rows in blocks of [`avx512::ROWS`], columns
-/// in blocks of 64 (four 16-lane registers), so each block keeps 24 accumulators in registers, reads each
-/// weight row once per block and broadcasts each input once per register row: the fused multiply-adds issue
-/// back to back, where a general product spends much of its time packing small matrices.
+/// Multiplies every tangent block of `stacked` (the blocks after the first `block` entries, the values) by
+/// the slopes of their points.
+#[inline(always)]
+fn scale_tangents(stacked: &mut [f32], block: usize, slope: &[f32]) {
+    for tangents in stacked[block..].chunks_mut(block) {
+        for (t, s) in tangents.iter_mut().zip(&slope[..block]) {
+            *t *= s;
+        }
+    }
+}
+
+/// The layer with AVX-512 (`avx512f`): rows in blocks of [`avx512::ROWS`], columns in blocks of 64 (four
+/// 16-lane registers), so each block keeps 24 accumulators in registers, reads each weight row once per block
+/// and broadcasts each input once per register row, and the fused multiply-adds issue back to back (a general
+/// product spends much of its time packing these small matrices). The bias starts the values' accumulators;
+/// the activation, its slope and the tangents' product with it run on the registers before they are stored,
+/// with a 16-lane `exp` of the scalar one's construction.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx512 {
     use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+        __m512, _CMP_GT_OQ, _CMP_LT_OQ, _mm512_add_epi32, _mm512_add_ps, _mm512_castps_si512,
+        _mm512_castsi512_ps, _mm512_cmp_ps_mask, _mm512_div_ps, _mm512_fmadd_ps, _mm512_fnmadd_ps,
+        _mm512_loadu_ps, _mm512_mask_blend_ps, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps,
+        _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_slli_epi32, _mm512_storeu_ps,
+        _mm512_sub_epi32, _mm512_sub_ps,
     };
 
-    use super::Layer;
+    use super::{Activation, Layer, SELU_ALPHA, SELU_SCALE};
 
     /// Rows of a register block.
     pub(super) const ROWS: usize = 6;
@@ -427,23 +559,53 @@ mod avx512 {
         std::arch::is_x86_feature_detected!("avx512f")
     }
 
-    /// `c = a W (+ b on the first bias_rows rows)`; `false` (and nothing written) where it does not apply.
-    pub(super) fn affine(a: &[f32], rows: usize, bias_rows: usize, layer: &Layer, c: &mut [f32]) -> bool {
+    /// What a block does with its accumulators.
+    #[derive(Clone, Copy)]
+    enum Epilogue {
+        /// Store them.
+        Store,
+        /// Store `act(z)` and write `act'(z)` at the pointer (row stride `n`).
+        Activate(Activation, *mut f32),
+        /// Store `z` times the slopes at the pointer (row stride `n`).
+        Scale(*const f32),
+    }
+
+    /// [`super::layer_forward`]; `false` (and nothing written) where it does not apply.
+    pub(super) fn layer_forward(
+        a: &[f32],
+        stacked: usize,
+        rows: usize,
+        layer: &Layer,
+        c: &mut [f32],
+        activation: Option<Activation>,
+        slope: &mut [f32],
+    ) -> bool {
         let (k, n) = (layer.fan_in, layer.fan_out);
-        if n % LANES != 0 || !available() {
+        if n % LANES != 0 || activation == Some(Activation::Gelu) || !available() {
             return false;
         }
-        assert!(a.len() >= rows * k && c.len() >= rows * n && bias_rows <= rows);
+        assert!(a.len() >= stacked * k && c.len() >= stacked * n && rows <= stacked);
+        assert!(rows > 0 || stacked == 0);
         assert!(layer.weight.len() == k * n && layer.bias.len() == n);
-        // SAFETY: AVX-512F is present (checked above) and every access below stays inside `a[..rows * k]`,
-        // `W[..k * n]`, `b[..n]` and `c[..rows * n]` (asserted above): a block reads rows `r..r + R` of `a`
-        // and writes the same rows of `c`, columns `j..j + 16 V` with `j + 16 V <= n`.
-        unsafe { affine_avx512(a, rows, bias_rows, layer, c) };
+        assert!(activation.is_none() || slope.len() >= rows * n);
+        // SAFETY: AVX-512F is present (checked above) and every access stays inside `a[..stacked * k]`,
+        // `W[..k * n]`, `b[..n]`, `c[..stacked * n]` and `slope[..rows * n]` (asserted above): a block reads
+        // rows `r..r + R` of `a`, writes the same rows of `c`, and reads or writes the slopes of the same
+        // points (`r mod rows`, never past a block of `rows`), columns `j..j + 16 V` with `j + 16 V <= n`.
+        unsafe { layer_avx512(a, stacked, rows, layer, c, activation, slope) };
         true
     }
 
     #[target_feature(enable = "avx512f")]
-    unsafe fn affine_avx512(a: &[f32], rows: usize, bias_rows: usize, layer: &Layer, c: &mut [f32]) {
+    unsafe fn layer_avx512(
+        a: &[f32],
+        stacked: usize,
+        rows: usize,
+        layer: &Layer,
+        c: &mut [f32],
+        activation: Option<Activation>,
+        slope: &mut [f32],
+    ) {
         let (k, n) = (layer.fan_in, layer.fan_out);
         let (a, w, b, c) = (
             a.as_ptr(),
@@ -451,37 +613,43 @@ mod avx512 {
             layer.bias.as_ptr(),
             c.as_mut_ptr(),
         );
+        let slope = slope.as_mut_ptr();
         let mut j = 0;
         while j < n {
             let wide = if n - j >= 4 * LANES { 4 } else { 1 };
             let mut r = 0;
-            while r < rows {
-                let block = (rows - r).min(ROWS);
-                // Bias rows and tangent rows never share a block: the first block of tangents starts
-                // at bias_rows.
-                let block = if r < bias_rows {
-                    block.min(bias_rows - r)
-                } else {
-                    block
-                };
-                // SAFETY: as in `affine`: rows r..r + block, columns j..j + 16 wide.
+            while r < stacked {
+                // A block stays inside the values or inside one tangent block: its rows are those of the
+                // same points.
+                let point = r % rows;
+                let block = (stacked - r).min(ROWS).min(rows - point);
+                // SAFETY: as in `layer_forward`: rows r..r + block, their points point..point + block,
+                // columns j..j + 16 wide.
                 unsafe {
-                    let bias = if r < bias_rows { Some(b.add(j)) } else { None };
+                    let at_slope = slope.add(point * n + j);
+                    let (bias, epilogue) = match (r < rows, activation) {
+                        (true, Some(activation)) => {
+                            (Some(b.add(j)), Epilogue::Activate(activation, at_slope))
+                        }
+                        (true, None) => (Some(b.add(j)), Epilogue::Store),
+                        (false, Some(_)) => (None, Epilogue::Scale(at_slope)),
+                        (false, None) => (None, Epilogue::Store),
+                    };
                     let (a, c) = (a.add(r * k), c.add(r * n + j));
                     let w = w.add(j);
                     match (wide, block) {
-                        (4, 6) => block_kernel::<6, 4>(a, k, w, n, bias, c),
-                        (4, 5) => block_kernel::<5, 4>(a, k, w, n, bias, c),
-                        (4, 4) => block_kernel::<4, 4>(a, k, w, n, bias, c),
-                        (4, 3) => block_kernel::<3, 4>(a, k, w, n, bias, c),
-                        (4, 2) => block_kernel::<2, 4>(a, k, w, n, bias, c),
-                        (4, _) => block_kernel::<1, 4>(a, k, w, n, bias, c),
-                        (_, 6) => block_kernel::<6, 1>(a, k, w, n, bias, c),
-                        (_, 5) => block_kernel::<5, 1>(a, k, w, n, bias, c),
-                        (_, 4) => block_kernel::<4, 1>(a, k, w, n, bias, c),
-                        (_, 3) => block_kernel::<3, 1>(a, k, w, n, bias, c),
-                        (_, 2) => block_kernel::<2, 1>(a, k, w, n, bias, c),
-                        (_, _) => block_kernel::<1, 1>(a, k, w, n, bias, c),
+                        (4, 6) => block_kernel::<6, 4>(a, k, w, n, bias, c, epilogue),
+                        (4, 5) => block_kernel::<5, 4>(a, k, w, n, bias, c, epilogue),
+                        (4, 4) => block_kernel::<4, 4>(a, k, w, n, bias, c, epilogue),
+                        (4, 3) => block_kernel::<3, 4>(a, k, w, n, bias, c, epilogue),
+                        (4, 2) => block_kernel::<2, 4>(a, k, w, n, bias, c, epilogue),
+                        (4, _) => block_kernel::<1, 4>(a, k, w, n, bias, c, epilogue),
+                        (_, 6) => block_kernel::<6, 1>(a, k, w, n, bias, c, epilogue),
+                        (_, 5) => block_kernel::<5, 1>(a, k, w, n, bias, c, epilogue),
+                        (_, 4) => block_kernel::<4, 1>(a, k, w, n, bias, c, epilogue),
+                        (_, 3) => block_kernel::<3, 1>(a, k, w, n, bias, c, epilogue),
+                        (_, 2) => block_kernel::<2, 1>(a, k, w, n, bias, c, epilogue),
+                        (_, _) => block_kernel::<1, 1>(a, k, w, n, bias, c, epilogue),
                     }
                 }
                 r += block;
@@ -491,7 +659,7 @@ mod avx512 {
     }
 
     /// `R` rows by `16 V` columns of `c` (row stride `n`) from `a` (row stride `k`) and `W` (row stride
-    /// `n`), started from the bias or from zero.
+    /// `n`), started from the bias or from zero, finished by `epilogue`.
     #[target_feature(enable = "avx512f")]
     #[inline]
     unsafe fn block_kernel<const R: usize, const V: usize>(
@@ -501,6 +669,7 @@ mod avx512 {
         n: usize,
         bias: Option<*const f32>,
         c: *mut f32,
+        epilogue: Epilogue,
     ) {
         // SAFETY (whole body): the caller guarantees the block's rows and columns are in bounds.
         unsafe {
@@ -528,8 +697,145 @@ mod avx512 {
                     _mm512_storeu_ps(c.add(row * n + v * LANES), *lane);
                 }
             }
+            // The epilogue reads the block back from L1 in a loop of its own: inside the unrolled loop above,
+            // its code would push the accumulators out of the registers.
+            finish(c, n, R * V, V, epilogue);
         }
     }
+
+    /// The epilogue of a block of `count` registers, `per_row` to a row of `c` (row stride `n`).
+    #[target_feature(enable = "avx512f")]
+    #[inline(never)]
+    unsafe fn finish(c: *mut f32, n: usize, count: usize, per_row: usize, epilogue: Epilogue) {
+        // SAFETY (whole body): the block's registers lie inside `c` and the slopes (the caller's bounds).
+        unsafe {
+            match epilogue {
+                Epilogue::Store => {}
+                Epilogue::Activate(activation, slope) => {
+                    for i in 0..count {
+                        let at = (i / per_row) * n + (i % per_row) * LANES;
+                        let (value, derivative) = activate(activation, _mm512_loadu_ps(c.add(at)));
+                        _mm512_storeu_ps(slope.add(at), derivative);
+                        _mm512_storeu_ps(c.add(at), value);
+                    }
+                }
+                Epilogue::Scale(slope) => {
+                    for i in 0..count {
+                        let at = (i / per_row) * n + (i % per_row) * LANES;
+                        let z = _mm512_mul_ps(_mm512_loadu_ps(c.add(at)), _mm512_loadu_ps(slope.add(at)));
+                        _mm512_storeu_ps(c.add(at), z);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `(act(z), act'(z))` lane by lane, by the formulas of [`Activation::apply_in_place`].
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn activate(activation: Activation, z: __m512) -> (__m512, __m512) {
+        let zero = _mm512_setzero_ps();
+        let one = _mm512_set1_ps(1.0);
+        let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(z, zero);
+        match activation {
+            Activation::Selu | Activation::Elu => {
+                let (scale, alpha) = match activation {
+                    Activation::Selu => (SELU_SCALE, SELU_ALPHA),
+                    _ => (1.0, 1.0),
+                };
+                let scale_alpha = _mm512_set1_ps(scale * alpha);
+                let negative = _mm512_mul_ps(scale_alpha, _mm512_sub_ps(exp(_mm512_min_ps(z, zero)), one));
+                let scale = _mm512_set1_ps(scale);
+                (
+                    _mm512_mask_blend_ps(positive, negative, _mm512_mul_ps(scale, z)),
+                    _mm512_mask_blend_ps(positive, _mm512_add_ps(negative, scale_alpha), scale),
+                )
+            }
+            Activation::Relu => (_mm512_max_ps(z, zero), _mm512_mask_blend_ps(positive, zero, one)),
+            Activation::Silu => {
+                let sigmoid = _mm512_div_ps(one, _mm512_add_ps(one, exp(_mm512_sub_ps(zero, z))));
+                let slope = _mm512_mul_ps(sigmoid, _mm512_fmadd_ps(z, _mm512_sub_ps(one, sigmoid), one));
+                (_mm512_mul_ps(z, sigmoid), slope)
+            }
+            Activation::Tanh => {
+                let two = _mm512_set1_ps(2.0);
+                let h = _mm512_sub_ps(
+                    one,
+                    _mm512_div_ps(two, _mm512_add_ps(exp(_mm512_mul_ps(two, z)), one)),
+                );
+                (h, _mm512_fnmadd_ps(h, h, one))
+            }
+            Activation::Gelu => unreachable!("layer_forward declines GELU"),
+        }
+    }
+
+    /// [`super::exp`] on 16 lanes.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn exp(x: __m512) -> __m512 {
+        const SHIFT: f32 = 12_582_912.0;
+        let xc = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+        let shifted = _mm512_fmadd_ps(
+            xc,
+            _mm512_set1_ps(std::f32::consts::LOG2_E),
+            _mm512_set1_ps(SHIFT),
+        );
+        let k = _mm512_sub_ps(shifted, _mm512_set1_ps(SHIFT));
+        let k_bits = _mm512_sub_epi32(
+            _mm512_castps_si512(shifted),
+            _mm512_set1_epi32(SHIFT.to_bits() as i32),
+        );
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693_145_75), xc);
+        let r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428_606_8e-6), r);
+        let mut p = _mm512_set1_ps(1.0 / 5_040.0);
+        for coefficient in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(coefficient));
+        }
+        let scale = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
+            k_bits,
+            _mm512_set1_epi32(127),
+        )));
+        let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.0));
+        _mm512_mask_blend_ps(below, _mm512_mul_ps(p, scale), _mm512_setzero_ps())
+    }
+}
+
+/// An explicit Runge-Kutta method on a fixed grid of times, for [`MlpKernel::integrate`]: the Butcher
+/// tableau's nodes `c`, its strictly lower-triangular `a` (row `i` has `i` entries) and weights `b`.
+#[derive(Clone, Copy, Debug)]
+pub struct FixedSteps<'a> {
+    /// The grid `t_0, ..., t_N` (N steps).
+    pub times: &'a [f64],
+    /// Nodes, one per stage (`c_0 = 0`).
+    pub c: &'a [f64],
+    /// Stage coefficients.
+    pub a: &'a [&'a [f64]],
+    /// Weights of the new state.
+    pub b: &'a [f64],
+}
+
+/// An integration whose state stopped being finite: after step `step` (0-based) of the grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NonFinite {
+    /// The first step whose new state holds a NaN or an infinity.
+    pub step: usize,
+}
+
+/// `y += w x`, rounding the product and then the sum (as a tensor's `y += x * w` does).
+#[inline]
+fn add_scaled(y: &mut [f32], w: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        let product = x * w;
+        *y += product;
+    }
+}
+
+/// A worker's buffers for [`MlpKernel::integrate`]: a stage's input, the stage derivatives, the network's.
+#[derive(Default)]
+struct IntegrationScratch {
+    stage: Vec<f32>,
+    k: Vec<f32>,
+    net: Scratch,
 }
 
 /// A worker's buffers, grown to the largest tile it has seen and reused.
@@ -656,13 +962,15 @@ mod tests {
         assert_eq!(super::exp(0.0), 1.0);
     }
 
-    /// The AVX-512 product against `matrixmultiply`'s, for widths with and without a 64-column block,
-    /// row counts around the register block and the bias on a prefix of the rows.
+    /// The AVX-512 layer against the portable one (`matrixmultiply`'s product, element-wise passes): widths
+    /// with and without a 64-column block, row counts around the register block, tangent blocks below the
+    /// values, every activation and none.
     #[test]
     #[cfg(target_arch = "x86_64")]
-    fn avx512_layer_product_matches_the_portable_one() {
+    fn avx512_layer_matches_the_portable_one() {
+        use crate::mlp::Activation;
         if !super::avx512::available() {
-            eprintln!("no AVX-512 on this CPU: the portable product is the only one");
+            eprintln!("no AVX-512 on this CPU: the portable layer is the only one");
             return;
         }
         let mut state = 12345u32;
@@ -670,28 +978,59 @@ mod tests {
             state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (state >> 8) as f32 / (1 << 24) as f32 - 0.5
         };
+        let activations = [
+            None,
+            Some(Activation::Selu),
+            Some(Activation::Elu),
+            Some(Activation::Relu),
+            Some(Activation::Silu),
+            Some(Activation::Tanh),
+        ];
         for (fan_in, fan_out) in [(3, 64), (64, 64), (64, 16), (17, 80), (64, 128), (5, 2)] {
             let layer = super::Layer {
-                weight: (0..fan_in * fan_out).map(|_| draw()).collect(),
+                weight: (0..fan_in * fan_out).map(|_| 4.0 * draw()).collect(),
                 bias: (0..fan_out).map(|_| draw()).collect(),
                 fan_in,
                 fan_out,
             };
-            for (rows, bias_rows) in [(1, 1), (6, 6), (7, 3), (23, 10), (256, 128)] {
-                let a: Vec<f32> = (0..rows * fan_in).map(|_| draw()).collect();
-                let mut want = vec![0.0; rows * fan_out];
-                super::affine_portable(&a, rows, bias_rows, &layer, &mut want);
-                let mut got = vec![f32::NAN; rows * fan_out];
-                let applied = super::avx512::affine(&a, rows, bias_rows, &layer, &mut got);
-                assert_eq!(applied, fan_out % 16 == 0, "{fan_in} x {fan_out}");
-                if !applied {
-                    continue;
-                }
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                        "{fan_in} x {fan_out}, {rows} rows ({bias_rows} with bias), entry {i}: {g} vs {w}"
+            for (stacked, rows) in [(1, 1), (6, 6), (7, 7), (21, 7), (23, 23), (768, 256)] {
+                let a: Vec<f32> = (0..stacked * fan_in).map(|_| draw()).collect();
+                for activation in activations {
+                    let (mut want, mut want_slope) =
+                        (vec![0.0; stacked * fan_out], vec![0.0; rows * fan_out]);
+                    super::layer_forward_portable(
+                        &a,
+                        stacked,
+                        rows,
+                        &layer,
+                        &mut want,
+                        activation,
+                        &mut want_slope,
                     );
+                    let (mut got, mut got_slope) =
+                        (vec![f32::NAN; stacked * fan_out], vec![f32::NAN; rows * fan_out]);
+                    let applied = super::avx512::layer_forward(
+                        &a,
+                        stacked,
+                        rows,
+                        &layer,
+                        &mut got,
+                        activation,
+                        &mut got_slope,
+                    );
+                    assert_eq!(applied, fan_out % 16 == 0, "{fan_in} x {fan_out}");
+                    if !applied {
+                        continue;
+                    }
+                    let pairs = got.iter().zip(&want);
+                    let slopes = got_slope.iter().zip(&want_slope).filter(|_| activation.is_some());
+                    for (i, (g, w)) in pairs.chain(slopes).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 2e-5 * (1.0 + w.abs()),
+                            "{activation:?}, {fan_in} x {fan_out}, {stacked} rows ({rows} values), entry {i}: \
+                             {g} vs {w}"
+                        );
+                    }
                 }
             }
         }
