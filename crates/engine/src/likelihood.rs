@@ -225,6 +225,9 @@ pub fn log_likelihood_with(
     };
     flow.use_threads_for(settings.chunk_size.min(size[0] as usize), passes);
     let data = data.to_kind(Kind::Float).to_device(flow.device());
+    if let Some(result) = likelihood_in_tiles(flow, &data, source, settings, options) {
+        return result;
+    }
     // The forward-mode divergence (no autograd graph, all tangents in one matrix product per layer) where the
     // network has one; autograd otherwise.
     solve_chunks(
@@ -235,6 +238,97 @@ pub fn log_likelihood_with(
         settings,
         options,
     )
+}
+
+/// [`log_likelihood_with`] through the fused kernel's tile-by-tile solve of the augmented state
+/// ([`ferroflow_models::mlp_kernel::MlpKernel::integrate_with_divergence`]), where the kernel applies and the
+/// method takes fixed steps and is not first-same-as-last: the chunks, their probes and the arithmetic of
+/// [`solve_chunks`] with the kernel's divergence, so the same numbers, without the per-step tensors and
+/// with one hand-out of tiles to the threads per chunk. `None` where it does not apply.
+fn likelihood_in_tiles(
+    flow: &TrainedFlow,
+    data: &Tensor,
+    source: GaussianSource,
+    settings: &LikelihoodSettings,
+    options: &OdeOptions,
+) -> Option<Result<Likelihood, LikelihoodError>> {
+    let ferroflow_solvers::StepControl::Fixed { n_steps } = options.control else {
+        return None;
+    };
+    let tableau = options.method.tableau();
+    let no_probes = matches!(
+        settings.estimator,
+        DivergenceEstimator::Hutchinson { probes: 0, .. }
+    );
+    if tableau.fsal || n_steps == 0 || settings.chunk_size == 0 || no_probes {
+        return None;
+    }
+    let kernel = flow.kernel_for(data)?;
+    // The solver's grid from t = 1 to 0, ending on exactly 0.
+    let times: Vec<f64> = (0..=n_steps)
+        .map(|k| {
+            if k == n_steps {
+                0.0
+            } else {
+                1.0 - k as f64 / n_steps as f64
+            }
+        })
+        .collect();
+    let method = ferroflow_models::mlp_kernel::FixedSteps {
+        times: &times,
+        c: tableau.c,
+        a: tableau.a,
+        b: tableau.b,
+    };
+    let threads = tch::get_num_threads().max(1) as usize;
+    let n_samples = data.size()[0] as usize;
+    let dim = flow.dim() as i64;
+    let mut log_density = Vec::with_capacity(n_samples);
+    let mut chunks = 0;
+    for (chunk_idx, first) in (0..n_samples).step_by(settings.chunk_size).enumerate() {
+        let end = (first + settings.chunk_size).min(n_samples);
+        let chunk = data.narrow(0, first as i64, (end - first) as i64);
+        // The probes the field of `solve_chunks` draws at its first evaluation.
+        let seed = settings
+            .seed
+            .wrapping_add((chunk_idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let probes = match settings.estimator {
+            DivergenceEstimator::Exact => None,
+            DivergenceEstimator::Hutchinson { probes, distribution } => {
+                let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
+                Some(crate::sample::flat_f32(
+                    &distribution.draw(probes, &chunk, &mut rng),
+                ))
+            }
+        };
+        let mut x = crate::sample::flat_f32(&chunk);
+        let mut integral = vec![0.0f32; end - first];
+        if let Err(bad) =
+            kernel.integrate_with_divergence(&mut x, &mut integral, probes.as_deref(), &method, threads)
+        {
+            return Some(Err(LikelihoodError::Solver {
+                first,
+                end,
+                source: SolverError::NonFiniteState {
+                    t_reached: times[bad.step],
+                    t_attempted: times[bad.step + 1],
+                },
+            }));
+        }
+        let x0 = Tensor::from_slice(&x).view([(end - first) as i64, dim]);
+        // log p1 = log p0(x0) + l(0), l(0) = -int_0^1 div v dt.
+        let values = source.log_density(&x0) + Tensor::from_slice(&integral);
+        log_density.extend(
+            Vec::<f64>::try_from(values.to_kind(Kind::Double))
+                .expect("a [n] double tensor converts to Vec<f64>"),
+        );
+        chunks += 1;
+    }
+    Some(Ok(Likelihood {
+        log_density: Array1::from_vec(log_density),
+        steps: n_steps * chunks,
+        field_evals: n_steps * tableau.n_stages() * chunks,
+    }))
 }
 
 /// The core: `log p1` of every sample of `data` (`[n, ...]`) under the flow of `velocity(x, t)` from

@@ -109,7 +109,7 @@ impl TrainedFlow {
 
     /// The fused kernel for a batch `x`, where it applies: the network has one, predicts the velocity, is
     /// unconditional and off manifolds, and `x` is `[n, dim]` `f32` on the CPU.
-    fn kernel_for(&self, x: &Tensor) -> Option<ferroflow_models::mlp_kernel::MlpKernel> {
+    pub(crate) fn kernel_for(&self, x: &Tensor) -> Option<ferroflow_models::mlp_kernel::MlpKernel> {
         let applies = self.config.flow.prediction == Prediction::Velocity
             && self.config.data.manifold.is_none()
             && self.net.num_classes().is_none()
@@ -412,7 +412,7 @@ pub fn integrate_unit_interval<F: Field<Tensor>>(
 }
 
 /// The values of `tensor` as row-major `f32`.
-fn flat_f32(tensor: &Tensor) -> Vec<f32> {
+pub(crate) fn flat_f32(tensor: &Tensor) -> Vec<f32> {
     Vec::<f32>::try_from(tensor.detach().to_kind(Kind::Float).contiguous().view([-1]))
         .expect("a CPU float tensor converts to Vec<f32>")
 }

@@ -1,7 +1,8 @@
-//! A trained MLP's sampling through the fused kernel's tile-by-tile solve gives the numbers of the
-//! step-by-step solve (the solver's stepper over the kernel's velocity), for every fixed-step method it
-//! takes, batch sizes that do not fill the last tile, and one or two threads; and a field that leaves the
-//! finite numbers is reported at the step where it does, as the stepper reports it.
+//! A trained MLP's sampling and likelihood through the fused kernel's tile-by-tile solves give the numbers
+//! of the step-by-step solves (the solver's stepper over the kernel's velocity and divergence), for the
+//! fixed-step methods they take, batch sizes that do not fill the last tile, several chunks, exact and
+//! Hutchinson divergences, and one or two threads; and a field that leaves the finite numbers is reported at
+//! the step where it does, as the stepper reports it.
 
 use ferroflow_engine::config::{
     DataSection, FlowSection, ModelSection, RunSection, SampleSection, TrainSection,
@@ -81,5 +82,83 @@ fn a_solve_that_overflows_is_reported_at_the_step_where_it_does() {
     let reference = step_by_step(&flow, &x0, &options).unwrap_err();
     assert!(matches!(tiles, SolverError::NonFiniteState { .. }), "{tiles}");
     assert_eq!(tiles.to_string(), reference.to_string());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `log p1` of `data` by the path `log_likelihood_with` takes without the tile solve: the solver's
+/// augmented stepper over the kernel's velocity and divergence, chunk by chunk with the same probe seeds.
+fn likelihood_step_by_step(
+    flow: &TrainedFlow,
+    data: &Tensor,
+    settings: &ferroflow_engine::likelihood::LikelihoodSettings,
+    options: &OdeOptions,
+) -> Vec<f64> {
+    use ferroflow_models::autograd::{AutogradDivergence, ProbeSchedule};
+    let source = ferroflow_engine::likelihood::GaussianSource::of(&flow.config.data.source).unwrap();
+    let n = data.size()[0] as usize;
+    let mut out = Vec::new();
+    for (chunk_idx, first) in (0..n).step_by(settings.chunk_size).enumerate() {
+        let end = (first + settings.chunk_size).min(n);
+        let chunk = data.narrow(0, first as i64, (end - first) as i64);
+        let seed = settings
+            .seed
+            .wrapping_add((chunk_idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut velocity = |x: &Tensor, t: f64| flow.velocity_with_grad(x, t);
+        let forward = |x: &Tensor, t: f64, probes: Option<&Tensor>| flow.divergence_forward(x, t, probes);
+        let mut field = AutogradDivergence::with_forward_mode(
+            &mut velocity,
+            forward,
+            settings.estimator,
+            ProbeSchedule::fixed(seed),
+        )
+        .unwrap();
+        let result =
+            ferroflow_solvers::log_likelihood(&mut field, &chunk, |x0| source.log_density(x0), options)
+                .unwrap();
+        out.extend(Vec::<f64>::try_from(result.log_density.to_kind(Kind::Double)).unwrap());
+    }
+    out
+}
+
+#[test]
+fn the_tile_by_tile_likelihood_gives_the_step_by_step_numbers() {
+    use ferroflow_engine::likelihood::{LikelihoodSettings, log_likelihood_with};
+    use ferroflow_models::autograd::{DivergenceEstimator, ProbeDistribution};
+    let dir = std::env::temp_dir().join(format!("ferroflow-tiles-likelihood-{}", std::process::id()));
+    let mut flow = flow_in(&dir, 1.0);
+    let data = Tensor::randn([300, 2], (Kind::Float, Device::Cpu)) * 2.0;
+    let estimators = [
+        DivergenceEstimator::Exact,
+        DivergenceEstimator::Hutchinson {
+            probes: 2,
+            distribution: ProbeDistribution::Rademacher,
+        },
+        DivergenceEstimator::Hutchinson {
+            probes: 1,
+            distribution: ProbeDistribution::Gaussian,
+        },
+    ];
+    for threads in [1, 2] {
+        flow.threads = ferroflow_engine::threads::Threads::Fixed(threads);
+        for estimator in estimators {
+            for (method, steps) in [(Method::Midpoint, 6), (Method::Rk4, 3), (Method::Euler, 5)] {
+                let settings = LikelihoodSettings {
+                    chunk_size: 130,
+                    ..LikelihoodSettings::new(estimator, 11)
+                };
+                let options = OdeOptions::fixed(method, steps);
+                let tiles = log_likelihood_with(&flow, &data, &settings, &options).unwrap();
+                assert_eq!(tiles.steps, 3 * steps, "three chunks");
+                assert_eq!(tiles.field_evals, 3 * steps * method.tableau().n_stages());
+                let reference = likelihood_step_by_step(&flow, &data, &settings, &options);
+                assert_eq!(
+                    tiles.log_density.to_vec(),
+                    reference,
+                    "{estimator:?}, {method:?}, {threads} threads"
+                );
+                assert!(tiles.log_density.iter().all(|v| v.is_finite() && *v < 0.0));
+            }
+        }
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

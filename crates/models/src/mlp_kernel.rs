@@ -34,6 +34,9 @@ const SELU_ALPHA: f32 = 1.673_263_2;
 #[derive(Clone, Debug)]
 struct Layer {
     weight: Vec<f32>,
+    /// The weights as stored, `[fan_out, fan_in]`, for a layer narrower than a register (the output
+    /// layer of a low-dimensional flow), whose outputs are dot products; empty otherwise.
+    by_output: Vec<f32>,
     bias: Vec<f32>,
     fan_in: usize,
     fan_out: usize,
@@ -78,8 +81,14 @@ impl MlpKernel {
             let transposed = weight.detach().transpose(0, 1).contiguous();
             let weight = Vec::<f32>::try_from(transposed.view([-1])).ok()?;
             let bias = Vec::<f32>::try_from(bias.detach().contiguous().view([-1])).ok()?;
+            let by_output = if fan_out < 16 {
+                Vec::<f32>::try_from(params[w.0].detach().contiguous().view([-1])).ok()?
+            } else {
+                Vec::new()
+            };
             layers.push(Layer {
                 weight,
+                by_output,
                 bias,
                 fan_in,
                 fan_out,
@@ -131,78 +140,137 @@ impl MlpKernel {
     /// weights rounded to `f32` first, so both give the same numbers. Returns the first step after which a
     /// state is not finite, if any (every tile stops at its own first such step).
     pub fn integrate(&self, x: &mut [f32], method: &FixedSteps<'_>, threads: usize) -> Result<(), NonFinite> {
+        self.integrate_tiles(x, None, method, threads)
+    }
+
+    /// [`Self::integrate`] of the augmented state `(x, l)` with `dl/dt = div v(x, t)`: `integral` (`[n]`)
+    /// gains the integral of the divergence along each trajectory, exact without `probes`, else Hutchinson's
+    /// estimate with the probes `[K, n, dim]` kept for the whole solve (each stage's divergence adds into
+    /// `l` with the weights of the method, as the velocity into `x`). The likelihood's backward solve is a
+    /// grid from 1 to 0.
+    pub fn integrate_with_divergence(
+        &self,
+        x: &mut [f32],
+        integral: &mut [f32],
+        probes: Option<&[f32]>,
+        method: &FixedSteps<'_>,
+        threads: usize,
+    ) -> Result<(), NonFinite> {
+        assert_eq!(integral.len() * self.dim, x.len(), "one integral per point");
+        let tangents = match probes {
+            None => Tangents::Exact,
+            Some(probes) => Tangents::Probes(probes, probes.len() / x.len().max(1)),
+        };
+        self.integrate_tiles(x, Some((integral, tangents)), method, threads)
+    }
+
+    fn integrate_tiles(
+        &self,
+        x: &mut [f32],
+        divergence: Option<(&mut [f32], Tangents<'_>)>,
+        method: &FixedSteps<'_>,
+        threads: usize,
+    ) -> Result<(), NonFinite> {
         let dim = self.dim;
         assert_eq!(x.len() % dim, 0, "x must be [n, dim]");
-        let run_tile = |scratch: &mut IntegrationScratch, tile: &mut [f32]| -> Option<usize> {
-            let rows = tile.len() / dim;
-            let stages = method.b.len();
-            grow(&mut scratch.stage, tile.len());
-            grow(&mut scratch.k, stages * tile.len());
-            let stage = &mut scratch.stage[..tile.len()];
-            let k = &mut scratch.k[..stages * tile.len()];
-            for (step, pair) in method.times.windows(2).enumerate() {
-                let (t, t_new) = (pair[0], pair[1]);
-                let h = t_new - t;
-                for s in 0..stages {
-                    let (done, rest) = k.split_at_mut(s * tile.len());
-                    let k_s = &mut rest[..tile.len()];
-                    // As the solver does: the first stage at t, a node of 1 at exactly t_new.
-                    let c = method.c[s];
-                    let t_stage = if s == 0 {
-                        t
-                    } else if c == 1.0 {
-                        t_new
-                    } else {
-                        t + c * h
-                    };
-                    let embedding = self.time_features(t_stage as f32);
-                    let input: &[f32] = if s == 0 {
-                        tile
-                    } else {
-                        stage.copy_from_slice(tile);
-                        for (j, &a) in method.a[s].iter().enumerate() {
-                            if a != 0.0 {
-                                add_scaled(
-                                    stage,
-                                    (h * a) as f32,
-                                    &done[j * tile.len()..(j + 1) * tile.len()],
-                                );
+        let n = x.len() / dim;
+        let (integral, tangents) = match divergence {
+            Some((integral, tangents)) => (integral, tangents),
+            None => (&mut [][..], Tangents::None),
+        };
+        let with_divergence = !matches!(tangents, Tangents::None);
+        let stages = method.b.len();
+        let run_tile =
+            |scratch: &mut IntegrationScratch, index: usize, tile: &mut [f32], integral: &mut [f32]| {
+                let rows = tile.len() / dim;
+                grow(&mut scratch.stage, tile.len());
+                grow(&mut scratch.k, stages * tile.len());
+                grow(&mut scratch.div, if with_divergence { stages * rows } else { 0 });
+                let stage = &mut scratch.stage[..tile.len()];
+                let k = &mut scratch.k[..stages * tile.len()];
+                let div = &mut scratch.div[..if with_divergence { stages * rows } else { 0 }];
+                for (step, pair) in method.times.windows(2).enumerate() {
+                    let (t, t_new) = (pair[0], pair[1]);
+                    let h = t_new - t;
+                    for s in 0..stages {
+                        let (done, rest) = k.split_at_mut(s * tile.len());
+                        let k_s = &mut rest[..tile.len()];
+                        let div_s = if with_divergence {
+                            &mut div[s * rows..(s + 1) * rows]
+                        } else {
+                            &mut [][..]
+                        };
+                        // As the solver does: the first stage at t, a node of 1 at exactly t_new.
+                        let c = method.c[s];
+                        let t_stage = if s == 0 {
+                            t
+                        } else if c == 1.0 {
+                            t_new
+                        } else {
+                            t + c * h
+                        };
+                        let embedding = self.time_features(t_stage as f32);
+                        let input: &[f32] = if s == 0 {
+                            tile
+                        } else {
+                            stage.copy_from_slice(tile);
+                            for (j, &a) in method.a[s].iter().enumerate() {
+                                if a != 0.0 {
+                                    add_scaled(
+                                        stage,
+                                        (h * a) as f32,
+                                        &done[j * tile.len()..(j + 1) * tile.len()],
+                                    );
+                                }
+                            }
+                            stage
+                        };
+                        let first = index * TILE;
+                        self.tile(
+                            input,
+                            first,
+                            n,
+                            &embedding,
+                            tangents,
+                            &mut scratch.net,
+                            k_s,
+                            div_s,
+                        );
+                    }
+                    for (s, &b) in method.b.iter().enumerate() {
+                        if b != 0.0 {
+                            add_scaled(tile, (h * b) as f32, &k[s * tile.len()..(s + 1) * tile.len()]);
+                            if with_divergence {
+                                add_scaled(integral, (h * b) as f32, &div[s * rows..(s + 1) * rows]);
                             }
                         }
-                        stage
-                    };
-                    self.tile(
-                        input,
-                        0,
-                        rows,
-                        &embedding,
-                        Tangents::None,
-                        &mut scratch.net,
-                        k_s,
-                        &mut [],
-                    );
-                }
-                for (s, &b) in method.b.iter().enumerate() {
-                    if b != 0.0 {
-                        add_scaled(tile, (h * b) as f32, &k[s * tile.len()..(s + 1) * tile.len()]);
+                    }
+                    if !tile.iter().chain(integral.iter()).all(|v| v.is_finite()) {
+                        return Some(step);
                     }
                 }
-                if !tile.iter().all(|v| v.is_finite()) {
-                    return Some(step);
-                }
-            }
-            None
+                None
+            };
+        let mut integral_chunks: Vec<&mut [f32]> = if with_divergence {
+            integral.chunks_mut(TILE).collect()
+        } else {
+            (0..n.div_ceil(TILE)).map(|_| <&mut [f32]>::default()).collect()
         };
         let first_bad = if threads <= 1 {
             let mut scratch = IntegrationScratch::default();
             x.chunks_mut(TILE * dim)
-                .filter_map(|tile| run_tile(&mut scratch, tile))
+                .zip(integral_chunks.iter_mut())
+                .enumerate()
+                .filter_map(|(index, (tile, integral))| run_tile(&mut scratch, index, tile, integral))
                 .min()
         } else {
             x.par_chunks_mut(TILE * dim)
-                .map_init(IntegrationScratch::default, |scratch, tile| {
-                    run_tile(scratch, tile)
-                })
+                .zip(integral_chunks.par_iter_mut())
+                .enumerate()
+                .map_init(
+                    IntegrationScratch::default,
+                    |scratch, (index, (tile, integral))| run_tile(scratch, index, tile, integral),
+                )
                 .flatten()
                 .min()
         };
@@ -542,9 +610,9 @@ mod avx512 {
     use std::arch::x86_64::{
         __m512, _CMP_GT_OQ, _CMP_LT_OQ, _mm512_add_epi32, _mm512_add_ps, _mm512_castps_si512,
         _mm512_castsi512_ps, _mm512_cmp_ps_mask, _mm512_div_ps, _mm512_fmadd_ps, _mm512_fnmadd_ps,
-        _mm512_loadu_ps, _mm512_mask_blend_ps, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps,
-        _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_slli_epi32, _mm512_storeu_ps,
-        _mm512_sub_epi32, _mm512_sub_ps,
+        _mm512_loadu_ps, _mm512_mask_blend_ps, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_min_ps,
+        _mm512_mul_ps, _mm512_reduce_add_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps,
+        _mm512_slli_epi32, _mm512_storeu_ps, _mm512_sub_epi32, _mm512_sub_ps,
     };
 
     use super::{Activation, Layer, SELU_ALPHA, SELU_SCALE};
@@ -581,7 +649,18 @@ mod avx512 {
         slope: &mut [f32],
     ) -> bool {
         let (k, n) = (layer.fan_in, layer.fan_out);
-        if n % LANES != 0 || activation == Some(Activation::Gelu) || !available() {
+        if !available() {
+            return false;
+        }
+        if n < LANES && activation.is_none() && layer.by_output.len() == n * k {
+            assert!(a.len() >= stacked * k && c.len() >= stacked * n && rows <= stacked);
+            assert!(layer.bias.len() == n);
+            // SAFETY: AVX-512F is present; the loads stay inside `a[..stacked * k]` and `by_output[..n * k]`
+            // (asserted above), the stores inside `c[..stacked * n]`.
+            unsafe { narrow_avx512(a, stacked, rows, layer, c) };
+            return true;
+        }
+        if n % LANES != 0 || activation == Some(Activation::Gelu) {
             return false;
         }
         assert!(a.len() >= stacked * k && c.len() >= stacked * n && rows <= stacked);
@@ -594,6 +673,41 @@ mod avx512 {
         // points (`r mod rows`, never past a block of `rows`), columns `j..j + 16 V` with `j + 16 V <= n`.
         unsafe { layer_avx512(a, stacked, rows, layer, c, activation, slope) };
         true
+    }
+
+    /// A layer narrower than a register, without activation: each output a dot product of the input row
+    /// with the output's weights, 16 products per instruction, summed across the lanes at the end.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn narrow_avx512(a: &[f32], stacked: usize, rows: usize, layer: &Layer, c: &mut [f32]) {
+        let (k, n) = (layer.fan_in, layer.fan_out);
+        let full = k / LANES * LANES;
+        let tail = ((1u32 << (k - full)) - 1) as u16;
+        for r in 0..stacked {
+            // SAFETY: row r of `a` and of `c`, output o's weights: inside the slices (the caller's checks);
+            // the masked loads read only the `k - full` entries left in a row.
+            unsafe {
+                let row = a.as_ptr().add(r * k);
+                for o in 0..n {
+                    let weights = layer.by_output.as_ptr().add(o * k);
+                    let mut acc = _mm512_setzero_ps();
+                    let mut p = 0;
+                    while p < full {
+                        acc = _mm512_fmadd_ps(
+                            _mm512_loadu_ps(row.add(p)),
+                            _mm512_loadu_ps(weights.add(p)),
+                            acc,
+                        );
+                        p += LANES;
+                    }
+                    if tail != 0 {
+                        let x = _mm512_maskz_loadu_ps(tail, row.add(full));
+                        acc = _mm512_fmadd_ps(x, _mm512_maskz_loadu_ps(tail, weights.add(full)), acc);
+                    }
+                    let bias = if r < rows { layer.bias[o] } else { 0.0 };
+                    c[r * n + o] = _mm512_reduce_add_ps(acc) + bias;
+                }
+            }
+        }
     }
 
     #[target_feature(enable = "avx512f")]
@@ -835,6 +949,7 @@ fn add_scaled(y: &mut [f32], w: f32, x: &[f32]) {
 struct IntegrationScratch {
     stage: Vec<f32>,
     k: Vec<f32>,
+    div: Vec<f32>,
     net: Scratch,
 }
 
@@ -986,9 +1101,27 @@ mod tests {
             Some(Activation::Silu),
             Some(Activation::Tanh),
         ];
-        for (fan_in, fan_out) in [(3, 64), (64, 64), (64, 16), (17, 80), (64, 128), (5, 2)] {
+        for (fan_in, fan_out) in [
+            (3, 64),
+            (64, 64),
+            (64, 16),
+            (17, 80),
+            (64, 128),
+            (5, 2),
+            (64, 2),
+            (40, 3),
+        ] {
+            let weight: Vec<f32> = (0..fan_in * fan_out).map(|_| 4.0 * draw()).collect();
+            let by_output = if fan_out < 16 {
+                (0..fan_out * fan_in)
+                    .map(|i| weight[(i % fan_in) * fan_out + i / fan_in])
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let layer = super::Layer {
-                weight: (0..fan_in * fan_out).map(|_| 4.0 * draw()).collect(),
+                weight,
+                by_output,
                 bias: (0..fan_out).map(|_| draw()).collect(),
                 fan_in,
                 fan_out,
@@ -1018,7 +1151,8 @@ mod tests {
                         activation,
                         &mut got_slope,
                     );
-                    assert_eq!(applied, fan_out % 16 == 0, "{fan_in} x {fan_out}");
+                    let narrow = fan_out < 16 && activation.is_none();
+                    assert_eq!(applied, fan_out % 16 == 0 || narrow, "{fan_in} x {fan_out}");
                     if !applied {
                         continue;
                     }
