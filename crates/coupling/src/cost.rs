@@ -167,7 +167,7 @@ pub fn cost_matrix_into(
         });
     }
     let dim = x0.ncols();
-    let parallel = x0.nrows() * x1.nrows() * dim >= PARALLEL_WORK_THRESHOLD;
+    let parallel = x0.nrows() * x1.nrows() * dim > PARALLEL_WORK_THRESHOLD;
     if matches!(cost, GroundCost::SquaredEuclidean {}) && dim >= GEMM_MIN_DIM {
         squared_by_product(x0, x1, out.view_mut(), parallel);
     } else {
