@@ -353,14 +353,15 @@ pub fn tangent_projectors(spec: &ManifoldSpec, x: &Tensor) -> Tensor {
 
 /// The Riemannian divergence `tr(P J P)` of the learned tangent field `f(x) = P(x) v(x, t)` at the points
 /// `x` (`[n, D]`, on the manifold): exactly from the D rows of the ambient Jacobian, or by Hutchinson's
-/// estimate `z^T J z` with tangent probes `z = P eps` (`eps ~ N(0, I)`, `K` of them), whose mean is
-/// `tr(J P) = tr(P J P)`.
+/// estimate `z^T J z` with tangent probes `z = P eps` (`eps` Gaussian or Rademacher, `K` of them, drawn
+/// from `rng`), whose mean is `tr(J P) = tr(P J P)`.
 pub fn riemannian_divergence(
     velocity: &dyn Fn(&Tensor, f64) -> Tensor,
     spec: &ManifoldSpec,
     x: &Tensor,
     t: f64,
     estimator: ferroflow_models::DivergenceEstimator,
+    rng: &mut dyn RngCore,
 ) -> Tensor {
     let x = x.detach().set_requires_grad(true);
     let field = spec.project_tangent(&x, &velocity(&x, t));
@@ -384,17 +385,11 @@ pub fn riemannian_divergence(
         }
         ferroflow_models::DivergenceEstimator::Hutchinson { probes, distribution } => {
             let mut total = Tensor::zeros([x.size()[0]], (tch::Kind::Float, x.device()));
-            let options = (tch::Kind::Float, x.device());
+            // E[eps eps^T] = I for both distributions, so E[z z^T] = P P^T = P. Drawn from the caller's
+            // generator, not libtorch's process-wide one, so concurrent solves keep their own probes.
+            let all = distribution.draw(probes, &x.detach().to_kind(tch::Kind::Float), rng);
             for k in 0..probes {
-                // E[eps eps^T] = I for both distributions, so E[z z^T] = P P^T = P.
-                let eps = match distribution {
-                    ferroflow_models::autograd::ProbeDistribution::Gaussian => {
-                        Tensor::randn([x.size()[0], dim], options)
-                    }
-                    ferroflow_models::autograd::ProbeDistribution::Rademacher => {
-                        Tensor::randint(2, [x.size()[0], dim], options) * 2.0 - 1.0
-                    }
-                };
+                let eps = all.get(k as i64);
                 let z = projector.matmul(&eps.unsqueeze(2)).squeeze_dim(2);
                 let jtz = grad(&(&field * &z).sum(tch::Kind::Float), k + 1 < probes);
                 total += (jtz * &z).sum_dim_intlist([1i64].as_slice(), false, tch::Kind::Float);
@@ -463,11 +458,11 @@ pub fn log_likelihood_of_tangent_field(
     manifold
         .check_points(points, ferroflow_manifolds::ON_MANIFOLD_TOLERANCE * 10.0)
         .map_err(|e| format!("the points are not on {}: {e}", spec.name()))?;
-    tch::manual_seed(solve.seed as i64);
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(solve.seed);
     let device = solve.device;
     let as_tensor = |x: &Array2<f64>| crate::sample::from_array(x.view(), device);
-    let divergence = |x: &Array2<f64>, t: f64| -> Array1<f64> {
-        let div = riemannian_divergence(velocity, spec, &as_tensor(x), t, solve.estimator);
+    let mut divergence = |x: &Array2<f64>, t: f64| -> Array1<f64> {
+        let div = riemannian_divergence(velocity, spec, &as_tensor(x), t, solve.estimator, &mut rng);
         Array1::from(Vec::<f32>::try_from(&div.to_device(tch::Device::Cpu)).unwrap_or_default())
             .mapv(f64::from)
     };
