@@ -44,6 +44,13 @@ impl LikelihoodSettings {
             seed,
         }
     }
+
+    /// The seed of chunk `chunk_idx`'s probes: distinct and reproducible per chunk (an odd multiplier spreads
+    /// the seeds).
+    pub fn chunk_seed(&self, chunk_idx: usize) -> u64 {
+        self.seed
+            .wrapping_add((chunk_idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
 }
 
 /// Why a likelihood could not be computed.
@@ -252,34 +259,15 @@ fn likelihood_in_tiles(
     settings: &LikelihoodSettings,
     options: &OdeOptions,
 ) -> Option<Result<Likelihood, LikelihoodError>> {
-    let ferroflow_solvers::StepControl::Fixed { n_steps } = options.control else {
-        return None;
-    };
-    let tableau = options.method.tableau();
-    let no_probes = matches!(
+    if matches!(
         settings.estimator,
         DivergenceEstimator::Hutchinson { probes: 0, .. }
-    );
-    if tableau.fsal || n_steps == 0 || settings.chunk_size == 0 || no_probes {
+    ) || settings.chunk_size == 0
+    {
         return None;
     }
+    let grid = crate::sample::TileGrid::of(options, 1.0, 0.0)?;
     let kernel = flow.kernel_for(data)?;
-    // The solver's grid from t = 1 to 0, ending on exactly 0.
-    let times: Vec<f64> = (0..=n_steps)
-        .map(|k| {
-            if k == n_steps {
-                0.0
-            } else {
-                1.0 - k as f64 / n_steps as f64
-            }
-        })
-        .collect();
-    let method = ferroflow_models::mlp_kernel::FixedSteps {
-        times: &times,
-        c: tableau.c,
-        a: tableau.a,
-        b: tableau.b,
-    };
     let threads = tch::get_num_threads().max(1) as usize;
     let n_samples = data.size()[0] as usize;
     let dim = flow.dim() as i64;
@@ -289,9 +277,7 @@ fn likelihood_in_tiles(
         let end = (first + settings.chunk_size).min(n_samples);
         let chunk = data.narrow(0, first as i64, (end - first) as i64);
         // The probes the field of `solve_chunks` draws at its first evaluation.
-        let seed = settings
-            .seed
-            .wrapping_add((chunk_idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let seed = settings.chunk_seed(chunk_idx);
         let probes = match settings.estimator {
             DivergenceEstimator::Exact => None,
             DivergenceEstimator::Hutchinson { probes, distribution } => {
@@ -303,16 +289,17 @@ fn likelihood_in_tiles(
         };
         let mut x = crate::sample::flat_f32(&chunk);
         let mut integral = vec![0.0f32; end - first];
-        if let Err(bad) =
-            kernel.integrate_with_divergence(&mut x, &mut integral, probes.as_deref(), &method, threads)
-        {
+        if let Err(bad) = kernel.integrate_with_divergence(
+            &mut x,
+            &mut integral,
+            probes.as_deref(),
+            &grid.method(),
+            threads,
+        ) {
             return Some(Err(LikelihoodError::Solver {
                 first,
                 end,
-                source: SolverError::NonFiniteState {
-                    t_reached: times[bad.step],
-                    t_attempted: times[bad.step + 1],
-                },
+                source: grid.error(bad),
             }));
         }
         let x0 = Tensor::from_slice(&x).view([(end - first) as i64, dim]);
@@ -326,8 +313,8 @@ fn likelihood_in_tiles(
     }
     Some(Ok(Likelihood {
         log_density: Array1::from_vec(log_density),
-        steps: n_steps * chunks,
-        field_evals: n_steps * tableau.n_stages() * chunks,
+        steps: grid.steps() * chunks,
+        field_evals: grid.field_evals() * chunks,
     }))
 }
 
@@ -409,10 +396,7 @@ where
     for (chunk_idx, first) in (0..n_samples).step_by(settings.chunk_size).enumerate() {
         let end = (first + settings.chunk_size).min(n_samples);
         let chunk = data.narrow(0, first as i64, (end - first) as i64);
-        // Distinct, reproducible probes per chunk (an odd multiplier spreads the seeds).
-        let seed = settings
-            .seed
-            .wrapping_add((chunk_idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let seed = settings.chunk_seed(chunk_idx);
         let forward = |x: &Tensor, t: f64, probes: Option<&Tensor>| {
             forward_mode.as_mut().and_then(|forward| forward(x, t, probes))
         };

@@ -255,46 +255,22 @@ impl TrainedFlow {
         x0: &Tensor,
         options: &OdeOptions,
     ) -> Option<Result<Solution<Tensor>, SolverError>> {
-        let StepControl::Fixed { n_steps } = options.control else {
-            return None;
-        };
-        let tableau = options.method.tableau();
-        if tableau.fsal || n_steps == 0 {
-            return None;
-        }
+        let grid = TileGrid::of(options, 0.0, 1.0)?;
         let kernel = self.kernel_for(x0)?;
-        let times: Vec<f64> = (0..=n_steps)
-            .map(|k| {
-                if k == n_steps {
-                    1.0
-                } else {
-                    k as f64 / n_steps as f64
-                }
-            })
-            .collect();
-        let method = ferroflow_models::mlp_kernel::FixedSteps {
-            times: &times,
-            c: tableau.c,
-            a: tableau.a,
-            b: tableau.b,
-        };
         let mut x = flat_f32(x0);
         let threads = tch::get_num_threads().max(1) as usize;
-        Some(match kernel.integrate(&mut x, &method, threads) {
+        Some(match kernel.integrate(&mut x, &grid.method(), threads) {
             Ok(()) => Ok(Solution {
                 state: Tensor::from_slice(&x).view(x0.size().as_slice()),
                 times: Vec::new(),
                 trajectory: Vec::new(),
                 stats: ferroflow_solvers::SolverStats {
-                    steps: n_steps,
+                    steps: grid.steps(),
                     rejected_steps: 0,
-                    field_evals: n_steps * tableau.n_stages(),
+                    field_evals: grid.field_evals(),
                 },
             }),
-            Err(bad) => Err(SolverError::NonFiniteState {
-                t_reached: times[bad.step],
-                t_attempted: times[bad.step + 1],
-            }),
+            Err(bad) => Err(grid.error(bad)),
         })
     }
 
@@ -409,6 +385,59 @@ pub fn integrate_unit_interval<F: Field<Tensor>>(
         trajectory,
         stats,
     })
+}
+
+/// A fixed-step method as the fused kernel's tile solves take it (not first-same-as-last): the solver's grid
+/// from `t0` to `t1` and the tableau, shared by sampling and the likelihood so both step on the stepper's
+/// times.
+pub(crate) struct TileGrid {
+    times: Vec<f64>,
+    tableau: &'static ferroflow_solvers::ButcherTableau,
+}
+
+impl TileGrid {
+    /// The grid of `options` from `t0` to `t1`; `None` for adaptive steps, no steps or an FSAL method.
+    pub(crate) fn of(options: &OdeOptions, t0: f64, t1: f64) -> Option<Self> {
+        let StepControl::Fixed { n_steps } = options.control else {
+            return None;
+        };
+        let tableau = options.method.tableau();
+        if tableau.fsal || n_steps == 0 {
+            return None;
+        }
+        let times = (0..=n_steps)
+            .map(|k| ferroflow_solvers::grid_time(t0, t1, k, n_steps))
+            .collect();
+        Some(TileGrid { times, tableau })
+    }
+
+    /// The method as the kernel reads it.
+    pub(crate) fn method(&self) -> ferroflow_models::mlp_kernel::FixedSteps<'_> {
+        ferroflow_models::mlp_kernel::FixedSteps {
+            times: &self.times,
+            c: self.tableau.c,
+            a: self.tableau.a,
+            b: self.tableau.b,
+        }
+    }
+
+    /// Steps of one solve.
+    pub(crate) fn steps(&self) -> usize {
+        self.times.len() - 1
+    }
+
+    /// Field evaluations of one solve.
+    pub(crate) fn field_evals(&self) -> usize {
+        self.steps() * self.tableau.n_stages()
+    }
+
+    /// The stepper's error for a solve whose state stopped being finite.
+    pub(crate) fn error(&self, bad: ferroflow_models::mlp_kernel::NonFinite) -> SolverError {
+        SolverError::NonFiniteState {
+            t_reached: self.times[bad.step],
+            t_attempted: self.times[bad.step + 1],
+        }
+    }
 }
 
 /// The values of `tensor` as row-major `f32`.

@@ -100,9 +100,7 @@ fn likelihood_step_by_step(
     for (chunk_idx, first) in (0..n).step_by(settings.chunk_size).enumerate() {
         let end = (first + settings.chunk_size).min(n);
         let chunk = data.narrow(0, first as i64, (end - first) as i64);
-        let seed = settings
-            .seed
-            .wrapping_add((chunk_idx as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let seed = settings.chunk_seed(chunk_idx);
         let mut velocity = |x: &Tensor, t: f64| flow.velocity_with_grad(x, t);
         let forward = |x: &Tensor, t: f64, probes: Option<&Tensor>| flow.divergence_forward(x, t, probes);
         let mut field = AutogradDivergence::with_forward_mode(

@@ -62,6 +62,27 @@ enum Tangents<'a> {
     Probes(&'a [f32], usize),
 }
 
+impl<'a> Tangents<'a> {
+    /// The exact divergence without `probes`, else Hutchinson's with the probes `[K, n, dim]` of points
+    /// `x` holding `x_len` numbers.
+    fn of(probes: Option<&'a [f32]>, x_len: usize) -> Self {
+        match probes {
+            None => Tangents::Exact,
+            Some(probes) => Tangents::Probes(probes, probes.len() / x_len.max(1)),
+        }
+    }
+}
+
+/// `values` (one number per point) cut into the tiles' parts, or an empty part per tile of `n` points when
+/// nothing per point is computed.
+fn per_tile(values: &mut [f32], wanted: bool, n: usize) -> Vec<&mut [f32]> {
+    if wanted {
+        values.chunks_mut(TILE).collect()
+    } else {
+        (0..n.div_ceil(TILE)).map(|_| <&mut [f32]>::default()).collect()
+    }
+}
+
 impl MlpKernel {
     /// The kernel of `mlp` with the weights `params` (views from [`crate::ParamStore::views_of`]); `None`
     /// where the kernel does not apply (angle columns, GELU, weights not `f32` on the CPU).
@@ -124,10 +145,7 @@ impl MlpKernel {
         divergence: &mut [f32],
         threads: usize,
     ) {
-        let tangents = match probes {
-            None => Tangents::Exact,
-            Some(probes) => Tangents::Probes(probes, probes.len() / x.len().max(1)),
-        };
+        let tangents = Tangents::of(probes, x.len());
         self.run(x, t, tangents, out, divergence, threads);
     }
 
@@ -157,10 +175,7 @@ impl MlpKernel {
         threads: usize,
     ) -> Result<(), NonFinite> {
         assert_eq!(integral.len() * self.dim, x.len(), "one integral per point");
-        let tangents = match probes {
-            None => Tangents::Exact,
-            Some(probes) => Tangents::Probes(probes, probes.len() / x.len().max(1)),
-        };
+        let tangents = Tangents::of(probes, x.len());
         self.integrate_tiles(x, Some((integral, tangents)), method, threads)
     }
 
@@ -251,11 +266,7 @@ impl MlpKernel {
                 }
                 None
             };
-        let mut integral_chunks: Vec<&mut [f32]> = if with_divergence {
-            integral.chunks_mut(TILE).collect()
-        } else {
-            (0..n.div_ceil(TILE)).map(|_| <&mut [f32]>::default()).collect()
-        };
+        let mut integral_chunks = per_tile(integral, with_divergence, n);
         let first_bad = if threads <= 1 {
             let mut scratch = IntegrationScratch::default();
             x.chunks_mut(TILE * dim)
@@ -311,11 +322,7 @@ impl MlpKernel {
                 divergence,
             );
         };
-        let mut divergence_chunks: Vec<&mut [f32]> = if with_divergence {
-            divergence.chunks_mut(TILE).collect()
-        } else {
-            (0..n.div_ceil(TILE)).map(|_| <&mut [f32]>::default()).collect()
-        };
+        let mut divergence_chunks = per_tile(divergence, with_divergence, n);
         if threads <= 1 {
             let mut scratch = Scratch::default();
             for (tile, (out, divergence)) in out

@@ -42,7 +42,7 @@ pub use field::{DivergenceField, Field, FnField};
 pub use likelihood::{DataScaling, LogLikelihood, bits_per_dim, log_likelihood, standard_normal_log_density};
 pub use ode::{
     AdaptiveOptions, FnObserver, OdeOptions, OdeStepper, Solution, SolverStats, StepControl, StepObserver,
-    StepView, solve, solve_observed, solve_observed_with_trajectory, solve_with_trajectory,
+    StepView, grid_time, solve, solve_observed, solve_observed_with_trajectory, solve_with_trajectory,
 };
 pub use sde::{
     DiagonalNoise, NoiseSource, Record, ScalarNoise, Sde, SdeOptions, euler_maruyama, sample_flow_sde,

@@ -360,8 +360,9 @@ pub(crate) fn check_times(times: &[f64]) -> Result<(), SolverError> {
     Ok(())
 }
 
-/// The `step_idx`-th of `n_steps + 1` equally spaced times from `t0` to `t1`; exact at both ends.
-pub(crate) fn grid_time(t0: f64, t1: f64, step_idx: usize, n_steps: usize) -> f64 {
+/// The `step_idx`-th of `n_steps + 1` equally spaced times from `t0` to `t1`; exact at both ends. The grid of
+/// every fixed-step solve (ODE and SDE), public so that a solve outside the stepper can take the same times.
+pub fn grid_time(t0: f64, t1: f64, step_idx: usize, n_steps: usize) -> f64 {
     if step_idx == n_steps {
         t1
     } else {
