@@ -322,8 +322,10 @@ fn a_failure_on_rank_0_alone_ends_the_job_instead_of_hanging() {
     let dir = temp_dir("rank0");
     let cfg = config(&dir, "independent", 10_000_000, 1e-3);
     let (job, run) = start_long_job(&dir, &cfg, false);
-    // The folder disappears: rank 0's next checkpoint fails, while rank 1 waits in the next all-reduce.
-    std::fs::remove_dir_all(&run).unwrap();
+    // The folder disappears: rank 0's next checkpoint fails, while rank 1 waits in the next all-reduce. It is
+    // moved away in one atomic rename, not removed: removing it file by file races with rank 0 writing its
+    // next checkpoint into it (`remove_dir_all` then fails with "directory not empty", seen in CI).
+    std::fs::rename(&run, dir.join("moved-away")).unwrap();
     let text = failed(&ends_within_30s(job, "rank 0 failed"));
     assert!(
         text.contains("rank 0 of 2") && text.contains("checkpoint"),
