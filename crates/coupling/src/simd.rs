@@ -7,8 +7,14 @@
 //! time. The two builds sum in the same order; they differ only by the rounding that fusing removes, so
 //! results on a CPU with FMA and one without agree to rounding, not bit for bit.
 //!
-//! Calling a `#[target_feature]` function is `unsafe` (the caller promises the features exist); that is the
-//! only `unsafe` in this crate, each call guarded by [`avx2_fma`].
+//! Where the CPU has AVX-512F ([`avx512`]) the same loops are compiled once more for 512-bit vectors. The
+//! shortest-path step of the JV solver is written with explicit AVX2 and AVX-512 intrinsics instead, because
+//! its masked updates of two arrays did not vectorise from plain code; its unaligned loads and stores are
+//! `unsafe`, each in-bounds by an assertion at the top of its function.
+//!
+//! Calling a `#[target_feature]` function is `unsafe` (the caller promises the features exist); every such
+//! call is guarded by [`avx2_fma`] or [`avx512`], and those calls and the intrinsics' loads and stores are the
+//! only `unsafe` in this crate.
 
 /// Whether this CPU has AVX2 and FMA (std caches the detection; one atomic load per call).
 #[inline]
@@ -16,6 +22,19 @@ pub(crate) fn avx2_fma() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU has AVX-512F besides AVX2 and FMA.
+#[inline]
+pub(crate) fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2_fma() && std::is_x86_feature_detected!("avx512f")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

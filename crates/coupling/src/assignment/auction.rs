@@ -42,7 +42,8 @@ pub(crate) fn best_two(row: &[f32], price: &[f32]) -> (f32, usize, f32) {
     best_two_generic(row, price)
 }
 
-/// The loop of [`best_two`] compiled for AVX2; `None` where the CPU lacks it.
+/// The loop of [`best_two`] compiled for AVX-512 (the 32 lanes are two registers) or else AVX2; `None` where
+/// the CPU has neither.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
@@ -51,7 +52,16 @@ mod avx2 {
         super::best_two_generic(row, price)
     }
 
+    #[target_feature(enable = "avx512f,avx2")]
+    fn best_two_avx512(row: &[f32], price: &[f32]) -> (f32, usize, f32) {
+        super::best_two_generic(row, price)
+    }
+
     pub(super) fn best_two(row: &[f32], price: &[f32]) -> Option<(f32, usize, f32)> {
+        if crate::simd::avx512() {
+            // SAFETY: compiled for AVX-512F and AVX2, which `avx512()` confirmed this CPU has.
+            return Some(unsafe { best_two_avx512(row, price) });
+        }
         // SAFETY: the function is compiled for AVX2, which `avx2_fma()` confirmed this CPU has.
         crate::simd::avx2_fma().then(|| unsafe { best_two_impl(row, price) })
     }
