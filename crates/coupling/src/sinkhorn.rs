@@ -21,8 +21,9 @@
 //! Convergence is measured after each row update, when the row marginal is exact, by the L1 error of the
 //! column marginal; the column update then makes the columns exact. POT's `ot.sinkhorn` measures the same
 //! quantity in the L2 norm every 10 iterations (`stopThr = 1e-9`); in L1 our default `1e-6` is comparable
-//! for n in the thousands. Every loop is bounded by `max_iterations`. The hot loops use AVX2 and FMA where the
-//! CPU has them (chosen at run time); results differ from the plain x86-64 build by rounding only.
+//! for n in the thousands. Every loop is bounded by `max_iterations`. The hot loops use AVX-512, or else AVX2,
+//! with FMA where the CPU has them (chosen at run time); results differ from the plain x86-64 build by
+//! rounding only (the two vector builds sum in the same lanes and order and agree exactly).
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use rayon::prelude::*;
@@ -32,8 +33,13 @@ use crate::error::{CouplingError, Result};
 use crate::fastexp::{exp, exp_for_f32};
 use crate::simd::madd;
 
-/// Matrix size (`rows * cols`) above which the passes over the kernel run on rayon's pool.
-const PARALLEL_ENTRIES: usize = 1 << 15;
+/// Matrix size (`rows * cols`) from which the passes over the kernel run on rayon's pool. A pass over 256 x 256
+/// entries takes about 20 us on one core, no more than handing it to the pool and waking its workers; on
+/// `bench_ot` (2 cores, idle) the parallel passes were no faster at n = 256 and 384 and twice as fast from 512
+/// on. Below it nothing wakes the pool, which matters on the training producer thread: SB-CFM's 256 x 256
+/// Sinkhorn there shared the cores with the trainer and spent a quarter of its time in thread hand-offs
+/// when the threshold was 2^15.
+const PARALLEL_ENTRIES: usize = 1 << 18;
 /// Scalings outside `[1/ABSORB, ABSORB]` are absorbed into the potentials.
 const ABSORB: f64 = 1e50;
 /// Ratio of consecutive regularisations in the epsilon-scaling schedule (each stage rebuilds `K`, which
@@ -606,37 +612,57 @@ fn axpy_generic<const FMA: bool>(acc: &mut [f64], k: &[f32], x: f64) {
     }
 }
 
-/// The loops above compiled for AVX2 + FMA; each entry point returns `None` where the CPU lacks them.
+/// The loops above compiled for AVX-512 (16 `f64` lanes are two 512-bit registers) where the CPU has it, else
+/// for AVX2 + FMA; each entry point returns `None` where the CPU has neither. Both sum in the same lanes and
+/// order with fused multiply-adds, so they give the same results.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
-    use crate::simd::avx2_fma;
+    use crate::simd::{avx2_fma, avx512};
 
-    #[target_feature(enable = "avx2,fma")]
-    fn max_difference_impl(beta: &[f64], crow: &[f64]) -> f64 {
-        super::max_difference_generic(beta, crow)
+    /// Wraps each generic loop in one function per instruction set.
+    macro_rules! compiled_for {
+        ($features:literal, $name:ident) => {
+            mod $name {
+                #[target_feature(enable = $features)]
+                pub(super) fn max_difference(beta: &[f64], crow: &[f64]) -> f64 {
+                    super::super::max_difference_generic(beta, crow)
+                }
+
+                #[target_feature(enable = $features)]
+                pub(super) fn exp_row(
+                    beta: &[f64],
+                    crow: &[f64],
+                    shift: f64,
+                    inv_eps: f64,
+                    krow: &mut [f32],
+                ) -> f64 {
+                    super::super::exp_row_generic::<true>(beta, crow, shift, inv_eps, krow)
+                }
+
+                #[target_feature(enable = $features)]
+                pub(super) fn dot(k: &[f32], v: &[f64]) -> f64 {
+                    super::super::dot_generic::<true>(k, v)
+                }
+
+                #[target_feature(enable = $features)]
+                pub(super) fn axpy(acc: &mut [f64], k: &[f32], x: f64) {
+                    super::super::axpy_generic::<true>(acc, k, x);
+                }
+            }
+        };
     }
+    compiled_for!("avx2,fma", with_avx2);
+    compiled_for!("avx512f,avx2,fma", with_avx512);
 
-    #[target_feature(enable = "avx2,fma")]
-    fn exp_row_impl(beta: &[f64], crow: &[f64], shift: f64, inv_eps: f64, krow: &mut [f32]) -> f64 {
-        super::exp_row_generic::<true>(beta, crow, shift, inv_eps, krow)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn dot_impl(k: &[f32], v: &[f64]) -> f64 {
-        super::dot_generic::<true>(k, v)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn axpy_impl(acc: &mut [f64], k: &[f32], x: f64) {
-        super::axpy_generic::<true>(acc, k, x);
-    }
-
-    // SAFETY (all four): each calls a function compiled for AVX2 + FMA only after `avx2_fma()` confirmed
-    // that this CPU has both.
+    // SAFETY (all four): each calls a function compiled for AVX-512 (or AVX2 + FMA) only after `avx512()`
+    // (or `avx2_fma()`) confirmed that this CPU has it.
 
     pub(super) fn max_difference(beta: &[f64], crow: &[f64]) -> Option<f64> {
-        avx2_fma().then(|| unsafe { max_difference_impl(beta, crow) })
+        if avx512() {
+            return Some(unsafe { with_avx512::max_difference(beta, crow) });
+        }
+        avx2_fma().then(|| unsafe { with_avx2::max_difference(beta, crow) })
     }
 
     pub(super) fn exp_row(
@@ -646,15 +672,25 @@ mod avx2 {
         inv_eps: f64,
         krow: &mut [f32],
     ) -> Option<f64> {
-        avx2_fma().then(|| unsafe { exp_row_impl(beta, crow, shift, inv_eps, krow) })
+        if avx512() {
+            return Some(unsafe { with_avx512::exp_row(beta, crow, shift, inv_eps, krow) });
+        }
+        avx2_fma().then(|| unsafe { with_avx2::exp_row(beta, crow, shift, inv_eps, krow) })
     }
 
     pub(super) fn dot(k: &[f32], v: &[f64]) -> Option<f64> {
-        avx2_fma().then(|| unsafe { dot_impl(k, v) })
+        if avx512() {
+            return Some(unsafe { with_avx512::dot(k, v) });
+        }
+        avx2_fma().then(|| unsafe { with_avx2::dot(k, v) })
     }
 
     pub(super) fn axpy(acc: &mut [f64], k: &[f32], x: f64) -> Option<()> {
-        avx2_fma().then(|| unsafe { axpy_impl(acc, k, x) })
+        if avx512() {
+            unsafe { with_avx512::axpy(acc, k, x) };
+            return Some(());
+        }
+        avx2_fma().then(|| unsafe { with_avx2::axpy(acc, k, x) })
     }
 }
 
