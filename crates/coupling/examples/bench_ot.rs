@@ -2,13 +2,18 @@
 //! 8gaussians (D = 2) or a mixture of 10 random Gaussian blobs (D = 784), printing markdown tables.
 //!
 //! `cargo run --release -p ferroflow-coupling --example bench_ot [-- --quick] [--sinkhorn-only | --no-sinkhorn | --jv-only]
-//! [--sizes N,N,..] [--regs R,R,..] [--reps R] [--tolerance T]`
+//! [--sizes N,N,..] [--regs R,R,..] [--reps R] [--tolerance T]` or
+//! `-- --minibatch [--sizes N,..] [--sb-cap N] [--no-sinkhorn]`
 //!
 //! `--sizes` replaces the sizes of the tables that are printed (Sinkhorn's default is 1024,4096), `--regs` the
 //! Sinkhorn regularisations (default 0.05,0.01,0.001), `--reps` the repetitions behind each median, `--tolerance` Sinkhorn's
 //! stopping threshold on the L1 marginal error (default 1e-6; POT's default `stopThr = 1e-9` is an L2 threshold,
 //! which at n = 4096 is met by an L1 error of at most 6.4e-8 when spread evenly). `--jv-only`
-//! times only the default [`Jv`] on D = 2 (the OT-CFM minibatch case). The first line gives rayon's thread count.
+//! times only the default [`Jv`] on D = 2 (the OT-CFM minibatch case). `--minibatch` times, per fresh batch of
+//! `bench train`'s setting (8gaussians -> moons, default n = 256), what a coupling costs the producer thread:
+//! the cost matrix, the exact assignment (OT-CFM) and SB-CFM's Sinkhorn (raw cost, reg 0.02, tolerance
+//! 1e-3, at most `--sb-cap` iterations, default 100, its marginal error printed; `--no-sinkhorn` skips it).
+//! The first line gives rayon's thread count.
 //!
 //! The same sizes and distributions are timed for the Python peers by `crates/coupling/bench/peers_ot.py`;
 //! compare ratios from runs made back to back on the same machine.
@@ -142,6 +147,14 @@ fn main() {
         sinkhorn_table(quick, &mut rng);
         return;
     }
+    if std::env::args().any(|a| a == "--minibatch") {
+        minibatch_table(
+            &list_arg::<usize>("--sizes").unwrap_or_else(|| vec![256]),
+            quick,
+            &mut rng,
+        );
+        return;
+    }
     if std::env::args().any(|a| a == "--jv-only") {
         jv_table(&sizes, quick, &mut rng);
         return;
@@ -241,6 +254,82 @@ fn jv_table(sizes: &[usize], quick: bool, rng: &mut ChaCha8Rng) {
             samples[batches / 2],
             samples[0],
             samples[batches - 1]
+        );
+    }
+}
+
+/// Moons as the data module draws them: two half circles with N(0, 0.1^2) noise, scaled by 3 and shifted by -1.
+fn moons(n: usize, rng: &mut ChaCha8Rng) -> Array2<f64> {
+    let mut out = Array2::zeros((n, 2));
+    for (i, mut row) in out.rows_mut().into_iter().enumerate() {
+        let a = rng.random_range(0.0..std::f64::consts::PI);
+        let (x, y) = if i % 2 == 0 {
+            (a.cos(), a.sin())
+        } else {
+            (1.0 - a.cos(), 0.5 - a.sin())
+        };
+        let (e0, e1): (f64, f64) = (StandardNormal.sample(rng), StandardNormal.sample(rng));
+        row[0] = 3.0 * (x + 0.1 * e0) - 1.0;
+        row[1] = 3.0 * (y + 0.1 * e1) - 1.0;
+    }
+    out
+}
+
+/// Per fresh 8gaussians -> moons batch: cost matrix, exact assignment, SB-CFM's Sinkhorn (ms per batch).
+fn minibatch_table(sizes: &[usize], quick: bool, rng: &mut ChaCha8Rng) {
+    let jv = Jv::default();
+    let sb = SinkhornConfig {
+        reg: 0.02,
+        max_iterations: list_arg::<usize>("--sb-cap").map_or(100, |c| c[0]),
+        tolerance: 1e-3,
+    };
+    println!(
+        "\n### one coupling per fresh batch, 8gaussians -> moons (bench train's setting): ms per batch\n"
+    );
+    println!(
+        "| n | batches | cost matrix | jv | SB-CFM sinkhorn (reg 0.02, tol 1e-3, cap {}) | its iterations (median, max) | its marginal error (median) |",
+        sb.max_iterations
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let no_sinkhorn = std::env::args().any(|a| a == "--no-sinkhorn");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for &n in sizes {
+        let batches = reps_or(if quick { 51 } else { 301 });
+        let pairs: Vec<_> = (0..batches)
+            .map(|_| (eight_gaussians(n, rng), moons(n, rng)))
+            .collect();
+        let (mut tc, mut tj, mut ts, mut its, mut errors) = (vec![], vec![], vec![], vec![], vec![]);
+        for (x0, x1) in &pairs {
+            let t = Instant::now();
+            let cost = std::hint::black_box(squared_euclidean(x0.view(), x1.view()).expect("finite"));
+            tc.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            std::hint::black_box(jv.solve(cost.view()).expect("valid cost"));
+            tj.push(t.elapsed().as_secs_f64() * 1e3);
+            if no_sinkhorn {
+                continue;
+            }
+            let t = Instant::now();
+            let sol = std::hint::black_box(sinkhorn(cost.view(), &sb).expect("valid cost"));
+            ts.push(t.elapsed().as_secs_f64() * 1e3);
+            its.push(sol.iterations as f64);
+            errors.push(sol.marginal_error);
+        }
+        if no_sinkhorn {
+            (ts, its, errors) = (vec![f64::NAN], vec![f64::NAN], vec![f64::NAN]);
+        }
+        let max_its = its.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {n} | {batches} | {:.4} | {:.4} | {:.4} | {}, {} | {:.1e} |",
+            median(tc),
+            median(tj),
+            median(ts),
+            median(its),
+            max_its,
+            median(errors)
         );
     }
 }
