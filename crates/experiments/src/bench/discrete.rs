@@ -25,7 +25,6 @@
 //! ([`Stream::Benchmark`]): what the grid and the sample size allow.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use ferroflow_engine::RunConfig;
@@ -447,22 +446,7 @@ fn run_peer(
         "bench discrete: running flow_matching on {} ({} steps)",
         config.run.name, config.train.steps
     );
-    let started = Instant::now();
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg(dir)
-        .output()
-        .with_context(|| format!("cannot run {python} {script}"))?;
-    if !output.status.success() {
-        bail!(
-            "{script} failed after {:.0} s: {}",
-            started.elapsed().as_secs_f64(),
-            String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-    }
+    super::run_peer_script(python, script, &[dir.display().to_string()])?;
     Ok(())
 }
 

@@ -297,9 +297,10 @@ fn peer_likelihood(python: &str, n_points: usize, repeats: usize, threads: usize
     })
 }
 
-/// Runs the peer `script` with `python` and `args` and returns what it printed; a failure names the script
-/// and the last line of its error output.
-fn run_peer_script(python: &str, script: &str, args: &[String]) -> Result<String> {
+/// Runs the peer `script` with `python` and `args` and returns what it printed; a failure names the script,
+/// how long it ran and the last line of its error output. Every benchmark that runs a peer goes through here.
+pub(super) fn run_peer_script(python: &str, script: &str, args: &[String]) -> Result<String> {
+    let started = std::time::Instant::now();
     let output = std::process::Command::new(python)
         .arg(script)
         .args(args)
@@ -307,7 +308,8 @@ fn run_peer_script(python: &str, script: &str, args: &[String]) -> Result<String
         .with_context(|| format!("cannot run {python} {script}"))?;
     if !output.status.success() {
         bail!(
-            "{script} failed: {}",
+            "{script} failed after {:.0} s: {}",
+            started.elapsed().as_secs_f64(),
             String::from_utf8_lossy(&output.stderr)
                 .lines()
                 .last()

@@ -12,7 +12,6 @@
 //! The product manifold S^2 x T^1 has no peer row: `flow_matching` has no product manifolds (its issue 60).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use ferroflow_engine::RunConfig;
@@ -230,22 +229,7 @@ fn run_peer(
     )?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/peers/flow_matching_riemannian.py");
     println!("bench riemannian: running flow_matching on {}", config.run.name);
-    let started = Instant::now();
-    let output = std::process::Command::new(python)
-        .arg(script)
-        .arg(dir)
-        .output()
-        .with_context(|| format!("cannot run {python} {script}"))?;
-    if !output.status.success() {
-        bail!(
-            "{script} failed after {:.0} s: {}",
-            started.elapsed().as_secs_f64(),
-            String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-    }
+    super::run_peer_script(python, script, &[dir.display().to_string()])?;
     let samples = ferroflow_engine::files::read_points(&dir.join("samples.npy"))?;
     ensure!(
         samples.dim() == (n, dim),
