@@ -94,7 +94,7 @@ pub fn run(args: &GuidanceBenchSettings) -> Result<()> {
         return Ok(());
     }
     tch::set_num_threads(args.threads);
-    let roofline = Roofline::measure(&[args.threads.max(1) as usize], 3);
+    let roofline = Roofline::measure(&[args.threads.max(1) as usize], 7);
     let mut rows = Vec::new();
     for &dim in &args.dims {
         tch::manual_seed(dim as i64);

@@ -97,7 +97,7 @@ pub fn likelihood_bench(
     let mut flow = trained_flow(&args.out_dir, args.train_steps, observers)?;
     let load_at_start = load_average();
     let cores = ferroflow_engine::threads::cores();
-    let roofline = Roofline::measure(&[1, cores], args.repeats.max(3));
+    let roofline = Roofline::measure(&[1, cores], args.repeats.max(7));
     let mut rng = ChaCha8Rng::seed_from_u64(2024);
     let points = Dataset::EightGaussians {}.sample(args.n_points, &mut rng);
     let data = Tensor::from_slice(&points).view([args.n_points as i64, 2]);

@@ -123,7 +123,7 @@ pub fn run(args: &TrainBenchSettings) -> Result<()> {
             },
         ),
     ];
-    let roofline = Roofline::measure(threads, 3);
+    let roofline = Roofline::measure(threads, 7);
     // One step: the forward pass, and a backward pass that forms the input's and the weights' gradients.
     let flops_per_step = network_flops(&Mlp::new(MlpConfig::benchmark(2), tch::Device::Cpu)?, 256, 3.0);
     for (label, coupling_name, path, coupling) in couplings {
