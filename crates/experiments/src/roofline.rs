@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 use ferroflow_models::VelocityNet;
 use tch::{Device, Kind, Tensor};
 
-
 const ROWS: i64 = 2048;
 const INNER: i64 = 512;
 
