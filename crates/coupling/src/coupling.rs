@@ -61,6 +61,40 @@ impl Pairing {
 pub trait Coupling: Send + Sync {
     /// The pairing of `x0` with `x1`.
     fn pair(&self, x0: ArrayView2<f64>, x1: ArrayView2<f64>, rng: &mut dyn RngCore) -> Result<Pairing>;
+
+    /// The same pairing (same draws from `rng`) and, for the entropic couplings, how their Sinkhorn solve
+    /// ended, so that a caller can tell its user when pairs came from a plan that stopped at its iteration
+    /// cap. The other couplings are exact and report `None`.
+    fn pair_reporting(
+        &self,
+        x0: ArrayView2<f64>,
+        x1: ArrayView2<f64>,
+        rng: &mut dyn RngCore,
+    ) -> Result<(Pairing, Option<SinkhornReport>)> {
+        Ok((self.pair(x0, x1, rng)?, None))
+    }
+}
+
+/// How the Sinkhorn solve behind an entropic pairing ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SinkhornReport {
+    /// Iterations at the final regularisation.
+    pub iterations: usize,
+    /// The cap on them.
+    pub max_iterations: usize,
+    /// L1 error of the plan's column marginal at the last check.
+    pub marginal_error: f64,
+    /// The tolerance it was to reach.
+    pub tolerance: f64,
+    /// The regularisation, in the units of the (scaled) cost.
+    pub reg: f64,
+}
+
+impl SinkhornReport {
+    /// Whether the marginal error reached the tolerance.
+    pub fn converged(&self) -> bool {
+        self.marginal_error <= self.tolerance
+    }
 }
 
 /// How the independent coupling orders its pairs.
@@ -267,6 +301,15 @@ pub struct SinkhornCoupling {
 
 impl Coupling for SinkhornCoupling {
     fn pair(&self, x0: ArrayView2<f64>, x1: ArrayView2<f64>, rng: &mut dyn RngCore) -> Result<Pairing> {
+        Ok(self.pair_reporting(x0, x1, rng)?.0)
+    }
+
+    fn pair_reporting(
+        &self,
+        x0: ArrayView2<f64>,
+        x1: ArrayView2<f64>,
+        rng: &mut dyn RngCore,
+    ) -> Result<(Pairing, Option<SinkhornReport>)> {
         let mut cost = cost_matrix(x0, x1, GroundCost::SquaredEuclidean {})?;
         if self.scaling == CostScaling::Max {
             let max = cost.fold(0.0f64, |m, &c| m.max(c));
@@ -275,7 +318,14 @@ impl Coupling for SinkhornCoupling {
             }
         }
         let solution = sinkhorn(cost.view(), &self.config)?;
-        sample_plan(solution.plan.view(), x0.nrows(), rng)
+        let report = SinkhornReport {
+            iterations: solution.iterations,
+            max_iterations: self.config.max_iterations,
+            marginal_error: solution.marginal_error,
+            tolerance: self.config.tolerance,
+            reg: self.config.reg,
+        };
+        Ok((sample_plan(solution.plan.view(), x0.nrows(), rng)?, Some(report)))
     }
 }
 

@@ -20,7 +20,7 @@ pub use assignment::{
     Assignment, AssignmentSolver, Hungarian, Jv, JvConfig, JvInit, JvWorkspace, SolverKind,
 };
 pub use cost::{GroundCost, cost_matrix, cost_matrix_into, squared_euclidean};
-pub use coupling::{CostScaling, Coupling, CouplingConfig, IndependentOrder, Pairing};
+pub use coupling::{CostScaling, Coupling, CouplingConfig, IndependentOrder, Pairing, SinkhornReport};
 pub use error::{CouplingError, Result};
 pub use metrics::{
     MmdConfig, MmdEstimator, W2Config, W2Estimate, W2Method, mmd_rbf, sinkhorn_divergence, w1, w2, w2_general,

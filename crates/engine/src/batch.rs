@@ -9,7 +9,7 @@
 //! (`x_t = a_t x0 + b_t x1 + c_t eps`, `u_t = a'_t x0 + b'_t x1 + c'_t eps`); for small data this is far
 //! cheaper than a chain of tensor operations.
 
-use ferroflow_coupling::{Coupling, CouplingConfig, CouplingError, IndependentOrder};
+use ferroflow_coupling::{Coupling, CouplingConfig, CouplingError, IndependentOrder, SinkhornReport};
 use ferroflow_manifolds::ManifoldError;
 use ferroflow_manifolds::product::BoxedManifold;
 use ferroflow_paths::{ConditionalPath, Prediction};
@@ -95,6 +95,8 @@ pub struct BatchMaker {
     conditional: Option<(usize, f64)>,
     /// The manifold of a Riemannian flow: geodesic paths instead of the affine interpolation.
     manifold: Option<BoxedManifold>,
+    /// How the last batch's Sinkhorn solve ended (entropic couplings only).
+    sinkhorn_report: Option<SinkhornReport>,
 }
 
 impl BatchMaker {
@@ -121,7 +123,44 @@ impl BatchMaker {
             labels: Vec::new(),
             conditional: conditional_of(config),
             manifold: config.data.manifold.as_ref().map(|m| m.build()).transpose()?,
+            sinkhorn_report: None,
         })
+    }
+
+    /// How the Sinkhorn solve of the last batch made ended: `Some` for the entropic couplings (`sinkhorn`,
+    /// `schrodinger_bridge`), `None` for the exact ones.
+    pub fn sinkhorn_report(&self) -> Option<SinkhornReport> {
+        self.sinkhorn_report
+    }
+
+    /// A note for the user when batch 1's Sinkhorn solve stopped at its iteration cap before reaching its
+    /// tolerance, naming the config keys that fix it; `None` when it converged, for exact couplings, and
+    /// when the batch cannot be made (training reports that error itself at that step). Batches are a pure
+    /// function of the seed and the step, so this changes nothing that training will draw.
+    pub fn sinkhorn_note(&mut self) -> Option<String> {
+        let (kind, keys) = match self.coupling_config {
+            CouplingConfig::Sinkhorn { .. } => (
+                "sinkhorn",
+                (
+                    "flow.coupling.sinkhorn.max_iterations",
+                    "flow.coupling.sinkhorn.reg",
+                ),
+            ),
+            CouplingConfig::SchrodingerBridge { .. } => (
+                "schrodinger_bridge",
+                ("flow.coupling.max_iterations", "flow.coupling.sigma"),
+            ),
+            _ => return None,
+        };
+        let mut batch = Batch::default();
+        self.make(1, &mut batch).ok()?;
+        let report = self.sinkhorn_report.filter(|r| !r.converged())?;
+        Some(format!(
+            "flow.coupling ({}): Sinkhorn stopped at its {} iterations on the first batch with an L1 marginal \
+             error of {:.1e}, above its tolerance {:.1e}, so training pairs are drawn from an approximate plan \
+             (reg {:.3e} against these costs converges slowly); raise {} or {} to converge",
+            kind, report.max_iterations, report.marginal_error, report.tolerance, report.reg, keys.0, keys.1
+        ))
     }
 
     /// Dimension of a sample.
@@ -245,7 +284,8 @@ impl BatchMaker {
         let (n, dim) = (self.batch_size, self.dim);
         let to_f64 = |v: &[f32]| Array2::from_shape_fn((n, dim), |(r, c)| f64::from(v[r * dim + c]));
         let (x0, x1) = (to_f64(&self.x0), to_f64(&self.x1));
-        let pairing = self.coupling.pair(x0.view(), x1.view(), rng)?;
+        let (pairing, report) = self.coupling.pair_reporting(x0.view(), x1.view(), rng)?;
+        self.sinkhorn_report = report;
         let gather = |v: &[f32], idx: &[usize]| -> Vec<f32> {
             idx.iter()
                 .flat_map(|&row| v[row * dim..(row + 1) * dim].iter().copied())
@@ -255,5 +295,62 @@ impl BatchMaker {
         self.x1 = gather(&self.x1, &pairing.target_idx);
         self.labels = pairing.target_idx.iter().map(|&row| self.labels[row]).collect();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RunConfig;
+    use std::path::Path;
+
+    fn maker(coupling: &str) -> BatchMaker {
+        let text = format!(
+            "[run]\nname = \"t\"\n[data]\nsource = {{ kind = \"8gaussians\" }}\ntarget = {{ kind = \"moons\" }}\n\
+             [flow]\ncoupling = {coupling}\n[train]\nbatch_size = 128\n"
+        );
+        BatchMaker::new(&RunConfig::parse(&text, Path::new("t.toml")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_entropic_coupling_stopped_at_its_cap_is_reported_with_the_keys_that_fix_it() {
+        // SB-CFM at sigma 0.1 (reg 0.02) on 8gaussians -> moons does not converge in 5 iterations.
+        let mut capped =
+            maker("{ kind = \"schrodinger_bridge\", sigma = 0.1, max_iterations = 5, tolerance = 1e-3 }");
+        let note = capped.sinkhorn_note().expect("a note");
+        assert!(
+            note.contains("schrodinger_bridge") && note.contains("5 iterations"),
+            "{note}"
+        );
+        assert!(
+            note.contains("flow.coupling.max_iterations") && note.contains("flow.coupling.sigma"),
+            "{note}"
+        );
+        let report = capped.sinkhorn_report().expect("a report");
+        assert!(!report.converged() && report.iterations == 5 && report.marginal_error > 1e-3);
+        // The same batch, with room to converge at a larger reg: no note, and the report says converged.
+        let mut loose =
+            maker("{ kind = \"schrodinger_bridge\", sigma = 2.0, max_iterations = 1000, tolerance = 1e-3 }");
+        assert_eq!(loose.sinkhorn_note(), None);
+        assert!(loose.sinkhorn_report().expect("a report").converged());
+        let mut relative = maker("{ kind = \"sinkhorn\", sinkhorn = { reg = 0.05, max_iterations = 2 } }");
+        let note = relative.sinkhorn_note().expect("a note");
+        assert!(note.contains("flow.coupling.sinkhorn.max_iterations"), "{note}");
+        // Exact couplings have nothing to report.
+        let mut exact = maker("{ kind = \"exact_ot\" }");
+        assert_eq!(exact.sinkhorn_note(), None);
+        assert_eq!(exact.sinkhorn_report(), None);
+    }
+
+    #[test]
+    fn the_note_draws_nothing_that_training_would_not() {
+        // Batch 1 after the note equals batch 1 of a fresh maker.
+        let coupling = "{ kind = \"schrodinger_bridge\", sigma = 0.1, max_iterations = 5 }";
+        let (mut probed, mut fresh) = (maker(coupling), maker(coupling));
+        assert!(probed.sinkhorn_note().is_some());
+        let (mut a, mut b) = (Batch::default(), Batch::default());
+        probed.make(1, &mut a).unwrap();
+        fresh.make(1, &mut b).unwrap();
+        assert_eq!(a, b);
     }
 }

@@ -413,6 +413,13 @@ pub fn train(
         path: run_dir.to_path_buf(),
         detail: e.to_string(),
     })?;
+    // An entropic coupling whose Sinkhorn stops at its cap is not an error (the pairs still follow a plan
+    // close to it), but the user should know rather than find out from the samples.
+    if let Some(note) = maker.sinkhorn_note() {
+        for observer in observers.iter_mut() {
+            observer.on_note(&note);
+        }
+    }
     let driven = drive(config, run_dir, start, stop, launch, model, observers, |run| {
         let shape: Vec<i64> = std::iter::once((run.ranks.rows.1 - run.ranks.rows.0) as i64)
             .chain(run.model.net.sample_shape())

@@ -66,7 +66,8 @@ pub trait Observer<M: ?Sized = ()> {
     /// Called after every step, with the model in its state after the step.
     fn on_step(&mut self, model: &M, info: &StepInfo, journal: &mut Journal) -> Result<(), TrainError>;
 
-    /// A message about the run for the user (a lock taken over, leftovers removed, ...), before it starts.
+    /// A message about the run for the user (a lock taken over, leftovers removed, a Sinkhorn coupling that
+    /// stops at its iteration cap, ...), before it starts.
     fn on_note(&mut self, note: &str) {
         let _ = note;
     }
