@@ -704,6 +704,7 @@ function handleEvent(name, data) {
   const t = probe.train;
   if (name === "started") {
     t.run = data.run;
+    $("train-note").textContent = "";
     $("train-status").textContent = `training ${data.run} (${data.total} steps)`;
   } else if (name === "progress") {
     t.progressEvents += 1;
@@ -714,6 +715,8 @@ function handleEvent(name, data) {
     const rate = t.progressEvents > 1 ? ((t.progressEvents - 1) / ((t.lastAt - t.firstAt) / 1000)).toFixed(1) : "-";
     $("train-status").textContent = `step ${data.step}/${data.total}  loss ${data.loss.toFixed(4)}  ${data.steps_per_second.toFixed(0)} steps/s  ${rate} updates/s`;
     drawLoss();
+  } else if (name === "note") {
+    $("train-note").textContent = data.text;
   } else if (name === "snapshot") {
     t.snapshots += 1;
     state.snapshot = data.points;

@@ -301,6 +301,7 @@ async fn train(
         let name = match &event {
             TrainEvent::Started { .. } => "started",
             TrainEvent::Progress { .. } => "progress",
+            TrainEvent::Note { .. } => "note",
             TrainEvent::Snapshot { .. } => "snapshot",
             TrainEvent::Finished { .. } => "finished",
         };

@@ -229,6 +229,11 @@ pub enum TrainEvent {
         /// Steps per second since the start.
         steps_per_second: f64,
     },
+    /// A message about the run before it starts (a Sinkhorn coupling that stops at its iteration cap, ...).
+    Note {
+        /// The message, naming the config keys involved.
+        text: String,
+    },
     /// Samples of the current network (an Euler solve of [`SNAPSHOT_STEPS`] steps).
     Snapshot {
         /// The step they were drawn at.
@@ -293,6 +298,12 @@ impl StreamObserver {
 }
 
 impl Observer<FlowModel> for StreamObserver {
+    fn on_note(&mut self, note: &str) {
+        let _ = self.events.try_send(TrainEvent::Note {
+            text: note.to_owned(),
+        });
+    }
+
     fn on_start(&mut self, first_step: usize, _total: usize) -> Result<(), TrainError> {
         self.started = Instant::now();
         self.first_step = first_step;

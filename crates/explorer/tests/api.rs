@@ -785,6 +785,26 @@ async fn one_training_per_client_stop_ends_it_and_a_closed_page_stops_it() {
     assert_eq!(status, StatusCode::OK, "{frames}");
     assert_eq!(frames["particles"][2].as_array().unwrap().len(), 40);
     assert_eq!(frames["field"][0].as_array().unwrap().len(), 32);
+
+    // A Sinkhorn coupling at the smallest epsilon on batches of 32 stops at its iteration cap: the stream
+    // says so in a `note` event before training, naming the key to raise; at a large epsilon it converges
+    // and nothing is said.
+    let mut sinkhorn = train_request("client-four", 5);
+    sinkhorn["coupling"] = json!("sinkhorn");
+    sinkhorn["epsilon"] = json!(0.001);
+    let (_stream, seen) = open_stream(addr, "/api/train", &sinkhorn, "event: finished").await;
+    assert!(seen.contains("\"completed\":true"), "{seen}");
+    assert!(
+        seen.contains("event: note") && seen.contains("flow.coupling.sinkhorn.max_iterations"),
+        "{seen}"
+    );
+    sinkhorn["client"] = json!("client-five");
+    sinkhorn["epsilon"] = json!(1.0);
+    let (_stream, seen) = open_stream(addr, "/api/train", &sinkhorn, "event: finished").await;
+    assert!(
+        seen.contains("\"completed\":true") && !seen.contains("event: note"),
+        "{seen}"
+    );
 }
 
 fn floats(value: &Value) -> Vec<f64> {
