@@ -311,6 +311,8 @@ fn min_reduced_generic(row: &[f64], v: &[f64]) -> f64 {
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx2 {
+    use super::{Frontier, Scan};
+
     #[target_feature(enable = "avx2")]
     fn min_reduced_impl(row: &[f64], v: &[f64]) -> f64 {
         super::min_reduced_generic(row, v)
@@ -324,19 +326,11 @@ mod avx2 {
     /// [`super::relax_generic`] with 256-bit vectors: the lane-wise minimum and its index are exact, and the
     /// lanes are merged by (value, index), so the result equals the plain loop's.
     #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
-    fn relax_avx2(
-        row: &[f64],
-        v: &[f64],
-        u1: f64,
-        floor: f64,
-        i: usize,
-        dist: &mut [f64],
-        pred: &mut [usize],
-        blocked: &[f64],
-    ) -> (f64, usize) {
+    fn relax_avx2(scan: Scan<'_>, frontier: &mut Frontier<'_>) -> (f64, usize) {
         use std::arch::x86_64::*;
         const W: usize = 4;
+        let Scan { row, v, u1, floor, i } = scan;
+        let Frontier { dist, pred, blocked } = frontier;
         let n = row.len();
         assert!(v.len() >= n && dist.len() >= n && pred.len() >= n && blocked.len() >= n);
         let full = n - n % W;
@@ -380,24 +374,16 @@ mod avx2 {
             _mm256_storeu_pd(lanes.as_mut_ptr(), best);
             _mm256_storeu_pd(args.as_mut_ptr().cast::<f64>(), arg);
         }
-        super::finish_relax(&lanes, &args, row, v, u1, floor, i, dist, pred, blocked, full)
+        super::finish_relax(&lanes, &args, scan, frontier, full)
     }
 
     /// [`relax_avx2`] with 512-bit vectors and mask registers (masked stores write only the improved lanes).
     #[target_feature(enable = "avx512f,avx2")]
-    #[allow(clippy::too_many_arguments)]
-    fn relax_avx512(
-        row: &[f64],
-        v: &[f64],
-        u1: f64,
-        floor: f64,
-        i: usize,
-        dist: &mut [f64],
-        pred: &mut [usize],
-        blocked: &[f64],
-    ) -> (f64, usize) {
+    fn relax_avx512(scan: Scan<'_>, frontier: &mut Frontier<'_>) -> (f64, usize) {
         use std::arch::x86_64::*;
         const W: usize = 8;
+        let Scan { row, v, u1, floor, i } = scan;
+        let Frontier { dist, pred, blocked } = frontier;
         let n = row.len();
         assert!(v.len() >= n && dist.len() >= n && pred.len() >= n && blocked.len() >= n);
         let full = n - n % W;
@@ -438,50 +424,34 @@ mod avx2 {
             _mm512_storeu_pd(lanes.as_mut_ptr(), best);
             _mm512_storeu_si512(args.as_mut_ptr().cast(), arg);
         }
-        super::finish_relax(&lanes, &args, row, v, u1, floor, i, dist, pred, blocked, full)
+        super::finish_relax(&lanes, &args, scan, frontier, full)
     }
 
     /// Each vector build that this CPU can run, for the test against the plain loop.
     #[cfg(test)]
-    #[allow(clippy::type_complexity)]
     pub(super) fn relax_builds() -> Vec<(&'static str, RelaxFn)> {
         let mut builds: Vec<(&'static str, RelaxFn)> = Vec::new();
         if crate::simd::avx2_fma() {
             // SAFETY: only called where `avx2_fma()` holds.
-            builds.push(("avx2", |r, v, u1, f, i, d, p, b| unsafe {
-                relax_avx2(r, v, u1, f, i, d, p, b)
-            }));
+            builds.push(("avx2", |scan, frontier| unsafe { relax_avx2(scan, frontier) }));
         }
         if crate::simd::avx512() {
             // SAFETY: only called where `avx512()` holds.
-            builds.push(("avx512", |r, v, u1, f, i, d, p, b| unsafe {
-                relax_avx512(r, v, u1, f, i, d, p, b)
-            }));
+            builds.push(("avx512", |scan, frontier| unsafe { relax_avx512(scan, frontier) }));
         }
         builds
     }
 
     #[cfg(test)]
-    pub(super) type RelaxFn =
-        fn(&[f64], &[f64], f64, f64, usize, &mut [f64], &mut [usize], &[f64]) -> (f64, usize);
+    pub(super) type RelaxFn = fn(Scan<'_>, &mut Frontier<'_>) -> (f64, usize);
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn relax(
-        row: &[f64],
-        v: &[f64],
-        u1: f64,
-        floor: f64,
-        i: usize,
-        dist: &mut [f64],
-        pred: &mut [usize],
-        blocked: &[f64],
-    ) -> Option<(f64, usize)> {
+    pub(super) fn relax(scan: Scan<'_>, frontier: &mut Frontier<'_>) -> Option<(f64, usize)> {
         if crate::simd::avx512() {
             // SAFETY: compiled for AVX-512F and AVX2, which `avx512()` confirmed this CPU has.
-            return Some(unsafe { relax_avx512(row, v, u1, floor, i, dist, pred, blocked) });
+            return Some(unsafe { relax_avx512(scan, frontier) });
         }
         // SAFETY: compiled for AVX2, which `avx2_fma()` confirmed this CPU has.
-        crate::simd::avx2_fma().then(|| unsafe { relax_avx2(row, v, u1, floor, i, dist, pred, blocked) })
+        crate::simd::avx2_fma().then(|| unsafe { relax_avx2(scan, frontier) })
     }
 }
 
@@ -632,7 +602,19 @@ fn augment_free_rows(c: &[f64], n_cols: usize, ws: &mut JvWorkspace) {
         dist.fill(f64::INFINITY);
         blocked.fill(0.0);
         // From the start row: every column is relaxed from infinity.
-        let (mut min, mut closest) = relax(start_row, v, 0.0, f64::NEG_INFINITY, start, dist, pred, blocked);
+        let mut frontier = Frontier {
+            dist: &mut *dist,
+            pred: &mut *pred,
+            blocked: &*blocked,
+        };
+        let from_start = Scan {
+            row: start_row,
+            v,
+            u1: 0.0,
+            floor: f64::NEG_INFINITY,
+            i: start,
+        };
+        let (mut min, mut closest) = relax(from_start, &mut frontier);
         let mut n_reached = 0;
         while col_sol[closest] != NONE {
             blocked[closest] = f64::INFINITY;
@@ -641,7 +623,21 @@ fn augment_free_rows(c: &[f64], n_cols: usize, ws: &mut JvWorkspace) {
             let i = col_sol[closest];
             let row = &c[i * n_cols..(i + 1) * n_cols];
             let u1 = row[closest] - v[closest] - min;
-            (min, closest) = relax(row, v, u1, min, i, dist, pred, blocked);
+            let mut frontier = Frontier {
+                dist: &mut *dist,
+                pred: &mut *pred,
+                blocked: &*blocked,
+            };
+            (min, closest) = relax(
+                Scan {
+                    row,
+                    v,
+                    u1,
+                    floor: min,
+                    i,
+                },
+                &mut frontier,
+            );
         }
         for &j in &reached[..n_reached] {
             v[j] += dist[j] - min;
@@ -658,60 +654,53 @@ fn augment_free_rows(c: &[f64], n_cols: usize, ws: &mut JvWorkspace) {
     }
 }
 
-/// One Dijkstra step from row `i`: for every column `j` not yet reached (`blocked_j = 0`) with
+/// One step of [`augment_free_rows`]: relaxes every column from `row` (owned by row `i`), with reduced costs
+/// `row_j - v_j - u1` raised to at least `floor`.
+#[derive(Clone, Copy)]
+struct Scan<'a> {
+    row: &'a [f64],
+    v: &'a [f64],
+    u1: f64,
+    floor: f64,
+    i: usize,
+}
+
+/// The search over all columns: tentative distances, the row each was reached from, and `+inf` on the
+/// columns already reached (`0` elsewhere).
+struct Frontier<'a> {
+    dist: &'a mut [f64],
+    pred: &'a mut [usize],
+    blocked: &'a [f64],
+}
+
+/// One Dijkstra step: for every column `j` not yet reached (`blocked_j = 0`) with
 /// `h = max(row_j - v_j - u1, floor) < dist_j`, sets `dist_j = h` and `pred_j = i`; returns the smallest
 /// `dist_j` over the columns not reached and its first index. Uses AVX-512 or AVX2 where the CPU has it;
 /// every operation is exact (subtractions in the same order, comparisons, selects), so all builds agree.
-// The step's state is five parallel arrays and two scalars; bundling them would only rename them.
-#[allow(clippy::too_many_arguments)]
-fn relax(
-    row: &[f64],
-    v: &[f64],
-    u1: f64,
-    floor: f64,
-    i: usize,
-    dist: &mut [f64],
-    pred: &mut [usize],
-    blocked: &[f64],
-) -> (f64, usize) {
+fn relax(scan: Scan<'_>, frontier: &mut Frontier<'_>) -> (f64, usize) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(result) = avx2::relax(row, v, u1, floor, i, dist, pred, blocked) {
+    if let Some(result) = avx2::relax(scan, frontier) {
         return result;
     }
-    relax_generic(row, v, u1, floor, i, dist, pred, blocked)
+    relax_generic(scan, frontier)
 }
 
 /// The plain loop of [`relax`] (see there), one column at a time.
-#[allow(clippy::too_many_arguments)]
-fn relax_generic(
-    row: &[f64],
-    v: &[f64],
-    u1: f64,
-    floor: f64,
-    i: usize,
-    dist: &mut [f64],
-    pred: &mut [usize],
-    blocked: &[f64],
-) -> (f64, usize) {
-    finish_relax(&[], &[], row, v, u1, floor, i, dist, pred, blocked, 0)
+fn relax_generic(scan: Scan<'_>, frontier: &mut Frontier<'_>) -> (f64, usize) {
+    finish_relax(&[], &[], scan, frontier, 0)
 }
 
 /// Merges the vector lanes' minima `lanes` (at indices `args`) by (value, index) and runs [`relax`]'s step on
 /// the columns from `from` on, one at a time. Without any finite key the result is `(inf, usize::MAX)`.
-#[allow(clippy::too_many_arguments)]
 fn finish_relax(
     lanes: &[f64],
     args: &[u64],
-    row: &[f64],
-    v: &[f64],
-    u1: f64,
-    floor: f64,
-    i: usize,
-    dist: &mut [f64],
-    pred: &mut [usize],
-    blocked: &[f64],
+    scan: Scan<'_>,
+    frontier: &mut Frontier<'_>,
     from: usize,
 ) -> (f64, usize) {
+    let Scan { row, v, u1, floor, i } = scan;
+    let Frontier { dist, pred, blocked } = frontier;
     let (mut min, mut at) = (f64::INFINITY, usize::MAX);
     for (&value, &j) in lanes.iter().zip(args) {
         let j = j as usize;
@@ -764,11 +753,32 @@ mod tests {
                     .collect();
                 let pred: Vec<usize> = (0..n).map(|j| j * 7).collect();
                 let (u1, floor) = (next(4) - 0.5, next(4) - 1.0);
+                let scan = Scan {
+                    row: &row,
+                    v: &v,
+                    u1,
+                    floor,
+                    i: 5,
+                };
                 let (mut d0, mut p0) = (dist.clone(), pred.clone());
-                let expected = relax_generic(&row, &v, u1, floor, 5, &mut d0, &mut p0, &blocked);
+                let expected = relax_generic(
+                    scan,
+                    &mut Frontier {
+                        dist: &mut d0,
+                        pred: &mut p0,
+                        blocked: &blocked,
+                    },
+                );
                 for (name, build) in &builds {
                     let (mut d1, mut p1) = (dist.clone(), pred.clone());
-                    let got = build(&row, &v, u1, floor, 5, &mut d1, &mut p1, &blocked);
+                    let got = build(
+                        scan,
+                        &mut Frontier {
+                            dist: &mut d1,
+                            pred: &mut p1,
+                            blocked: &blocked,
+                        },
+                    );
                     assert_eq!(got, expected, "{name}, n = {n}");
                     assert_eq!(d1, d0, "{name}, n = {n}");
                     assert_eq!(p1, p0, "{name}, n = {n}");
