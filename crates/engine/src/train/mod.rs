@@ -414,8 +414,11 @@ pub fn train(
         detail: e.to_string(),
     })?;
     // An entropic coupling whose Sinkhorn stops at its cap is not an error (the pairs still follow a plan
-    // close to it), but the user should know rather than find out from the samples.
-    if let Some(note) = maker.sinkhorn_note() {
+    // close to it), but the user should know rather than find out from the samples. The probe solves one
+    // batch, so it runs only where someone listens (rank 0 of a job; no other rank has observers).
+    if !observers.is_empty()
+        && let Some(note) = maker.sinkhorn_note()
+    {
         for observer in observers.iter_mut() {
             observer.on_note(&note);
         }
