@@ -655,14 +655,22 @@ mod avx2 {
     compiled_for!("avx2,fma", with_avx2);
     compiled_for!("avx512f,avx2,fma", with_avx512);
 
-    // SAFETY (all four): each calls a function compiled for AVX-512 (or AVX2 + FMA) only after `avx512()`
-    // (or `avx2_fma()`) confirmed that this CPU has it.
+    /// Calls `$f` of the AVX-512 build where the CPU has AVX-512, else of the AVX2 + FMA build where it has
+    /// those, else returns `None`.
+    macro_rules! dispatch {
+        ($f:ident($($arg:expr),*)) => {
+            if avx512() {
+                // SAFETY: compiled for AVX-512F, AVX2 and FMA, which `avx512()` confirmed this CPU has.
+                Some(unsafe { with_avx512::$f($($arg),*) })
+            } else {
+                // SAFETY: compiled for AVX2 + FMA, which `avx2_fma()` confirmed this CPU has.
+                avx2_fma().then(|| unsafe { with_avx2::$f($($arg),*) })
+            }
+        };
+    }
 
     pub(super) fn max_difference(beta: &[f64], crow: &[f64]) -> Option<f64> {
-        if avx512() {
-            return Some(unsafe { with_avx512::max_difference(beta, crow) });
-        }
-        avx2_fma().then(|| unsafe { with_avx2::max_difference(beta, crow) })
+        dispatch!(max_difference(beta, crow))
     }
 
     pub(super) fn exp_row(
@@ -672,25 +680,15 @@ mod avx2 {
         inv_eps: f64,
         krow: &mut [f32],
     ) -> Option<f64> {
-        if avx512() {
-            return Some(unsafe { with_avx512::exp_row(beta, crow, shift, inv_eps, krow) });
-        }
-        avx2_fma().then(|| unsafe { with_avx2::exp_row(beta, crow, shift, inv_eps, krow) })
+        dispatch!(exp_row(beta, crow, shift, inv_eps, krow))
     }
 
     pub(super) fn dot(k: &[f32], v: &[f64]) -> Option<f64> {
-        if avx512() {
-            return Some(unsafe { with_avx512::dot(k, v) });
-        }
-        avx2_fma().then(|| unsafe { with_avx2::dot(k, v) })
+        dispatch!(dot(k, v))
     }
 
     pub(super) fn axpy(acc: &mut [f64], k: &[f32], x: f64) -> Option<()> {
-        if avx512() {
-            unsafe { with_avx512::axpy(acc, k, x) };
-            return Some(());
-        }
-        avx2_fma().then(|| unsafe { with_avx2::axpy(acc, k, x) })
+        dispatch!(axpy(acc, k, x))
     }
 }
 

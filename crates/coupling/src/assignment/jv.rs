@@ -572,8 +572,8 @@ fn init_square(c: &[f64], n: usize, ws: &mut JvWorkspace) {
 ///
 /// Dijkstra on reduced costs over dense arrays: every step relaxes all columns from the row that owns the
 /// column just reached and, in the same pass, finds the next closest column not yet reached ([`relax`]).
-/// Reached columns carry `blocked = +inf`, so the pass is branch-free and vectorises (8 or 16 `f64` lanes)
-/// instead of walking a column list through indirect loads and unpredictable branches. A relaxed distance
+/// Reached columns carry `blocked = +inf`, so the pass is branch-free and vectorises (8 `f64` lanes with
+/// AVX-512, 4 with AVX2) instead of walking a column list through indirect loads and unpredictable branches. A relaxed distance
 /// below the current minimum (mathematically impossible, off by rounding) is raised to it, as the paper's
 /// `h <= min` case does.
 fn augment_free_rows(c: &[f64], n_cols: usize, ws: &mut JvWorkspace) {
@@ -601,12 +601,12 @@ fn augment_free_rows(c: &[f64], n_cols: usize, ws: &mut JvWorkspace) {
         let start_row = &c[start * n_cols..(start + 1) * n_cols];
         dist.fill(f64::INFINITY);
         blocked.fill(0.0);
-        // From the start row: every column is relaxed from infinity.
         let mut frontier = Frontier {
             dist: &mut *dist,
             pred: &mut *pred,
-            blocked: &*blocked,
+            blocked: &mut *blocked,
         };
+        // From the start row: every column is relaxed from infinity.
         let from_start = Scan {
             row: start_row,
             v,
@@ -617,17 +617,12 @@ fn augment_free_rows(c: &[f64], n_cols: usize, ws: &mut JvWorkspace) {
         let (mut min, mut closest) = relax(from_start, &mut frontier);
         let mut n_reached = 0;
         while col_sol[closest] != NONE {
-            blocked[closest] = f64::INFINITY;
+            frontier.blocked[closest] = f64::INFINITY;
             reached[n_reached] = closest;
             n_reached += 1;
             let i = col_sol[closest];
             let row = &c[i * n_cols..(i + 1) * n_cols];
             let u1 = row[closest] - v[closest] - min;
-            let mut frontier = Frontier {
-                dist: &mut *dist,
-                pred: &mut *pred,
-                blocked: &*blocked,
-            };
             (min, closest) = relax(
                 Scan {
                     row,
@@ -670,7 +665,7 @@ struct Scan<'a> {
 struct Frontier<'a> {
     dist: &'a mut [f64],
     pred: &'a mut [usize],
-    blocked: &'a [f64],
+    blocked: &'a mut [f64],
 }
 
 /// One Dijkstra step: for every column `j` not yet reached (`blocked_j = 0`) with
@@ -761,22 +756,24 @@ mod tests {
                     i: 5,
                 };
                 let (mut d0, mut p0) = (dist.clone(), pred.clone());
+                let mut b0 = blocked.clone();
                 let expected = relax_generic(
                     scan,
                     &mut Frontier {
                         dist: &mut d0,
                         pred: &mut p0,
-                        blocked: &blocked,
+                        blocked: &mut b0,
                     },
                 );
                 for (name, build) in &builds {
                     let (mut d1, mut p1) = (dist.clone(), pred.clone());
+                    let mut b1 = blocked.clone();
                     let got = build(
                         scan,
                         &mut Frontier {
                             dist: &mut d1,
                             pred: &mut p1,
-                            blocked: &blocked,
+                            blocked: &mut b1,
                         },
                     );
                     assert_eq!(got, expected, "{name}, n = {n}");
