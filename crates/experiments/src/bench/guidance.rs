@@ -9,7 +9,6 @@
 //! need 784 second-order backward passes through it per step, and is not run). Every timing is the median of
 //! `--repeats` runs after one warm-up, except the exact step from D = 256 on, timed once (it takes seconds).
 //!
-//!
 //! Each row also prints the arithmetic rate of the plain and the K = 1 step and its share of the roofline
 //! ([`crate::roofline`], measured at the same thread count): the plain step is one forward pass, the
 //! Hutchinson step through autograd four (the forward pass, the vector-Jacobian product built with
