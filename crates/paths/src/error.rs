@@ -121,6 +121,18 @@ pub enum PathsError {
         /// The scheduler's name.
         scheduler: &'static str,
     },
+    /// An ancestral step that does not raise the signal-to-noise ratio `alpha / sigma` (from a cleaner time
+    /// to a noisier one, or on a path that is not monotone there).
+    #[error(
+        "an ancestral step from t = {from_t} to t = {to_t} does not raise the signal-to-noise ratio alpha / sigma; \
+         steps go from noise (t = 0) towards data (t = 1) on a path whose ratio grows"
+    )]
+    SnrNotIncreasing {
+        /// The noisier time the step starts from.
+        from_t: f64,
+        /// The time it was asked to reach.
+        to_t: f64,
+    },
     /// LAPACK refused a factorisation.
     #[error("linear algebra failed on `{name}`: {message}")]
     Linalg {

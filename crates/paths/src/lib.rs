@@ -9,6 +9,7 @@
 //! - [`scheduler`]: `(alpha_t, sigma_t)` schedules ([`Scheduler`], [`SchedulerKind`] for configs).
 //! - [`path`]: conditional paths `(x0, x1, t) -> (x_t, u_t)` ([`ConditionalPath`]).
 //! - [`mod@convert`]: velocity / target / epsilon / score conversions and scheduler re-timing.
+//! - [`ancestral`]: DDPM's ancestral step `q(x_s | x_t, x1)` on any affine Gaussian path.
 //! - [`mixture`]: Gaussian-mixture targets: marginal density, score, posterior and velocity.
 //! - [`gaussian_ot`]: Gaussian-to-Gaussian optimal transport: map, Bures-Wasserstein distance, displacement
 //!   interpolation.
@@ -34,6 +35,7 @@
 // Links the system OpenBLAS that ndarray-linalg's LAPACK calls need.
 use openblas_src as _;
 
+pub mod ancestral;
 mod check;
 pub mod convert;
 pub mod error;
@@ -43,6 +45,7 @@ pub mod mixture;
 pub mod path;
 pub mod scheduler;
 
+pub use ancestral::AncestralStep;
 pub use convert::{Conversion, Prediction, Retiming, ScheduleTransform, convert};
 pub use error::{PathsError, TimeEnd};
 pub use gaussian_ot::{Gaussian, GaussianOtMap, bures_wasserstein_squared};
