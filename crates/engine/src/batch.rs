@@ -30,9 +30,8 @@ pub fn conditional_of(config: &RunConfig) -> Option<(usize, f64)> {
             .unet
             .num_classes
             .map(|c| (c, config.train.label_dropout)),
-        crate::config::ModelKind::Mlp
-        | crate::config::ModelKind::TokenMlp
-        | crate::config::ModelKind::TokenTransformer => None,
+        crate::config::ModelKind::Mlp => config.model.num_classes.map(|c| (c, config.train.label_dropout)),
+        crate::config::ModelKind::TokenMlp | crate::config::ModelKind::TokenTransformer => None,
     }
 }
 

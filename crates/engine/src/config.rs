@@ -260,6 +260,10 @@ pub struct ModelSection {
     /// How time enters.
     #[serde(default)]
     pub time_embedding: TimeEmbedding,
+    /// Classes of a class-conditional MLP (`kind = "mlp"`; the target's label count, for classifier-free
+    /// guidance); labels are dropped to the null class with probability `train.label_dropout` while training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
     /// The U-Net's settings (`kind = "unet"`); `num_classes` set makes it class-conditional.
     #[serde(default)]
     pub unet: UnetConfig,
@@ -349,6 +353,7 @@ impl ModelSection {
                 Some(manifold) if self.angle_features => manifold.angle_columns(),
                 _ => Vec::new(),
             },
+            num_classes: self.num_classes,
         }
     }
 }
@@ -361,6 +366,7 @@ impl Default for ModelSection {
             depth: default_depth(),
             activation: Activation::Selu,
             time_embedding: TimeEmbedding::Concat {},
+            num_classes: None,
             unet: UnetConfig::default(),
             angle_features: default_angle_features(),
             token_mlp: TokenMlpSection::default(),
@@ -867,6 +873,23 @@ impl RunConfig {
             return Err(ConfigError::value(
                 "model.depth",
                 format!("{} is outside 1..=64", model.depth),
+            ));
+        }
+        if let Some(classes) = model.num_classes
+            && (model.kind != ModelKind::Mlp || classes < 2 || classes != self.data.target.num_classes())
+        {
+            return Err(ConfigError::value(
+                "model.num_classes",
+                if model.kind != ModelKind::Mlp {
+                    "is the MLP's setting (a U-Net takes model.unet.num_classes)".to_string()
+                } else {
+                    format!(
+                        "{classes}, but data.target ({}) has {} classes (labelled targets: 8gaussians 8, moons 2, \
+                         a mixture one per component)",
+                        self.data.target.name(),
+                        self.data.target.num_classes()
+                    )
+                },
             ));
         }
         if model.kind == ModelKind::Unet {
@@ -1468,6 +1491,37 @@ mod tests {
             RunConfig::parse(&cfg.to_toml().unwrap(), Path::new("resolved.toml")).unwrap(),
             cfg
         );
+    }
+
+    #[test]
+    fn a_class_conditional_mlp_takes_the_targets_label_count() {
+        let read = |classes: usize| {
+            RunConfig::parse(
+                &format!("{MINIMAL}[model]\nnum_classes = {classes}\n"),
+                Path::new("c.toml"),
+            )
+        };
+        // moons has two labels (the upper and the lower moon).
+        let cfg = read(2).unwrap();
+        assert_eq!(
+            crate::batch::conditional_of(&cfg),
+            Some((2, cfg.train.label_dropout))
+        );
+        assert_eq!(
+            RunConfig::parse(&cfg.to_toml().unwrap(), Path::new("resolved.toml")).unwrap(),
+            cfg
+        );
+        let err = read(3).unwrap_err().to_string();
+        assert!(
+            err.contains("model.num_classes") && err.contains("2 classes"),
+            "{err}"
+        );
+        let unet = RunConfig::parse(
+            "[run]\nname = \"t\"\n[data]\ntarget = { kind = \"8gaussians\" }\n[model]\nkind = \"token_mlp\"\n\
+             num_classes = 8\n",
+            Path::new("c.toml"),
+        );
+        assert!(unet.is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! concatenation the parameters are `net.0.weight`, `net.0.bias`, `net.2.weight`, ... (activations sit at the
 //! odd indices), so a checkpoint loads into `torchcfm.models.MLP(dim, w=width, time_varying=True)` when the
 //! activation and depth match. With a Fourier time embedding the input of `net.0` is
-//! `[x, sin(2 pi f_k t), cos(2 pi f_k t)]` for fixed frequencies f_k = 2^k, k = 0..n_freq.
+//! `[x, sin(2 pi f_k t), cos(2 pi f_k t)]` for fixed frequencies f_k = 2^k, k = 0..n_freq. A class-conditional
+//! MLP (`num_classes`) appends a learned label embedding to that input (`label_embed.weight`, after the layers).
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -152,7 +153,15 @@ pub struct MlpConfig {
     /// continuous across the seam where -pi meets pi.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub angle_columns: Vec<usize>,
+    /// Classes of a class-conditional network (`None`: unconditional): a learned embedding of the label
+    /// ([`LABEL_EMBEDDING_DIM`] columns, table `label_embed.weight` of `num_classes + 1` rows) joins the
+    /// input; the label `num_classes` is classifier-free guidance's null class, and `labels = None` means it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<usize>,
 }
+
+/// Columns of a class-conditional MLP's label embedding.
+pub const LABEL_EMBEDDING_DIM: i64 = 8;
 
 fn default_width() -> usize {
     64
@@ -172,6 +181,7 @@ impl MlpConfig {
             activation: Activation::Selu,
             time_embedding: TimeEmbedding::Concat {},
             angle_columns: Vec::new(),
+            num_classes: None,
         }
     }
 
@@ -198,6 +208,11 @@ impl MlpConfig {
                 format!("column {column} is outside the {} columns of the data", self.dim),
             );
         }
+        if let Some(classes) = self.num_classes
+            && !(1..=65_536).contains(&classes)
+        {
+            return bad("num_classes", format!("{classes} is outside 1..=65536"));
+        }
         if self.angle_columns.windows(2).any(|w| w[0] >= w[1]) {
             return bad(
                 "angle_columns",
@@ -213,6 +228,7 @@ impl MlpConfig {
 pub struct Mlp {
     config: MlpConfig,
     layers: Vec<(ParamId, ParamId)>,
+    label_embed: Option<ParamId>,
     params: ParamStore,
 }
 
@@ -222,14 +238,29 @@ impl Mlp {
         config.validate()?;
         let mut builder = ParamBuilder::default();
         let width = config.width as i64;
-        let input = config.dim as i64 + config.angle_columns.len() as i64 + config.time_embedding.width();
+        let labels = if config.num_classes.is_some() {
+            LABEL_EMBEDDING_DIM
+        } else {
+            0
+        };
+        let input =
+            config.dim as i64 + config.angle_columns.len() as i64 + config.time_embedding.width() + labels;
         let mut dims = vec![input];
         dims.extend(std::iter::repeat_n(width, config.depth));
         dims.push(config.dim as i64);
         let layers = add_linear_layers(&mut builder, &dims);
+        // After the layers, so an unconditional network's parameters keep their names and order.
+        let label_embed = config.num_classes.map(|classes| {
+            builder.add(
+                "label_embed.weight",
+                &[classes as i64 + 1, LABEL_EMBEDDING_DIM],
+                Init::Normal { std: 1.0 },
+            )
+        });
         Ok(Self {
             config,
             layers,
+            label_embed,
             params: builder.build(device),
         })
     }
@@ -258,6 +289,29 @@ impl Mlp {
         Tensor::cat(&[self.features(x), self.config.time_embedding.embed(&t)], 1)
     }
 
+    /// The first layer's input of a class-conditional network: [`Self::input`], then the labels' embedding
+    /// (`labels` `[batch]` or one label for all; `None` is the null class).
+    fn labelled_input(&self, params: &[Tensor], x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        let input = self.input(x, t);
+        let (Some(table), Some(classes)) = (self.label_embed, self.config.num_classes) else {
+            return input;
+        };
+        let batch = x.size()[0];
+        let labels = match labels {
+            Some(labels) => {
+                let labels = labels.to_kind(Kind::Int64).reshape([-1]);
+                if labels.size()[0] == 1 && batch != 1 {
+                    labels.expand([batch], false)
+                } else {
+                    labels
+                }
+            }
+            None => Tensor::full([batch], classes as i64, (Kind::Int64, x.device())),
+        };
+        let embedded = Tensor::embedding(&params[table.0], &labels, -1, false, false);
+        Tensor::cat(&[input, embedded], 1)
+    }
+
     fn features(&self, x: &Tensor) -> Tensor {
         if self.config.angle_columns.is_empty() {
             return x.shallow_clone();
@@ -277,11 +331,23 @@ impl VelocityNet for Mlp {
         &self.params
     }
 
-    fn forward_with(&self, params: &[Tensor], x: &Tensor, t: &Tensor, _labels: Option<&Tensor>) -> Tensor {
-        apply_linear_layers(self.input(x, t), params, &self.layers, self.config.activation)
+    fn forward_with(&self, params: &[Tensor], x: &Tensor, t: &Tensor, labels: Option<&Tensor>) -> Tensor {
+        apply_linear_layers(
+            self.labelled_input(params, x, t, labels),
+            params,
+            &self.layers,
+            self.config.activation,
+        )
+    }
+
+    fn num_classes(&self) -> Option<usize> {
+        self.config.num_classes
     }
 
     fn cpu_kernel(&self, params: &[Tensor]) -> Option<crate::mlp_kernel::MlpKernel> {
+        if self.config.num_classes.is_some() {
+            return None;
+        }
         crate::mlp_kernel::MlpKernel::new(self, params)
     }
 
@@ -298,7 +364,7 @@ impl VelocityNet for Mlp {
         max_elements: i64,
     ) -> Option<(Tensor, Tensor)> {
         let size = x.size();
-        if !self.config.angle_columns.is_empty() || size.len() != 2 {
+        if !self.config.angle_columns.is_empty() || self.config.num_classes.is_some() || size.len() != 2 {
             return None;
         }
         let (batch, dim) = (size[0], size[1]);

@@ -101,6 +101,58 @@ fn angle_columns_make_the_network_periodic_in_them() {
 }
 
 #[test]
+fn a_class_conditional_mlp_reads_its_label_and_none_is_the_null_class() {
+    tch::manual_seed(0);
+    let plain = Mlp::new(MlpConfig::benchmark(2), Device::Cpu).unwrap();
+    let cfg = MlpConfig {
+        num_classes: Some(3),
+        ..MlpConfig::benchmark(2)
+    };
+    let net = Mlp::new(cfg, Device::Cpu).unwrap();
+    assert_eq!(net.num_classes(), Some(3));
+    let specs = net.params().specs();
+    // The label embedding widens the first layer's input and comes after the layers.
+    assert_eq!(specs[0].shape, vec![64, 2 + 1 + 8]);
+    assert_eq!(specs.last().unwrap().name, "label_embed.weight");
+    assert_eq!(specs.last().unwrap().shape, vec![4, 8]);
+    let names = |n: &Mlp| {
+        n.params()
+            .specs()
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&net)[..names(&plain).len()], names(&plain)[..]);
+    let x = Tensor::randn([5, 2], (Kind::Float, Device::Cpu));
+    let t = Tensor::from_slice(&[0.3f32]);
+    let params = net.params().views();
+    let at = |labels: Option<&Tensor>| net.forward_with(&params, &x, &t, labels);
+    let diff = |a: Tensor, b: Tensor| (a - b).abs().max().double_value(&[]);
+    let label = |c: i64| Tensor::full([5], c, (Kind::Int64, Device::Cpu));
+    assert_eq!(diff(at(None), at(Some(&label(3)))), 0.0);
+    assert!(diff(at(Some(&label(0))), at(Some(&label(1)))) > 1e-4);
+    // One label is broadcast over the batch.
+    assert_eq!(
+        diff(at(Some(&Tensor::from_slice(&[1i64]))), at(Some(&label(1)))),
+        0.0
+    );
+    // The fused kernel and the forward-mode divergence take no labels, so they decline.
+    assert!(net.cpu_kernel(&params).is_none());
+    assert!(net.divergence_forward(&params, &x, &t, None, i64::MAX).is_none());
+    let bad = MlpConfig {
+        num_classes: Some(0),
+        ..MlpConfig::benchmark(2)
+    };
+    assert!(matches!(
+        Mlp::new(bad, Device::Cpu),
+        Err(ModelError::InvalidConfig {
+            key: "num_classes",
+            ..
+        })
+    ));
+}
+
+#[test]
 fn first_adam_step_moves_by_lr_times_sign() {
     // After one step from zero moments, m_hat = g and v_hat = g^2: the update is lr g / (|g| + eps).
     let net = mlp(1);
@@ -228,6 +280,7 @@ fn forward_mode_divergence_matches_autograd_for_every_activation() {
                 TimeEmbedding::Fourier { n_freq: 3 }
             },
             angle_columns: Vec::new(),
+            num_classes: None,
         };
         let net = Mlp::new(config, Device::Cpu).unwrap();
         let params: Vec<Tensor> = net
@@ -293,6 +346,7 @@ fn fused_kernel_matches_libtorch() {
                 TimeEmbedding::Fourier { n_freq: 2 }
             },
             angle_columns: Vec::new(),
+            num_classes: None,
         };
         let net = Mlp::new(config, Device::Cpu).unwrap();
         let params = net.params().views();

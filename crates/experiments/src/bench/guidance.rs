@@ -105,6 +105,7 @@ pub fn run(args: &GuidanceBenchSettings) -> Result<()> {
                 activation: Activation::Selu,
                 time_embedding: TimeEmbedding::Concat {},
                 angle_columns: Vec::new(),
+                num_classes: None,
             },
             Device::Cpu,
         )?;
