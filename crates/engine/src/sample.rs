@@ -23,6 +23,21 @@ use crate::stream::Stream;
 use crate::threads::Threads;
 use crate::train::{MODEL_FILE, build_model};
 
+/// The smallest data weight `alpha_t` an epsilon-predicting network's `x1 = (x_t - sigma_t epsilon) / alpha_t`
+/// divides by. Every path here starts at `alpha_0 = 0`, where that estimate is `0 / 0` (the network cannot
+/// know `E[x1]` from pure noise) and near which it multiplies the network's error by `1 / alpha_t`: an
+/// 8gaussians DDPM (epsilon on the variance-preserving path, 3,000 steps) sampled by the midpoint ODE ended
+/// 17.2 from the nearest mode on average with the old floor (`t >= 1e-4`, `alpha >= 1.6e-4`), 0.95 with this
+/// one (the target's own spread gives 0.71). The same floor as JiT's (Li and He 2025) for the analogous
+/// x-prediction denominator `1 - t`; DDPM's own schedules stop at `alpha_T = sqrt(alpha-bar_T)`, about
+/// 0.006. Below it the velocity is taken with `alpha_t` at the floor, so the ODE starts from the noise as
+/// DDPM starts from `x_T`.
+pub const EPSILON_ALPHA_FLOOR: f64 = 0.05;
+
+fn epsilon_alpha(alpha: f64) -> f64 {
+    alpha.max(EPSILON_ALPHA_FLOOR)
+}
+
 /// A trained run, loaded for sampling.
 pub struct TrainedFlow {
     /// The resolved config of the run.
@@ -59,6 +74,12 @@ impl TrainedFlow {
             run_dir: run_dir.to_path_buf(),
             threads: Threads::Auto,
         })
+    }
+
+    /// The run's conditional path (its Gaussian coefficients convert the network's output between
+    /// parameterisations, and give DDPM's ancestral steps).
+    pub fn path(&self) -> &(dyn ConditionalPath + Send + Sync) {
+        self.path.as_ref()
     }
 
     /// Sets libtorch's threads for network evaluations on `batch` points, each `passes` forward passes' worth
@@ -149,7 +170,10 @@ impl TrainedFlow {
                 let c = self.path.coefficients(t.clamp(1e-4, 1.0 - 1e-4));
                 let (x0_hat, x1_hat) = match prediction {
                     Prediction::Target => ((x - &out * c.target) / c.source, out),
-                    _ => (out.shallow_clone(), (x - &out * c.source) / c.target),
+                    _ => (
+                        out.shallow_clone(),
+                        (x - &out * c.source) / epsilon_alpha(c.target),
+                    ),
                 };
                 x0_hat * c.d_source + x1_hat * c.d_target
             }
@@ -206,8 +230,8 @@ impl TrainedFlow {
                     ),
                     // x1_hat = (x - out c_s) / c_t, so v = out d_s + x1_hat d_t.
                     _ => (
-                        c.d_target / c.target,
-                        c.d_source - c.source * c.d_target / c.target,
+                        c.d_target / epsilon_alpha(c.target),
+                        c.d_source - c.source * c.d_target / epsilon_alpha(c.target),
                     ),
                 }
             }
