@@ -11,6 +11,8 @@ const probe = (window.__explorer = {
   couplings: null,
   modeSeeking: null,
   runDensity: null,
+  classifierFree: null,
+  flow: null,
   streamlineSegments: 0,
   train: { started: false, finished: null, progressEvents: 0, snapshots: 0, firstAt: 0, lastAt: 0, run: null },
 });
@@ -265,6 +267,24 @@ function drawStartTrajectory(ctx, canvas) {
   ctx.arc(sx, sy, 4, 0, 2 * Math.PI);
   ctx.fill();
 }
+// The pushed-forward grid: each line a polyline through its points at t (interpolated between frames).
+function drawPushedGrid(ctx, canvas, i, w) {
+  const f = state.frames;
+  if (!f.pushed_grid || !f.pushed_grid.length) return;
+  const points = interpolated("pushed_grid", i, w);
+  const perLine = f.grid_line_points;
+  ctx.strokeStyle = "rgba(120,60,0,0.55)";
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  for (let line = 0; line < 2 * f.grid_lines; line++) {
+    for (let k = 0; k < perLine; k++) {
+      const at = 2 * (line * perLine + k);
+      const [px, py] = toPx(canvas, points[at], points[at + 1]);
+      k ? ctx.lineTo(px, py) : ctx.moveTo(px, py);
+    }
+  }
+  ctx.stroke();
+}
 function drawDrawn(ctx, canvas) {
   if ($("target").value !== "drawn") return;
   ctx.fillStyle = "rgba(200,0,120,0.6)";
@@ -294,6 +314,7 @@ function redrawMain() {
     if ($("streamlines").checked) drawStreamlines(ctx, canvas, field, state.frames.grid, "rgba(30,60,160,0.6)");
     else drawArrows(ctx, canvas, field, state.frames.grid, "rgba(30,60,160,0.8)");
   }
+  if ($("show-grid").checked) drawPushedGrid(ctx, canvas, i, w);
   if ($("show-particles").checked) drawParticles(ctx, canvas, interpolated("particles", i, w), state.frames.divergence[nearest]);
   drawStartTrajectory(ctx, canvas);
   drawDrawn(ctx, canvas);
@@ -425,6 +446,9 @@ function targetSpec() {
 function pathSpec() {
   return { kind: $("path").value, scheduler: $("scheduler").value, sigma: Number($("sigma").value) };
 }
+function gridLines() {
+  return $("show-grid").checked ? 15 : 0;
+}
 async function computeFlow() {
   const id = ++state.requestId;
   setStatus("computing the closed-form views ...");
@@ -438,11 +462,13 @@ async function computeFlow() {
       frames: 51,
       seed: 0,
       sampler: $("flow-sampler").value,
+      grid_lines: gridLines(),
     });
     if (id !== state.requestId) return;
     state.frames = frames;
     state.mode = "closed";
     probe.flowLoads += 1;
+    probe.flow = { sampler: $("flow-sampler").value, gridLines: frames.grid_lines, gridFrames: frames.pushed_grid.length };
     $("main-title").textContent = `marginal field v*(x, t): ${$("target").value}${frames.exact ? "" : " (kernel density estimate)"}`;
     setStatus(`ready (server ${frames.compute_ms.toFixed(0)} ms)`);
     if (state.start) await computeTrajectory();
@@ -599,6 +625,44 @@ async function computeModeSeeking() {
   }
 }
 
+// ---- classifier-free guidance ------------------------------------------------------------------------------
+async function computeClassifierFree() {
+  const body = {
+    class: Number($("cfg-class").value),
+    weight: Number($("cfg-weight").value),
+    n_samples: Math.min(2000, Number($("n-particles").value)),
+    steps: Number($("cfg-steps").value),
+    sampler: "midpoint",
+    seed: 0,
+  };
+  if (state.mode === "run" && state.frames && state.frames.run) body.run = state.frames.run;
+  else {
+    body.target = targetSpec();
+    body.path = pathSpec();
+  }
+  $("cfg-text").textContent = "computing ...";
+  try {
+    const c = await api("/api/classifier_free", body);
+    probe.classifierFree = c;
+    $("cfg-field").textContent = c.field;
+    $("cfg-class").max = String(c.classes - 1);
+    const p = c.class_probability;
+    drawSamples($("cfg-unconditional"), c.unconditional, "rgba(20,20,20,0.7)");
+    drawSamples($("cfg-conditional"), c.conditional, "rgba(30,60,160,0.75)");
+    drawSamples($("cfg-guided"), c.guided, "rgba(178,24,43,0.75)");
+    $("cfg-unconditional-caption").textContent = `v(x, t): p(c | x) ${p[0].toFixed(3)}`;
+    $("cfg-conditional-caption").textContent = `v(x, t | c), w = 0: p(c | x) ${p[1].toFixed(3)}`;
+    $("cfg-guided-caption").textContent = `w = ${c.weight}: p(c | x) ${p[2].toFixed(3)}`;
+    $("cfg-text").textContent =
+      `class ${c.class} of ${c.classes}; p(c | x) is the mean posterior of the class under the target's ` +
+      `${c.classifier_exact ? "mixture" : "kernel density estimate"} (server ${c.compute_ms.toFixed(0)} ms)`;
+  } catch (e) {
+    // A target without classes is an answer, not a fault of the page.
+    probe.classifierFree = null;
+    $("cfg-text").textContent = String(e.message || e);
+  }
+}
+
 // ---- trained runs: learned density and trajectories ---------------------------------------------------------
 async function computeRunDensity() {
   if (state.mode !== "run" || !state.frames.run) {
@@ -636,7 +700,15 @@ async function showRun() {
   if (!run) return;
   setStatus(`loading run ${run} ...`);
   try {
-    const frames = await api("/api/run_view", { run, n_particles: Number($("n-particles").value), grid: 40, frames: 51, seed: 0, sampler: $("run-sampler").value });
+    const frames = await api("/api/run_view", {
+      run,
+      n_particles: Number($("n-particles").value),
+      grid: 40,
+      frames: 51,
+      seed: 0,
+      sampler: $("run-sampler").value,
+      grid_lines: gridLines(),
+    });
     state.frames = frames;
     state.mode = "run";
     state.trajectory = null;
@@ -664,7 +736,8 @@ async function refreshOptions() {
   fill("ms-schedule", state.options.schedules);
   fill("ms-sampler", state.options.samplers);
   fill("flow-sampler", state.options.flow_samplers);
-  fill("run-sampler", state.options.samplers.slice().reverse());
+  fill("run-sampler", ["midpoint", ...state.options.run_samplers.filter((v) => v !== "midpoint")]);
+  fill("prediction", state.options.predictions);
   fill("run", state.options.runs, '<option value="">(none)</option>');
 }
 
@@ -743,6 +816,8 @@ async function train() {
     batch_size: Number($("batch").value),
     learning_rate: Number($("lr").value),
     seed: 0,
+    prediction: $("prediction").value,
+    conditional: $("conditional").checked,
   };
   const controller = new AbortController();
   state.training = { controller };
@@ -840,11 +915,34 @@ $("view").addEventListener("mousedown", (event) => {
     return;
   }
   state.start = canvasPoint($("view"), event);
-  if (state.mode === "closed") computeTrajectory();
-  else computeRunTrajectory();
+  dragging = true;
+  startTrajectory();
 });
-$("view").addEventListener("mousemove", (event) => painting && paint(event));
+// Dragging the start point: one trajectory request in flight at a time, the latest point next.
+let dragging = false;
+let trajectoryBusy = false;
+let trajectoryAgain = false;
+async function startTrajectory() {
+  if (trajectoryBusy) {
+    trajectoryAgain = true;
+    return;
+  }
+  trajectoryBusy = true;
+  do {
+    trajectoryAgain = false;
+    await (state.mode === "closed" ? computeTrajectory() : computeRunTrajectory());
+  } while (trajectoryAgain);
+  trajectoryBusy = false;
+}
+$("view").addEventListener("mousemove", (event) => {
+  if (painting) paint(event);
+  else if (dragging) {
+    state.start = canvasPoint($("view"), event);
+    startTrajectory();
+  }
+});
 window.addEventListener("mouseup", () => {
+  dragging = false;
   if (painting) {
     painting = false;
     computeFlow();
@@ -875,6 +973,9 @@ $("compute").addEventListener("click", computeFlow);
   }),
 );
 ["show-density", "show-field", "streamlines", "show-particles", "color-div", "show-trajectories"].forEach((id) => $(id).addEventListener("change", redraw));
+// The grid is computed by the server with the frames: ask again with or without it.
+$("show-grid").addEventListener("change", () => (state.mode === "run" ? showRun() : computeFlow()));
+$("cfg-run").addEventListener("click", computeClassifierFree);
 $("new-batch").addEventListener("click", computeCouplings);
 $("coupling-epsilon").addEventListener("change", computeCouplings);
 $("ms-run").addEventListener("click", computeModeSeeking);
@@ -896,6 +997,7 @@ $("export").addEventListener("click", () => {
     await computeFlow();
     await computeCouplings();
     await computeModeSeeking();
+    await computeClassifierFree();
     if (state.options.initial_run) {
       $("run").value = state.options.initial_run;
       await showRun();

@@ -212,6 +212,18 @@ fn main() {
             json!({ "target": target, "path": path, "n_particles": 2000, "grid": 40, "density_grid": 64, "frames": 2 }),
         ),
         (
+            "/api/flow (the page's, with a pushed grid of 15 + 15 lines)",
+            "/api/flow",
+            json!({ "target": target, "path": path, "n_particles": 2000, "grid": 40, "density_grid": 64, "frames": 51,
+                    "grid_lines": 15 }),
+        ),
+        (
+            "/api/flow (the page's, particles by DDPM's ancestral sampler)",
+            "/api/flow",
+            json!({ "target": target, "path": path, "n_particles": 2000, "grid": 40, "density_grid": 64, "frames": 51,
+                    "sampler": "ddpm" }),
+        ),
+        (
             "/api/trajectory (400 RK4 steps)",
             "/api/trajectory",
             json!({ "target": target, "path": path, "start": [0.5, -0.5], "steps": 400 }),
@@ -226,6 +238,11 @@ fn main() {
             "/api/mode_seeking",
             json!({ "target": target, "path": path, "lambda": 0.5, "estimator": "exact", "probes": 1,
                     "sampler": "euler", "steps": 50, "n_particles": 2000, "grid": 24, "t": 0.5, "repeats": 32 }),
+        ),
+        (
+            "/api/classifier_free (the page's: 2,000 samples, 40 midpoint steps, three fields)",
+            "/api/classifier_free",
+            json!({ "target": target, "path": path, "class": 2, "weight": 2.0, "n_samples": 2000, "steps": 40 }),
         ),
     ];
     println!("server round trips over TCP (median of {repeats}; server compute where it reports it):");

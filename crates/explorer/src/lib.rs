@@ -5,13 +5,16 @@
 //! real engine streamed as server-sent events ([`training`]), and the learned field of trained runs chosen
 //! by name from the runs folder with their learned log-density and a trajectory's `ln rho` ([`runs`]), and
 //! mode-seeking guidance on closed-form fields and runs, with Hutchinson's spread and the estimators' measured
-//! cost ([`mode_seeking`]). Every endpoint validates its input and refuses with a 4xx JSON
+//! cost ([`mode_seeking`]), classifier-free guidance on labelled targets and class-conditional runs
+//! ([`classifier_free`]), and DDPM's ancestral sampler beside the ODE samplers ([`ancestral`]). Every endpoint validates its input and refuses with a 4xx JSON
 //! answer naming the field ([`error`]); bodies are limited to [`MAX_BODY_BYTES`]; nothing from the page
 //! reaches a shell or names a file.
 //!
 //! Heavy computations run on tokio's blocking threads, at most [`MAX_COMPUTATIONS`] at once, so the server
 //! keeps answering while they run.
 
+pub mod ancestral;
+pub mod classifier_free;
 pub mod error;
 pub mod mode_seeking;
 pub mod runs;
@@ -109,6 +112,7 @@ pub fn router(config: ServerConfig) -> (Router, Arc<AppState>) {
         .route("/api/run_density", post(run_density))
         .route("/api/run_trajectory", post(run_trajectory))
         .route("/api/mode_seeking", post(mode_seeking))
+        .route("/api/classifier_free", post(classifier_free))
         .route("/api/train", post(train))
         .route("/api/train/stop", post(stop_training))
         .fallback(|| async {
@@ -155,6 +159,9 @@ async fn options(State(state): Shared) -> Json<serde_json::Value> {
         "samplers": mode_seeking::SAMPLERS,
         "flow_samplers": views::FLOW_SAMPLERS,
         "schedules": mode_seeking::SCHEDULES,
+        "run_samplers": [mode_seeking::SAMPLERS[0], mode_seeking::SAMPLERS[1], ancestral::DDPM],
+        "predictions": training::PREDICTIONS,
+        "classes": {"8gaussians": 8, "moons": 2, "mixtures": views::mixtures_preset().weights.len()},
         "runs": runs,
         "initial_run": state.config.initial_run,
         "window": views::WINDOW,
@@ -242,6 +249,20 @@ async fn mode_seeking(
     let runs_dir = state.config.runs_dir.clone();
     Ok(Json(
         compute(&state, move || mode_seeking::mode_seeking(&runs_dir, &request)).await?,
+    ))
+}
+
+async fn classifier_free(
+    State(state): Shared,
+    body: Result<Json<classifier_free::ClassifierFreeRequest>, JsonRejection>,
+) -> Result<Json<classifier_free::ClassifierFreeView>, ApiError> {
+    let Json(request) = body?;
+    let runs_dir = state.config.runs_dir.clone();
+    Ok(Json(
+        compute(&state, move || {
+            classifier_free::classifier_free(&runs_dir, &request)
+        })
+        .await?,
     ))
 }
 

@@ -27,7 +27,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{ApiError, check_range, check_real};
 use crate::runs::{run_dir, run_source};
-use crate::views::{Marginal, PathSpec, T_MAX, TargetSpec, WINDOW, grid_points, source_points};
+use crate::views::{
+    FieldSource, Marginal, PathSpec, T_MAX, TargetSpec, WINDOW, field_source, grid_points, source_points,
+};
 
 /// The samplers the page offers.
 pub const SAMPLERS: [&str; 2] = ["euler", "midpoint"];
@@ -207,8 +209,8 @@ enum Velocity {
 
 impl Velocity {
     fn of(runs_dir: &Path, request: &ModeSeekingRequest) -> Result<Self, ApiError> {
-        match (&request.run, &request.target, &request.path) {
-            (Some(run), None, None) => {
+        match field_source(&request.run, &request.target, &request.path)? {
+            FieldSource::Run(run) => {
                 let dir = run_dir(runs_dir, run)?;
                 let flow = TrainedFlow::load(&dir).map_err(|e| ApiError::Internal(format!("{e:#}")))?;
                 Ok(Velocity::Run {
@@ -216,7 +218,7 @@ impl Velocity {
                     name: format!("run {run}"),
                 })
             }
-            (None, Some(target), Some(path)) => {
+            FieldSource::Closed(target, path) => {
                 let marginal = Marginal::new(target, path, request.seed)?;
                 let (mixture, _) = target.mixture("target", request.seed)?;
                 let built = path
@@ -232,18 +234,6 @@ impl Velocity {
                     n_components: mixture.n_components(),
                 })
             }
-            (Some(_), _, _) => Err(ApiError::invalid(
-                "run",
-                "give either `run` or `target` and `path`, not both",
-            )),
-            (None, None, _) => Err(ApiError::invalid(
-                "target",
-                "missing: give `target` and `path` (a closed-form field) or `run`",
-            )),
-            (None, Some(_), None) => Err(ApiError::invalid(
-                "path",
-                "missing: a closed-form field needs `target` and `path`",
-            )),
         }
     }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use ferroflow_engine::config::RunConfig;
+use ferroflow_engine::data::Dataset;
 use ferroflow_engine::likelihood::{
     GaussianSource, LikelihoodError, LikelihoodSettings, log_likelihood_with,
 };
@@ -19,8 +20,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use crate::ancestral::DDPM;
 use crate::error::{ApiError, check_range, check_real};
-use crate::views::{WINDOW, frame_times, grid_points};
+use crate::views::{GRID_LINE_POINTS, MAX_GRID_LINES, WINDOW, frame_times, grid_line_points, grid_points};
 
 /// The longest run name accepted.
 pub const MAX_RUN_NAME: usize = 120;
@@ -98,9 +100,14 @@ pub struct RunViewRequest {
     /// Seed of the particles.
     #[serde(default)]
     pub seed: u64,
-    /// The sampler pushing the particles, `euler` or `midpoint` (default), two steps per frame interval.
+    /// The sampler pushing the particles, `euler`, `midpoint` (default) or `ddpm` (DDPM's ancestral sampler,
+    /// for a run from a Gaussian source), two steps per frame interval.
     #[serde(default = "default_sampler")]
     pub sampler: String,
+    /// Lines per direction of a pushed-forward grid over `[-3, 3]^2` (0 to 41; pushed by the ODE, midpoint
+    /// when the particles follow `ddpm`).
+    #[serde(default)]
+    pub grid_lines: i64,
 }
 
 fn default_sampler() -> String {
@@ -126,6 +133,12 @@ pub struct RunFrames {
     pub grid: usize,
     /// Per frame, `v_theta` at the grid's cell centres.
     pub field: Vec<Vec<f32>>,
+    /// Lines per direction of the pushed-forward grid (0: none).
+    pub grid_lines: usize,
+    /// Points per line of the pushed-forward grid.
+    pub grid_line_points: usize,
+    /// Per frame, the pushed grid's points (the layout of [`crate::views::grid_line_points`]).
+    pub pushed_grid: Vec<Vec<f32>>,
     /// Milliseconds the server spent.
     pub compute_ms: f64,
 }
@@ -171,14 +184,56 @@ pub fn run_frames(runs_dir: &Path, request: &RunViewRequest) -> Result<RunFrames
     let n_particles = check_range("n_particles", request.n_particles, 1, 5_000)?;
     let grid = check_range("grid", request.grid, 2, 64)?;
     let frames = check_range("frames", request.frames, 2, 201)?;
-    let method = crate::mode_seeking::sampler("sampler", &request.sampler)?;
+    let grid_lines = check_range("grid_lines", request.grid_lines, 0, MAX_GRID_LINES)?;
+    let ancestral = request.sampler == DDPM;
+    let method = if ancestral {
+        Method::Midpoint
+    } else {
+        crate::mode_seeking::sampler("sampler", &request.sampler)?
+    };
     let dir = run_dir(runs_dir, &request.run)?;
     let flow = TrainedFlow::load(&dir).map_err(|e| ApiError::Internal(format!("{e:#}")))?;
     let times = frame_times(frames);
     let x0 = run_source(&flow, n_particles, request.seed);
-    let solution = flow
-        .integrate(x0, &OdeOptions::fixed(method, 2 * (frames - 1)), Some(&times))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let ode = |x: Tensor| {
+        flow.integrate(x, &OdeOptions::fixed(method, 2 * (frames - 1)), Some(&times))
+            .map(|solution| solution.trajectory)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    };
+    let pushed_grid = if grid_lines > 0 {
+        ode(tensor_of(&grid_line_points(grid_lines)).to_device(flow.device()))?
+    } else {
+        Vec::new()
+    };
+    let trajectory = if ancestral {
+        let source_std = match flow.config.data.source {
+            Dataset::Gaussian { std, .. } => std,
+            ref other => {
+                return Err(ApiError::invalid(
+                    "sampler",
+                    format!(
+                        "the {DDPM} sampler needs a Gaussian source; run {} trains from {}",
+                        request.run,
+                        other.name()
+                    ),
+                ));
+            }
+        };
+        crate::ancestral::ancestral_solve(
+            flow.path(),
+            source_std,
+            |x, t| flow.velocity(x, t),
+            |t| t,
+            x0,
+            2 * (frames - 1),
+            2,
+            request.seed,
+            flow.config.flow.prediction == ferroflow_paths::Prediction::Epsilon,
+            "sampler",
+        )?
+    } else {
+        ode(x0)?
+    };
     let grid_x = tensor_of(&grid_points(grid)).to_device(flow.device());
     let mut out = RunFrames {
         run: request.run.clone(),
@@ -189,9 +244,12 @@ pub fn run_frames(runs_dir: &Path, request: &RunViewRequest) -> Result<RunFrames
         divergence: Vec::with_capacity(frames),
         grid,
         field: Vec::with_capacity(frames),
+        grid_lines,
+        grid_line_points: GRID_LINE_POINTS,
+        pushed_grid: pushed_grid.iter().map(flat).collect(),
         compute_ms: 0.0,
     };
-    for (&t, positions) in times.iter().zip(&solution.trajectory) {
+    for (&t, positions) in times.iter().zip(&trajectory) {
         out.particles.push(flat(positions));
         out.divergence
             .push(flat(&tch::no_grad(|| divergence(&flow, positions, t))));

@@ -20,6 +20,7 @@ use ferroflow_engine::data::Dataset;
 use ferroflow_engine::error::TrainError;
 use ferroflow_engine::train::FlowModel;
 use ferroflow_engine::train::observe::{Journal, Observer, StepInfo};
+use ferroflow_paths::Prediction;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -83,6 +84,23 @@ pub struct TrainRequest {
     /// The run's seed.
     #[serde(default)]
     pub seed: u64,
+    /// What the network predicts: `velocity` (default), `x1`, or `epsilon` (DDPM's noise prediction; with the
+    /// variance-preserving path and the `ddpm` sampler this is a DDPM).
+    #[serde(default = "default_prediction")]
+    pub prediction: String,
+    /// Train a class-conditional network on the target's labels (8gaussians, moons, mixtures), labels dropped
+    /// to the null class with probability [`LABEL_DROPOUT`], for classifier-free guidance.
+    #[serde(default)]
+    pub conditional: bool,
+}
+
+/// The predictions the page offers.
+pub const PREDICTIONS: [&str; 3] = ["velocity", "x1", "epsilon"];
+/// The label dropout of a class-conditional training (the unconditional model guidance needs).
+pub const LABEL_DROPOUT: f64 = 0.2;
+
+fn default_prediction() -> String {
+    "velocity".into()
 }
 
 fn gaussian_source() -> TargetSpec {
@@ -139,6 +157,46 @@ impl TrainRequest {
             ));
         }
         let mut flow = self.path.flow_section("path")?;
+        flow.prediction = match self.prediction.as_str() {
+            "velocity" => Prediction::Velocity,
+            "x1" => Prediction::Target,
+            "epsilon" => Prediction::Epsilon,
+            other => {
+                return Err(ApiError::invalid(
+                    "prediction",
+                    format!(
+                        "unknown prediction `{other}`; allowed: {}",
+                        PREDICTIONS.join(", ")
+                    ),
+                ));
+            }
+        };
+        if flow.prediction != Prediction::Velocity
+            && (self.path.sigma > 0.0 || self.path.kind == "schrodinger_bridge")
+        {
+            return Err(ApiError::invalid(
+                "prediction",
+                format!(
+                    "{} prediction needs a path without extra noise (sigma = 0, not schrodinger_bridge)",
+                    self.prediction
+                ),
+            ));
+        }
+        let num_classes = if self.conditional {
+            if self.target.kind == "drawn" || target.num_classes() < 2 {
+                return Err(ApiError::invalid(
+                    "conditional",
+                    format!(
+                        "target `{}` has no class labels; a class-conditional network needs 8gaussians, moons or \
+                         mixtures",
+                        self.target.kind
+                    ),
+                ));
+            }
+            Some(target.num_classes())
+        } else {
+            None
+        };
         flow.coupling = match self.coupling.as_str() {
             "independent" => CouplingConfig::Independent {
                 order: IndependentOrder::Identity,
@@ -166,6 +224,7 @@ impl TrainRequest {
             batch_size: check_range("batch_size", self.batch_size, 8, 1_024)?,
             checkpoint_every: 0,
             log_every: (steps / 50).max(1),
+            label_dropout: LABEL_DROPOUT,
             ..TrainSection::default()
         };
         train.optimizer.lr = check_real("learning_rate", self.learning_rate, 1e-5, 0.1)?;
@@ -189,6 +248,7 @@ impl TrainRequest {
             model: ModelSection {
                 width: check_range("width", self.width, 4, 256)?,
                 depth: check_range("depth", self.depth, 1, 6)?,
+                num_classes,
                 ..ModelSection::default()
             },
             flow,

@@ -152,50 +152,150 @@ impl TargetSpec {
     /// The target as a Gaussian mixture, and whether that is the target itself (`true`) or a kernel density
     /// estimate of its samples drawn with `seed` (`false`).
     pub fn mixture(&self, field: &str, seed: u64) -> Result<(GaussianMixture, bool), ApiError> {
+        let labelled = self.labelled_mixture(field, seed)?;
+        Ok((labelled.mixture, labelled.exact))
+    }
+
+    /// The target as a Gaussian mixture with a class label per component ([`dataset_mixture`]); a drawn
+    /// target has no classes.
+    pub fn labelled_mixture(&self, field: &str, seed: u64) -> Result<LabelledMixture, ApiError> {
         let dataset = self.dataset(field)?;
-        let internal = |e: ferroflow_paths::PathsError| ApiError::Internal(e.to_string());
-        match &dataset {
-            Dataset::Gaussian { .. } => Ok((
-                GaussianMixture::isotropic(
-                    Array1::from(vec![1.0]),
-                    Array2::zeros((1, 2)),
-                    Array1::from(vec![1.0]),
+        let mut labelled = dataset_mixture(&dataset, seed)?;
+        if self.kind == "drawn" {
+            labelled.exact = false;
+            labelled.labels = vec![0; labelled.labels.len()];
+            labelled.classes = 1;
+        }
+        Ok(labelled)
+    }
+}
+
+/// What a guidance panel guides: a trained run by name, or the closed form of a target under a path.
+pub enum FieldSource<'a> {
+    /// A run under the runs folder.
+    Run(&'a str),
+    /// A closed-form target and path.
+    Closed(&'a TargetSpec, &'a PathSpec),
+}
+
+/// Reads a request's `run`, `target` and `path`: either a run or a target and a path, never both.
+pub fn field_source<'a>(
+    run: &'a Option<String>,
+    target: &'a Option<TargetSpec>,
+    path: &'a Option<PathSpec>,
+) -> Result<FieldSource<'a>, ApiError> {
+    match (run, target, path) {
+        (Some(run), None, None) => Ok(FieldSource::Run(run)),
+        (None, Some(target), Some(path)) => Ok(FieldSource::Closed(target, path)),
+        (Some(_), _, _) => Err(ApiError::invalid(
+            "run",
+            "give either `run` or `target` and `path`, not both",
+        )),
+        (None, None, _) => Err(ApiError::invalid(
+            "target",
+            "missing: give `target` and `path` (a closed-form field) or `run`",
+        )),
+        (None, Some(_), None) => Err(ApiError::invalid(
+            "path",
+            "missing: a closed-form field needs `target` and `path`",
+        )),
+    }
+}
+
+/// A target as a Gaussian mixture whose components carry the data set's class labels.
+pub struct LabelledMixture {
+    /// The mixture.
+    pub mixture: GaussianMixture,
+    /// Whether it is the target itself (else a kernel density estimate of its samples).
+    pub exact: bool,
+    /// The class of each component (the data set's label: the mode of 8gaussians, the moon, the mixture
+    /// component; 0 for unlabelled sets).
+    pub labels: Vec<usize>,
+    /// The number of classes (1 for an unlabelled set).
+    pub classes: usize,
+}
+
+impl LabelledMixture {
+    /// The components of `class`, as a mixture with their weights renormalised; `None` when it has none.
+    pub fn class_mixture(&self, class: usize) -> Option<GaussianMixture> {
+        let members: Vec<usize> = (0..self.labels.len())
+            .filter(|&k| self.labels[k] == class)
+            .collect();
+        if members.is_empty() {
+            return None;
+        }
+        let weights = self.mixture.weights();
+        let total: f64 = members.iter().map(|&k| weights[k]).sum();
+        let means = self.mixture.means().select(ndarray::Axis(0), &members);
+        let covariances = self.mixture.covariances().select(ndarray::Axis(0), &members);
+        GaussianMixture::new(
+            Array1::from_iter(members.iter().map(|&k| weights[k] / total)),
+            means,
+            covariances,
+        )
+        .ok()
+    }
+}
+
+/// A 2D data set as a Gaussian mixture with labelled components: gaussian, 8gaussians and mixtures exactly,
+/// the others (and a drawn target) as a kernel density estimate of [`KDE_COMPONENTS`] samples drawn with
+/// `seed`, each component labelled with its sample's label.
+pub fn dataset_mixture(dataset: &Dataset, seed: u64) -> Result<LabelledMixture, ApiError> {
+    let internal = |e: ferroflow_paths::PathsError| ApiError::Internal(e.to_string());
+    match dataset {
+        Dataset::Gaussian { std, .. } => Ok(LabelledMixture {
+            mixture: GaussianMixture::isotropic(
+                Array1::from(vec![1.0]),
+                Array2::zeros((1, 2)),
+                Array1::from(vec![std * std]),
+            )
+            .map_err(internal)?,
+            exact: true,
+            labels: vec![0],
+            classes: 1,
+        }),
+        Dataset::EightGaussians {} => {
+            let means = Array2::from_shape_fn((8, 2), |(k, axis)| {
+                let angle = k as f64 * std::f64::consts::FRAC_PI_4;
+                5.0 * if axis == 0 { angle.cos() } else { angle.sin() }
+            });
+            Ok(LabelledMixture {
+                mixture: GaussianMixture::isotropic(
+                    Array1::from_elem(8, 1.0 / 8.0),
+                    means,
+                    Array1::from_elem(8, 0.1f64.sqrt()),
                 )
                 .map_err(internal)?,
-                true,
-            )),
-            Dataset::EightGaussians {} => {
-                let means = Array2::from_shape_fn((8, 2), |(k, axis)| {
-                    let angle = k as f64 * std::f64::consts::FRAC_PI_4;
-                    5.0 * if axis == 0 { angle.cos() } else { angle.sin() }
-                });
-                Ok((
-                    GaussianMixture::isotropic(
-                        Array1::from_elem(8, 1.0 / 8.0),
-                        means,
-                        Array1::from_elem(8, 0.1f64.sqrt()),
-                    )
-                    .map_err(internal)?,
-                    true,
-                ))
-            }
-            Dataset::Mixture(spec) => Ok((spec_mixture(spec).map_err(internal)?, self.kind == "mixtures")),
-            other => {
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let samples = other.sample(KDE_COMPONENTS, &mut rng);
-                let means = Array2::from_shape_fn((KDE_COMPONENTS, 2), |(row, axis)| {
-                    f64::from(samples[row * 2 + axis])
-                });
-                Ok((
-                    GaussianMixture::isotropic(
-                        Array1::from_elem(KDE_COMPONENTS, 1.0 / KDE_COMPONENTS as f64),
-                        means,
-                        Array1::from_elem(KDE_COMPONENTS, KDE_BANDWIDTH * KDE_BANDWIDTH),
-                    )
-                    .map_err(internal)?,
-                    false,
-                ))
-            }
+                exact: true,
+                labels: (0..8).collect(),
+                classes: 8,
+            })
+        }
+        Dataset::Mixture(spec) => Ok(LabelledMixture {
+            mixture: spec_mixture(spec).map_err(internal)?,
+            exact: true,
+            labels: (0..spec.weights.len()).collect(),
+            classes: spec.weights.len(),
+        }),
+        other => {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let (mut samples, mut labels) = (Vec::new(), Vec::new());
+            other.sample_labelled_into(KDE_COMPONENTS, &mut rng, &mut samples, Some(&mut labels));
+            let means = Array2::from_shape_fn((KDE_COMPONENTS, 2), |(row, axis)| {
+                f64::from(samples[row * 2 + axis])
+            });
+            let labels: Vec<usize> = labels.iter().map(|&l| l.max(0) as usize).collect();
+            Ok(LabelledMixture {
+                mixture: GaussianMixture::isotropic(
+                    Array1::from_elem(KDE_COMPONENTS, 1.0 / KDE_COMPONENTS as f64),
+                    means,
+                    Array1::from_elem(KDE_COMPONENTS, KDE_BANDWIDTH * KDE_BANDWIDTH),
+                )
+                .map_err(internal)?,
+                exact: false,
+                classes: other.num_classes().max(1),
+                labels,
+            })
         }
     }
 }
@@ -453,9 +553,41 @@ pub struct FlowRequest {
     #[serde(default)]
     pub seed: u64,
     /// The method pushing the particles, one of [`FLOW_SAMPLERS`] (default `rk4`), two steps per frame
-    /// interval: Euler's and the midpoint method's discretisation error shows against RK4.
+    /// interval: Euler's and the midpoint method's discretisation error shows against RK4; `ddpm` is DDPM's
+    /// ancestral sampler (stochastic, see [`crate::ancestral`]).
     #[serde(default = "default_flow_sampler")]
     pub sampler: String,
+    /// Lines per direction of a grid over the source's `[-3, 3]^2` pushed by the flow, 0 (none) to
+    /// [`MAX_GRID_LINES`]; pushed by the chosen ODE method, by RK4 when the particles follow `ddpm`.
+    #[serde(default)]
+    pub grid_lines: i64,
+}
+
+/// The most lines per direction of a pushed-forward grid.
+pub const MAX_GRID_LINES: i64 = 41;
+/// Points along each line of a pushed-forward grid.
+pub const GRID_LINE_POINTS: usize = 61;
+/// Half width of the source square a pushed-forward grid covers.
+pub const GRID_HALF_WIDTH: f64 = 3.0;
+
+/// The points of `lines` horizontal then `lines` vertical lines over `[-GRID_HALF_WIDTH, GRID_HALF_WIDTH]^2`,
+/// [`GRID_LINE_POINTS`] each, line after line.
+pub fn grid_line_points(lines: usize) -> Vec<[f64; 2]> {
+    let at = |k: usize, n: usize| -GRID_HALF_WIDTH + 2.0 * GRID_HALF_WIDTH * k as f64 / (n - 1).max(1) as f64;
+    let mut points = Vec::with_capacity(2 * lines * GRID_LINE_POINTS);
+    for horizontal in [true, false] {
+        for line in 0..lines {
+            for k in 0..GRID_LINE_POINTS {
+                let (along, across) = (at(k, GRID_LINE_POINTS), at(line, lines));
+                points.push(if horizontal {
+                    [along, across]
+                } else {
+                    [across, along]
+                });
+            }
+        }
+    }
+    points
 }
 
 fn default_flow_sampler() -> String {
@@ -463,7 +595,7 @@ fn default_flow_sampler() -> String {
 }
 
 /// The methods that may push the particles of the closed-form views.
-pub const FLOW_SAMPLERS: [&str; 3] = ["rk4", "midpoint", "euler"];
+pub const FLOW_SAMPLERS: [&str; 4] = ["rk4", "midpoint", "euler", crate::ancestral::DDPM];
 
 /// Precomputed frames of the marginal views: the page redraws any `t` from these without a request.
 #[derive(Clone, Debug, Serialize)]
@@ -488,6 +620,12 @@ pub struct FlowFrames {
     pub density_grid: usize,
     /// Per frame, `ln rho_t` at the heat map's cell centres `[density_grid^2]`, rows from the bottom.
     pub log_density: Vec<Vec<f32>>,
+    /// Lines per direction of the pushed-forward grid (0: none).
+    pub grid_lines: usize,
+    /// Points per line of the pushed-forward grid.
+    pub grid_line_points: usize,
+    /// Per frame, the pushed grid's points `[2 * grid_lines * grid_line_points * 2]` (see [`grid_line_points`]).
+    pub pushed_grid: Vec<Vec<f32>>,
     /// Milliseconds the server spent.
     pub compute_ms: f64,
 }
@@ -531,8 +669,10 @@ pub fn flow_frames(request: &FlowRequest) -> Result<FlowFrames, ApiError> {
     let grid = check_range("grid", request.grid, 2, 64)?;
     let density_grid = check_range("density_grid", request.density_grid, 2, 128)?;
     let frames = check_range("frames", request.frames, 2, 201)?;
+    let grid_lines = check_range("grid_lines", request.grid_lines, 0, MAX_GRID_LINES)?;
+    let ancestral = request.sampler == crate::ancestral::DDPM;
     let method = match request.sampler.as_str() {
-        "rk4" => Method::Rk4,
+        "rk4" | crate::ancestral::DDPM => Method::Rk4,
         "midpoint" => Method::Midpoint,
         "euler" => Method::Euler,
         other => {
@@ -555,8 +695,32 @@ pub fn flow_frames(request: &FlowRequest) -> Result<FlowFrames, ApiError> {
     };
     // Two steps per frame interval: with RK4 the particles are drawn, not measured, so this is plenty.
     let options = OdeOptions::fixed(method, 2 * (frames - 1));
-    let solution = integrate_unit_interval(&mut velocity, x0, &options, Some(&times))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut ode = |x: Tensor| {
+        integrate_unit_interval(&mut velocity, x, &options, Some(&times))
+            .map(|solution| solution.trajectory)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    };
+    let pushed_grid = if grid_lines > 0 {
+        ode(points_tensor(&grid_line_points(grid_lines)))?
+    } else {
+        Vec::new()
+    };
+    let trajectory = if ancestral {
+        crate::ancestral::ancestral_solve(
+            field.field.path(),
+            1.0,
+            |x, t| field.velocity(x, t),
+            |t| t.clamp(field.t_min, T_MAX),
+            x0,
+            2 * (frames - 1),
+            2,
+            request.seed,
+            false,
+            "sampler",
+        )?
+    } else {
+        ode(x0)?
+    };
 
     let grid_x = points_tensor(&grid_points(grid));
     let density_x = points_tensor(&grid_points(density_grid));
@@ -571,6 +735,9 @@ pub fn flow_frames(request: &FlowRequest) -> Result<FlowFrames, ApiError> {
         field: Vec::with_capacity(frames),
         density_grid,
         log_density: Vec::with_capacity(frames),
+        grid_lines,
+        grid_line_points: GRID_LINE_POINTS,
+        pushed_grid: Vec::with_capacity(pushed_grid.len()),
         compute_ms: 0.0,
     };
     let shorts = |tensor: &Tensor| -> Result<Vec<f32>, ApiError> {
@@ -583,7 +750,10 @@ pub fn flow_frames(request: &FlowRequest) -> Result<FlowFrames, ApiError> {
         }
         Ok(values.into_iter().map(short).collect())
     };
-    for (&t, positions) in times.iter().zip(&solution.trajectory) {
+    for positions in &pushed_grid {
+        out.pushed_grid.push(shorts(positions)?);
+    }
+    for (&t, positions) in times.iter().zip(&trajectory) {
         out.coefficients.push(marginal.coefficients(t));
         out.particles.push(shorts(positions)?);
         out.divergence.push(shorts(&field.divergence(positions, t)?)?);

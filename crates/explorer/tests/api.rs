@@ -1180,3 +1180,306 @@ async fn mode_seeking_on_a_large_drawn_target_is_batched_or_refused() {
     let (status, answer) = post_json(&app, "/api/mode_seeking", &request).await;
     assert!(status.is_client_error() && answer["field"] == "grid", "{answer}");
 }
+
+/// The mean over particles of the distance to the nearest of 8gaussians' modes, and the share within 1.
+fn near_8gaussians_modes(points: &[f64]) -> (f64, f64) {
+    let mut total = 0.0;
+    let mut near = 0;
+    for point in points.chunks(2) {
+        let nearest = (0..8)
+            .map(|k| {
+                let angle = k as f64 * std::f64::consts::FRAC_PI_4;
+                (point[0] - 5.0 * angle.cos()).hypot(point[1] - 5.0 * angle.sin())
+            })
+            .fold(f64::INFINITY, f64::min);
+        total += nearest;
+        near += usize::from(nearest < 1.0);
+    }
+    let n = (points.len() / 2) as f64;
+    (total / n, near as f64 / n)
+}
+
+/// DDPM's ancestral sampler on closed-form fields: it starts from the same source points as the ODE, ends
+/// on the target (8gaussians' modes; the mixtures preset's mean), differs from the ODE's particles on the
+/// way (it is stochastic) and runs on the variance-preserving path too. The pushed-forward grid starts as the
+/// source grid and its points follow the same flow as a trajectory computed point by point.
+#[tokio::test]
+async fn ddpm_reaches_the_target_and_the_pushed_grid_follows_the_flow() {
+    let runs = tempdir("ddpm");
+    let app = app(&runs);
+    let request = |target: &str, path: Value, sampler: &str| {
+        json!({
+            "target": { "kind": target }, "path": path,
+            "n_particles": 2000, "grid": 2, "density_grid": 2, "frames": 51, "seed": 7,
+            "sampler": sampler, "grid_lines": 5
+        })
+    };
+    let cond_ot = json!({ "kind": "affine", "scheduler": "cond_ot", "sigma": 0.0 });
+    let (status, ode) = post_json(&app, "/api/flow", &request("8gaussians", cond_ot.clone(), "rk4")).await;
+    assert_eq!(status, StatusCode::OK, "{ode}");
+    let (status, ddpm) = post_json(&app, "/api/flow", &request("8gaussians", cond_ot.clone(), "ddpm")).await;
+    assert_eq!(status, StatusCode::OK, "{ddpm}");
+    assert_eq!(ode["particles"][0], ddpm["particles"][0]);
+    let (ode_end, ddpm_end) = (floats(&ode["particles"][50]), floats(&ddpm["particles"][50]));
+    let (ode_distance, ode_near) = near_8gaussians_modes(&ode_end);
+    let (ddpm_distance, ddpm_near) = near_8gaussians_modes(&ddpm_end);
+    let halfway: f64 = floats(&ode["particles"][25])
+        .iter()
+        .zip(floats(&ddpm["particles"][25]))
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f64>()
+        / 4000.0;
+    eprintln!(
+        "8gaussians at t = 1: ODE {ode_distance:.3} from a mode ({ode_near:.3} within 1), DDPM \
+         {ddpm_distance:.3} ({ddpm_near:.3}); mean |ODE - DDPM| at t = 0.5: {halfway:.3}"
+    );
+    // A mode's spread is s = 0.1^0.25 = 0.562 per axis, so the distance to it is Rayleigh: mean
+    // s sqrt(pi / 2) = 0.705, and P(distance < 1) = 1 - exp(-1 / (2 s^2)) = 0.794.
+    for (distance, near) in [(ode_distance, ode_near), (ddpm_distance, ddpm_near)] {
+        assert!((distance - 0.705).abs() < 0.06, "mean distance {distance}");
+        assert!((near - 0.794).abs() < 0.05, "share within 1: {near}");
+    }
+    assert!(halfway > 0.1, "the ancestral sampler follows the ODE: {halfway}");
+
+    // The mixtures preset's mean is (-0.6, -0.6); 2,000 samples of it have a standard error below 0.07.
+    let vp = json!({ "kind": "variance_preserving", "sigma": 0.0 });
+    for (path, name) in [(cond_ot.clone(), "cond_ot"), (vp, "variance_preserving")] {
+        let (status, out) = post_json(&app, "/api/flow", &request("mixtures", path, "ddpm")).await;
+        assert_eq!(status, StatusCode::OK, "{out}");
+        let end = floats(&out["particles"][50]);
+        let mean = |axis: usize| end.iter().skip(axis).step_by(2).sum::<f64>() / 2000.0;
+        eprintln!(
+            "mixtures by DDPM on {name}: mean ({:.3}, {:.3})",
+            mean(0),
+            mean(1)
+        );
+        assert!((mean(0) + 0.6).abs() < 0.3 && (mean(1) + 0.6).abs() < 0.3);
+    }
+
+    // The pushed grid: 5 + 5 lines of 61 points over [-3, 3]^2, pushed by RK4 even when the particles follow
+    // DDPM; a grid point's end matches the point-by-point RK4 trajectory from it.
+    assert_eq!(ddpm["grid_lines"], json!(5));
+    let lines = ddpm["pushed_grid"].as_array().unwrap();
+    assert_eq!(lines.len(), 51);
+    let first = floats(&lines[0]);
+    assert_eq!(first.len(), 2 * 5 * 61 * 2);
+    assert_eq!((first[0], first[1]), (-3.0, -3.0));
+    assert_eq!((first[2 * 60], first[2 * 60 + 1]), (3.0, -3.0));
+    assert_eq!(ddpm["pushed_grid"], ode["pushed_grid"]);
+    let last = floats(&lines[50]);
+    for point in [17usize, 2 * 61 + 30, 5 * 61 + 44] {
+        let start = [first[2 * point], first[2 * point + 1]];
+        let (status, trajectory) = post_json(
+            &app,
+            "/api/trajectory",
+            &json!({ "target": { "kind": "8gaussians" }, "path": cond_ot, "start": start, "steps": 400 }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{trajectory}");
+        let points = floats(&trajectory["points"]);
+        let end = &points[points.len() - 2..];
+        let gap = (end[0] - last[2 * point]).hypot(end[1] - last[2 * point + 1]);
+        assert!(
+            gap < 0.05,
+            "grid point {point} from {start:?}: {end:?} vs the grid's end, gap {gap}"
+        );
+    }
+
+    // Refusals: a grid too dense or negative, an unknown sampler.
+    let base = request("8gaussians", cond_ot, "ddpm");
+    for (pointer, value) in [
+        ("/grid_lines", json!(42)),
+        ("/grid_lines", json!(-1)),
+        ("/sampler", json!("ancestral")),
+    ] {
+        let field = if pointer == "/sampler" {
+            "sampler"
+        } else {
+            "grid_lines"
+        };
+        refuses(&app, "/api/flow", &base, pointer, value, field).await;
+    }
+}
+
+/// Classifier-free guidance on closed-form fields: `w = 0` is the conditional field bit for bit; the
+/// conditional samples lie in their class by the target's own classifier, the unconditional ones in it at
+/// the class's weight; a larger weight pushes further in; bad requests are refused naming the field.
+#[tokio::test]
+async fn classifier_free_guidance_on_a_closed_form_moves_samples_into_the_class() {
+    let runs = tempdir("cfg");
+    let app = app(&runs);
+    let request = |target: &str, class: i64, weight: f64| {
+        json!({
+            "target": { "kind": target },
+            "path": { "kind": "affine", "scheduler": "cond_ot", "sigma": 0.0 },
+            "class": class, "weight": weight, "n_samples": 600, "steps": 40, "sampler": "midpoint", "seed": 2
+        })
+    };
+    let (status, plain) = post_json(&app, "/api/classifier_free", &request("8gaussians", 2, 0.0)).await;
+    assert_eq!(status, StatusCode::OK, "{plain}");
+    assert_eq!(plain["guided"], plain["conditional"]);
+    assert_eq!(plain["classes"], json!(8));
+    let probability = |view: &Value, k: usize| view["class_probability"][k].as_f64().unwrap();
+    let (status, guided) = post_json(&app, "/api/classifier_free", &request("8gaussians", 2, 3.0)).await;
+    assert_eq!(status, StatusCode::OK, "{guided}");
+    assert_eq!(guided["unconditional"], plain["unconditional"]);
+    eprintln!(
+        "8gaussians, class 2: p(c | x) unconditional {:.3}, conditional {:.3}, guided w = 3 {:.4}",
+        probability(&plain, 0),
+        probability(&plain, 1),
+        probability(&guided, 2)
+    );
+    assert!((probability(&plain, 0) - 0.125).abs() < 0.05);
+    assert!(probability(&plain, 1) > 0.97);
+    assert!(probability(&guided, 2) >= probability(&plain, 1) - 1e-6);
+    assert_ne!(guided["guided"], guided["conditional"]);
+    // The conditional samples sit around mode 2, at (0, 5).
+    let conditional = floats(&plain["conditional"]);
+    let mean_y = conditional.iter().skip(1).step_by(2).sum::<f64>() / 600.0;
+    assert!((mean_y - 5.0).abs() < 0.3, "{mean_y}");
+
+    // moons through its labelled kernel density estimate: two classes.
+    let (status, moons) = post_json(&app, "/api/classifier_free", &request("moons", 1, 1.0)).await;
+    assert_eq!(status, StatusCode::OK, "{moons}");
+    assert_eq!(moons["classes"], json!(2));
+    assert_eq!(moons["classifier_exact"], json!(false));
+    assert!(
+        probability(&moons, 1) > 0.9 && probability(&moons, 0) < 0.7,
+        "{}",
+        moons["class_probability"]
+    );
+
+    let base = request("8gaussians", 2, 1.0);
+    for (pointer, value, field) in [
+        ("/class", json!(8), "class"),
+        ("/class", json!(-1), "class"),
+        ("/target/kind", json!("ring"), "class"),
+        ("/weight", json!(-0.5), "weight"),
+        ("/weight", json!(21.0), "weight"),
+        ("/n_samples", json!(0), "n_samples"),
+        ("/steps", json!(100_000), "steps"),
+        ("/sampler", json!("rk5"), "sampler"),
+    ] {
+        refuses(&app, "/api/classifier_free", &base, pointer, value, field).await;
+    }
+    let mut both = base.clone();
+    both["run"] = json!("tiny");
+    let (status, answer) = post_json(&app, "/api/classifier_free", &both).await;
+    assert!(status.is_client_error() && answer["field"] == "run", "{answer}");
+    let (status, answer) = post_json(&app, "/api/classifier_free", &json!({ "class": 0 })).await;
+    assert!(status.is_client_error(), "{answer}");
+}
+
+/// Runs trained by the engine: a class-conditional one (labels dropped while training) is guided into the
+/// class by the target's classifier; a DDPM (epsilon prediction on the variance-preserving path) is sampled
+/// by the ancestral sampler and by the ODE near the target (the ODE through the engine's floor on the
+/// epsilon conversion's `alpha`; without it the samples ended 17 from the modes), and, being unconditional,
+/// refused for guidance. The page's
+/// training request builds such configs, and refuses a conditional training on an unlabelled target and a
+/// prediction the path cannot train.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_run_is_guided_and_a_ddpm_run_sampled_ancestrally() {
+    let runs = tempdir("conditional-run");
+    tokio::task::spawn_blocking({
+        let runs = runs.clone();
+        move || {
+            for (name, model, flow) in [
+                ("cond", "num_classes = 8\n", ""),
+                (
+                    "ddpm",
+                    "",
+                    "path = \"variance_preserving\"\nprediction = \"epsilon\"\n",
+                ),
+            ] {
+                let text = format!(
+                    "[run]\nname = \"{name}\"\nout_dir = {:?}\n[data]\ntarget = {{ kind = \"8gaussians\" }}\n\
+                     [model]\nwidth = 64\ndepth = 2\n{model}[flow]\n{flow}\
+                     [train]\nsteps = 3000\nbatch_size = 256\nlabel_dropout = 0.2\n\
+                     [sample]\nn_samples = 64\nw2_samples = 32\nsteps = 10\n",
+                    runs.display().to_string()
+                );
+                let config = ferroflow_engine::RunConfig::parse(&text, Path::new("run.toml")).unwrap();
+                ferroflow_engine::run::train_new(&config, &mut [], None).unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let app = app(&runs);
+    let guide = |run: &str, weight: f64| json!({ "run": run, "class": 4, "weight": weight, "n_samples": 500, "steps": 40, "seed": 1 });
+    let (status, plain) = post_json(&app, "/api/classifier_free", &guide("cond", 0.0)).await;
+    assert_eq!(status, StatusCode::OK, "{plain}");
+    let (status, guided) = post_json(&app, "/api/classifier_free", &guide("cond", 2.0)).await;
+    assert_eq!(status, StatusCode::OK, "{guided}");
+    assert_eq!(plain["guided"], plain["conditional"]);
+    let probability = |view: &Value, k: usize| view["class_probability"][k].as_f64().unwrap();
+    let (unconditional, conditional, strong) = (
+        probability(&plain, 0),
+        probability(&plain, 1),
+        probability(&guided, 2),
+    );
+    eprintln!(
+        "conditional run, class 4: p(c | x) unconditional {unconditional:.3}, conditional {conditional:.3}, \
+         guided w = 2 {strong:.3} ({} ms)",
+        guided["compute_ms"]
+    );
+    assert!(unconditional < 0.3, "{unconditional}");
+    assert!(conditional > 0.5, "{conditional}");
+    assert!(strong > conditional, "{strong} vs {conditional}");
+
+    for sampler in ["ddpm", "midpoint"] {
+        let (status, view) = post_json(
+            &app,
+            "/api/run_view",
+            &json!({ "run": "ddpm", "n_particles": 400, "grid": 4, "frames": 21, "seed": 3,
+                     "sampler": sampler, "grid_lines": 3 }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        let (distance, near) = near_8gaussians_modes(&floats(&view["particles"][20]));
+        eprintln!("DDPM run sampled by {sampler}: {distance:.3} from a mode ({near:.3} within 1)");
+        assert!(distance < 1.3 && near > 0.5, "{sampler}: {distance} {near}");
+        assert_eq!(view["pushed_grid"].as_array().unwrap().len(), 21);
+    }
+    let (status, answer) = post_json(&app, "/api/classifier_free", &guide("ddpm", 1.0)).await;
+    assert!(status.is_client_error() && answer["field"] == "run", "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("unconditional"),
+        "{answer}"
+    );
+
+    // The page's training requests.
+    let mut train = train_request("conditional-client", 10);
+    train["conditional"] = json!(true);
+    train["prediction"] = json!("epsilon");
+    train["path"] = json!({ "kind": "variance_preserving", "sigma": 0.0 });
+    let request: ferroflow_explorer::training::TrainRequest = serde_json::from_value(train.clone()).unwrap();
+    let config = request.run_config(&runs).unwrap();
+    assert_eq!(config.model.num_classes, Some(8));
+    assert_eq!(config.flow.prediction, ferroflow_paths::Prediction::Epsilon);
+    refuses(
+        &app,
+        "/api/train",
+        &train,
+        "/target/kind",
+        json!("ring"),
+        "conditional",
+    )
+    .await;
+    refuses(
+        &app,
+        "/api/train",
+        &train,
+        "/prediction",
+        json!("score"),
+        "prediction",
+    )
+    .await;
+    let mut noisy = train.clone();
+    noisy["path"]["sigma"] = json!(0.1);
+    let (status, answer) = post_json(&app, "/api/train", &noisy).await;
+    assert!(
+        status.is_client_error() && answer["field"] == "prediction",
+        "{answer}"
+    );
+}

@@ -2,11 +2,15 @@
 //! fantoccini. Loads the page, picks a target, scrubs t, clicks a start point and an x1, trains a tiny model
 //! to the end with the real engine and opens the trained run; checks that the canvases' pixels change, that
 //! the page's ln rho along the trajectory matches the closed form computed here from the paths crate, that the
-//! mode-seeking panel is plain at lambda = 0 and guided otherwise (closed form and run), that the run's learned
+//! mode-seeking panel is plain at lambda = 0 and guided otherwise (closed form and run), that classifier-free
+//! guidance is the conditional field at w = 0 and moves samples into the class (closed form and a run trained
+//! with classes), that the pushed grid and DDPM's sampler redraw the view, that dragging the start point moves
+//! the trajectory with the mouse, that the run's learned
 //! density has mass about 1 and its trajectory's ln rho meets the engine's likelihood, and that the page saw no
 //! error. Redraw times are measured in the page with `performance.now()` and printed. With
 //! `FERROFLOW_EXPLORER_SCREENSHOT=FILE` it saves a screenshot of the page there (the README's
-//! `docs/explorer.png` is one, cropped to its top 1,445 rows and posterised to 16 levels a channel).
+//! `docs/explorer.png` is one, cropped below the classifier-free guidance panel and posterised to 16 levels a
+//! channel).
 //!
 //! Every wait is on a condition with a generous deadline (the machine has two shared cores); a failure saves
 //! a screenshot under `CARGO_TARGET_TMPDIR/explorer-browser/`. Without `/usr/bin/chromedriver` the test fails
@@ -158,6 +162,39 @@ async fn click_at(client: &Client, id: &str, dx: f64, dy: f64) -> Result<(), Str
         .perform_actions(actions)
         .await
         .map_err(|e| format!("clicking #{id}: {e}"))
+}
+
+/// Presses the mouse at `from` (offsets from the centre of `#id`), moves it to `to` in steps, releases it.
+async fn drag(client: &Client, id: &str, from: (f64, f64), to: (f64, f64)) -> Result<(), String> {
+    let element = client
+        .find(Locator::Id(id))
+        .await
+        .map_err(|e| format!("no #{id}: {e}"))?;
+    let mut actions = MouseActions::new("mouse".into())
+        .then(PointerAction::MoveToElement {
+            element: element.clone(),
+            duration: None,
+            x: from.0,
+            y: from.1,
+        })
+        .then(PointerAction::Down {
+            button: MOUSE_BUTTON_LEFT,
+        });
+    for k in 1..=8 {
+        let w = f64::from(k) / 8.0;
+        actions = actions.then(PointerAction::MoveToElement {
+            element: element.clone(),
+            duration: Some(Duration::from_millis(60)),
+            x: from.0 + w * (to.0 - from.0),
+            y: from.1 + w * (to.1 - from.1),
+        });
+    }
+    client
+        .perform_actions(actions.then(PointerAction::Up {
+            button: MOUSE_BUTTON_LEFT,
+        }))
+        .await
+        .map_err(|e| format!("dragging on #{id}: {e}"))
 }
 
 /// Clicks the element `#id` (at its centre, as a person would).
@@ -429,12 +466,153 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
         return Err(format!("the page does not show the estimators' cost: {shown}"));
     }
 
-    // For the README: the page with the closed-form views, couplings and mode seeking, when asked for.
+    // Classifier-free guidance on the closed form of the mixtures preset, class 2: at w = 0 the guided
+    // samples are the conditional ones; the conditional samples lie in the class by the target's classifier.
+    js(
+        client,
+        "window.__explorer.classifierFree = null; document.getElementById('cfg-class').value = '2'; document.getElementById('cfg-weight').value = '0'; return 0;",
+    )
+    .await?;
+    click(client, "cfg-run").await?;
+    wait_for(
+        client,
+        "classifier-free guidance at w = 0",
+        "window.__explorer.classifierFree !== null",
+    )
+    .await?;
+    let cfg = js(client, "return window.__explorer.classifierFree;").await?;
+    if cfg["guided"] != cfg["conditional"] || cfg["classes"] != json!(3) {
+        return Err(format!(
+            "classifier-free guidance at w = 0: classes {}, guided = conditional: {}",
+            cfg["classes"],
+            cfg["guided"] == cfg["conditional"]
+        ));
+    }
+    let guided_before = pixels(client, "cfg-guided").await?;
+    js(
+        client,
+        "window.__explorer.classifierFree = null; document.getElementById('cfg-weight').value = '3'; return 0;",
+    )
+    .await?;
+    click(client, "cfg-run").await?;
+    wait_for(
+        client,
+        "classifier-free guidance at w = 3",
+        "window.__explorer.classifierFree !== null",
+    )
+    .await?;
+    let cfg = js(client, "return window.__explorer.classifierFree;").await?;
+    let probability = |k: usize| cfg["class_probability"][k].as_f64().unwrap_or(f64::NAN);
+    eprintln!(
+        "explorer classifier-free guidance, mixtures class 2: p(c | x) unconditional {:.3}, conditional {:.3}, w = 3 {:.3}",
+        probability(0),
+        probability(1),
+        probability(2)
+    );
+    if !(probability(1) > 0.9 && probability(2) >= probability(1) - 1e-3 && probability(0) < 0.4) {
+        return Err(format!(
+            "classifier-free guidance's class probabilities: {}",
+            cfg["class_probability"]
+        ));
+    }
+    assert_ne_or(
+        guided_before,
+        pixels(client, "cfg-guided").await?,
+        "the guided samples did not change with w",
+    )?;
+    pixels(client, "cfg-unconditional").await?;
+    pixels(client, "cfg-conditional").await?;
+
+    // The pushed-forward grid, then DDPM's ancestral sampler: each asks the server again and redraws.
+    let loads = js(client, "return window.__explorer.flowLoads;")
+        .await?
+        .as_u64()
+        .unwrap_or(0);
+    set_t(client, 0.6).await?;
+    let without_grid = pixels(client, "view").await?;
+    click(client, "show-grid").await?;
+    wait_for(
+        client,
+        "the views with the pushed grid",
+        &format!("window.__explorer.flowLoads > {loads} && window.__explorer.flow.gridFrames === 51"),
+    )
+    .await?;
+    set_t(client, 0.6).await?;
+    assert_ne_or(
+        without_grid,
+        pixels(client, "view").await?,
+        "the pushed grid did not appear",
+    )?;
+    let with_rk4 = pixels(client, "view").await?;
+    js(
+        client,
+        "const s = document.getElementById('flow-sampler'); s.value = 'ddpm'; s.dispatchEvent(new Event('change')); return 0;",
+    )
+    .await?;
+    wait_for(
+        client,
+        "DDPM's particles",
+        "window.__explorer.flow.sampler === 'ddpm'",
+    )
+    .await?;
+    set_t(client, 0.6).await?;
+    assert_ne_or(
+        with_rk4,
+        pixels(client, "view").await?,
+        "DDPM's particles look like the ODE's",
+    )?;
+    js(
+        client,
+        "const s = document.getElementById('flow-sampler'); s.value = 'rk4'; s.dispatchEvent(new Event('change')); document.getElementById('show-grid').checked = false; return 0;",
+    )
+    .await?;
+    wait_for(
+        client,
+        "the ODE's particles again",
+        "window.__explorer.flow.sampler === 'rk4'",
+    )
+    .await?;
+
+    // Dragging the start point: the trajectory follows the mouse to where it is released.
+    js(client, "window.__explorer.trajectory = null; return 0;").await?;
+    drag(client, "view", (-60.0, 20.0), (70.0, -40.0)).await?;
+    wait_for(
+        client,
+        "the dragged trajectory",
+        "window.__explorer.trajectory !== null",
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let dragged = js(client, "return window.__explorer.trajectory.points.slice(0, 2);").await?;
+    // 70 px right and 40 px up of the centre on a 520-pixel view of [-7, 7]^2: about (1.9, 1.1).
+    let (x, y) = (
+        dragged[0].as_f64().unwrap_or(f64::NAN),
+        dragged[1].as_f64().unwrap_or(f64::NAN),
+    );
+    if (x - 70.0 * 14.0 / 520.0).abs() > 0.3 || (y - 40.0 * 14.0 / 520.0).abs() > 0.3 {
+        return Err(format!(
+            "the dragged trajectory starts at ({x}, {y}), not where the mouse was released"
+        ));
+    }
+
+    // For the README: the page with the closed-form views and the pushed grid, couplings, mode seeking and
+    // classifier-free guidance, when asked for.
     if let Ok(path) = std::env::var("FERROFLOW_EXPLORER_SCREENSHOT") {
         client
-            .set_window_size(1400, 1900)
+            .set_window_size(1400, 2250)
             .await
             .map_err(|e| e.to_string())?;
+        let loads = js(client, "return window.__explorer.flowLoads;")
+            .await?
+            .as_u64()
+            .unwrap_or(0);
+        click(client, "show-grid").await?;
+        wait_for(
+            client,
+            "the pushed grid",
+            &format!("window.__explorer.flowLoads > {loads}"),
+        )
+        .await?;
         js(client, "window.scrollTo(0, 0); return 0;").await?;
         set_t(client, 0.6).await?;
         let png = client.screenshot().await.map_err(|e| e.to_string())?;
@@ -443,12 +621,23 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
             .set_window_size(1400, 1300)
             .await
             .map_err(|e| e.to_string())?;
+        let loads = js(client, "return window.__explorer.flowLoads;")
+            .await?
+            .as_u64()
+            .unwrap_or(0);
+        click(client, "show-grid").await?;
+        wait_for(
+            client,
+            "the views without the grid",
+            &format!("window.__explorer.flowLoads > {loads}"),
+        )
+        .await?;
     }
 
     // Train a tiny model to the end with the real engine.
     js(
         client,
-        "for (const [id, v] of [['steps', 300], ['width', 32], ['depth', 2], ['batch', 128]]) document.getElementById(id).value = String(v); return 0;",
+        "for (const [id, v] of [['steps', 300], ['width', 32], ['depth', 2], ['batch', 128]]) document.getElementById(id).value = String(v); document.getElementById('conditional').checked = true; return 0;",
     )
     .await?;
     let started = Instant::now();
@@ -558,6 +747,32 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
     let guided = js(client, "return window.__explorer.modeSeeking;").await?;
     if guided["field"] != Value::String(format!("run {run}")) {
         return Err(format!("mode seeking did not use the run: {}", guided["field"]));
+    }
+
+    // Classifier-free guidance of the trained run (trained with classes): the class's samples gain weight.
+    js(client, "window.__explorer.classifierFree = null; document.getElementById('cfg-weight').value = '2'; return 0;").await?;
+    click(client, "cfg-run").await?;
+    wait_for(
+        client,
+        "the run's classifier-free guidance",
+        "window.__explorer.classifierFree !== null",
+    )
+    .await?;
+    let cfg = js(client, "return window.__explorer.classifierFree;").await?;
+    let probability = |k: usize| cfg["class_probability"][k].as_f64().unwrap_or(f64::NAN);
+    eprintln!(
+        "explorer classifier-free guidance of run {run}, class 2: p(c | x) unconditional {:.3}, conditional {:.3}, w = 2 {:.3}",
+        probability(0),
+        probability(1),
+        probability(2)
+    );
+    if cfg["field"] != Value::String(format!("run {run}"))
+        || probability(1).partial_cmp(&probability(0)) != Some(std::cmp::Ordering::Greater)
+    {
+        return Err(format!(
+            "the run's classifier-free guidance: {} {}",
+            cfg["field"], cfg["class_probability"]
+        ));
     }
 
     let errors = js(client, "return window.__explorer.errors;").await?;
