@@ -340,7 +340,7 @@ function redrawConditional() {
     ctx.fillStyle = "#fff";
     ctx.fillRect(0, 0, c.width, c.height);
   });
-  if (!state.frames || !state.frames.coefficients) return;
+  if (!state.frames || !state.frames.coefficients || !state.frames.coefficients.length) return;
   const [i, w] = frameAt(state.t);
   const nearest = w < 0.5 ? i : i + 1;
   const cells = state.frames.grid > 20 ? 20 : state.frames.grid;
@@ -470,6 +470,8 @@ async function computeFlow() {
     probe.flowLoads += 1;
     probe.flow = { sampler: $("flow-sampler").value, gridLines: frames.grid_lines, gridFrames: frames.pushed_grid.length };
     $("main-title").textContent = `marginal field v*(x, t): ${$("target").value}${frames.exact ? "" : " (kernel density estimate)"}`;
+    $("marg-caption").textContent = "v*(x, t)";
+    $("diff-caption").textContent = "u_t - v*";
     setStatus(`ready (server ${frames.compute_ms.toFixed(0)} ms)`);
     if (state.start) await computeTrajectory();
     redraw();
@@ -714,6 +716,8 @@ async function showRun() {
     state.trajectory = null;
     probe.flowLoads += 1;
     $("main-title").textContent = `learned field v_theta(x, t): run ${run} (${frames.target})`;
+    $("marg-caption").textContent = frames.coefficients.length ? "v_theta(x, t)" : "v_theta (no u_t(x | x1) for this run's source and path)";
+    $("diff-caption").textContent = "u_t - v_theta";
     setStatus(`run ${run} ready (server ${frames.compute_ms.toFixed(0)} ms)`);
     redraw();
   } catch (e) {

@@ -22,7 +22,10 @@ use tch::{Kind, Tensor};
 
 use crate::ancestral::DDPM;
 use crate::error::{ApiError, check_range, check_real};
-use crate::views::{GRID_LINE_POINTS, MAX_GRID_LINES, WINDOW, frame_times, grid_line_points, grid_points};
+use crate::views::{
+    GRID_LINE_POINTS, MAX_GRID_LINES, T_MAX, T_MIN_SINGULAR, WINDOW, frame_times, grid_line_points,
+    grid_points,
+};
 
 /// The longest run name accepted.
 pub const MAX_RUN_NAME: usize = 120;
@@ -133,6 +136,9 @@ pub struct RunFrames {
     pub grid: usize,
     /// Per frame, `v_theta` at the grid's cell centres.
     pub field: Vec<Vec<f32>>,
+    /// `(alpha, sigma, alpha', sigma')` of the run's path per frame, for the page's conditional field
+    /// `u_t(x | x1)` beside `v_theta` (see [`path_coefficients`]); empty where it has none.
+    pub coefficients: Vec<[f64; 4]>,
     /// Lines per direction of the pushed-forward grid (0: none).
     pub grid_lines: usize,
     /// Points per line of the pushed-forward grid.
@@ -162,6 +168,34 @@ pub fn run_source(flow: &TrainedFlow, n_points: usize, seed: u64) -> Tensor {
     Tensor::from_slice(&points)
         .view([n_points as i64, 2])
         .to_device(flow.device())
+}
+
+/// The run path's `(alpha, sigma, alpha', sigma')` at `times` (clamped to `[0, T_MAX]`, and from
+/// [`T_MIN_SINGULAR`] on where they are singular at 0, as the closed-form views do), for `u_t(x | x1) = alpha' x1 + (sigma' / sigma) (x - alpha x1)`. That is the
+/// conditional velocity exactly for a Gaussian source (the law of `x_t` given `x1` is Gaussian), and for any
+/// source on a path without extra noise (`x0 = (x - alpha x1) / sigma` is then determined, and the ratio
+/// `sigma' / sigma` does not depend on the source's scale). A run with another source on a noisy path has no
+/// such closed form: `None`.
+pub fn path_coefficients(flow: &TrainedFlow, times: &[f64]) -> Option<Vec<[f64; 4]>> {
+    let source_std = match flow.config.data.source {
+        Dataset::Gaussian { std, .. } => std,
+        _ => 1.0,
+    };
+    let gaussian = matches!(flow.config.data.source, Dataset::Gaussian { .. });
+    times
+        .iter()
+        .map(|&t| {
+            let at = |t: f64| {
+                let c = flow.path().gaussian_coefficients(t, source_std).ok()?;
+                let values = [c.alpha, c.sigma, c.d_alpha, c.d_sigma];
+                values.iter().all(|v| v.is_finite()).then_some(values)
+            };
+            let t = t.clamp(0.0, T_MAX);
+            let regular = at(t).map_or(t.max(T_MIN_SINGULAR), |_| t);
+            let noiseless = flow.path().coefficients(regular).noise == 0.0;
+            (gaussian || noiseless).then_some(at(regular)?)
+        })
+        .collect()
 }
 
 /// `div v_theta(x, t)` for a batch by central differences.
@@ -244,6 +278,7 @@ pub fn run_frames(runs_dir: &Path, request: &RunViewRequest) -> Result<RunFrames
         divergence: Vec::with_capacity(frames),
         grid,
         field: Vec::with_capacity(frames),
+        coefficients: path_coefficients(&flow, &times).unwrap_or_default(),
         grid_lines,
         grid_line_points: GRID_LINE_POINTS,
         pushed_grid: pushed_grid.iter().map(flat).collect(),

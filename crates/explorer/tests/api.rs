@@ -1441,6 +1441,32 @@ async fn a_conditional_run_is_guided_and_a_ddpm_run_sampled_ancestrally() {
         assert!(distance < 1.3 && near > 0.5, "{sampler}: {distance} {near}");
         assert_eq!(view["pushed_grid"].as_array().unwrap().len(), 21);
     }
+    // The runs' path coefficients, for u_t(x | x1) beside v_theta on the page: the closed form's own.
+    for (run, path) in [
+        (
+            "cond",
+            json!({ "kind": "affine", "scheduler": "cond_ot", "sigma": 0.0 }),
+        ),
+        ("ddpm", json!({ "kind": "variance_preserving", "sigma": 0.0 })),
+    ] {
+        let (status, view) = post_json(
+            &app,
+            "/api/run_view",
+            &json!({ "run": run, "n_particles": 10, "grid": 4, "frames": 21 }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        let (status, closed) = post_json(
+            &app,
+            "/api/flow",
+            &json!({ "target": { "kind": "8gaussians" }, "path": path, "n_particles": 10, "grid": 2,
+                     "density_grid": 2, "frames": 21 }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{closed}");
+        assert_eq!(view["coefficients"].as_array().unwrap().len(), 21);
+        assert_eq!(view["coefficients"], closed["coefficients"], "{run}");
+    }
     let (status, answer) = post_json(&app, "/api/classifier_free", &guide("ddpm", 1.0)).await;
     assert!(status.is_client_error() && answer["field"] == "run", "{answer}");
     assert!(

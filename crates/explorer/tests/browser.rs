@@ -696,6 +696,11 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
         pixels(client, "view").await?,
         "the trained run's view did not replace the closed form",
     )?;
+    // The conditional field u_t(x | x1) beside the learned v_theta and their difference.
+    set_t(client, 0.5).await?;
+    for id in ["cond", "marg", "diff"] {
+        pixels(client, id).await?;
+    }
 
     // The learned density of the run: its mass over the window is about 1.
     click(client, "run-density").await?;
