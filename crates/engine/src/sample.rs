@@ -38,6 +38,34 @@ fn epsilon_alpha(alpha: f64) -> f64 {
     alpha.max(EPSILON_ALPHA_FLOOR)
 }
 
+/// The velocity that a network's output `out` at `(x, t)` stands for, in a run whose network predicts
+/// `prediction` on `path` (`x` and `out` flat, `[n, dim]`): `out` itself for the velocity; from `x1` or
+/// epsilon through `x_t = a_t x0 + b_t x1`, `v = a'_t x0 + b'_t x1`, at `t` clamped to `[1e-4, 1 - 1e-4]` and
+/// with `b_t` at least [`EPSILON_ALPHA_FLOOR`] for epsilon. Every sampler of a run goes through it (and the
+/// explorer's live snapshots of a training network).
+pub fn output_velocity(
+    path: &dyn ConditionalPath,
+    prediction: Prediction,
+    x: &Tensor,
+    out: Tensor,
+    t: f64,
+) -> Tensor {
+    match prediction {
+        Prediction::Velocity => out,
+        prediction => {
+            let c = path.coefficients(t.clamp(1e-4, 1.0 - 1e-4));
+            let (x0_hat, x1_hat) = match prediction {
+                Prediction::Target => ((x - &out * c.target) / c.source, out),
+                _ => (
+                    out.shallow_clone(),
+                    (x - &out * c.source) / epsilon_alpha(c.target),
+                ),
+            };
+            x0_hat * c.d_source + x1_hat * c.d_target
+        }
+    }
+}
+
 /// A trained run, loaded for sampling.
 pub struct TrainedFlow {
     /// The resolved config of the run.
@@ -164,20 +192,7 @@ impl TrainedFlow {
                 labels,
             )
             .view([batch, -1]);
-        match self.config.flow.prediction {
-            Prediction::Velocity => out,
-            prediction => {
-                let c = self.path.coefficients(t.clamp(1e-4, 1.0 - 1e-4));
-                let (x0_hat, x1_hat) = match prediction {
-                    Prediction::Target => ((x - &out * c.target) / c.source, out),
-                    _ => (
-                        out.shallow_clone(),
-                        (x - &out * c.source) / epsilon_alpha(c.target),
-                    ),
-                };
-                x0_hat * c.d_source + x1_hat * c.d_target
-            }
-        }
+        output_velocity(self.path.as_ref(), self.config.flow.prediction, x, out, t)
     }
 
     /// The learned velocity and its divergence at `(x, t)` in forward mode, without autograd, when the network

@@ -106,7 +106,7 @@ fn train_timed(runs_dir: &std::path::Path, steps: usize) -> (f64, f64, f64) {
     let (sender, mut receiver) = mpsc::channel::<TrainEvent>(64);
     let reader = std::thread::spawn(move || while receiver.blocking_recv().is_some() {});
     let mut observer = Timed {
-        inner: StreamObserver::new(sender, &config.data.source, config.run.seed),
+        inner: StreamObserver::new(sender, &config).expect("the config's path builds"),
         seconds: 0.0,
     };
     let started = Instant::now();

@@ -16,11 +16,11 @@ use ferroflow_coupling::{CouplingConfig, IndependentOrder, SinkhornConfig, Solve
 use ferroflow_engine::config::{
     DataSection, ModelSection, RunConfig, RunSection, SampleSection, TrainSection,
 };
-use ferroflow_engine::data::Dataset;
 use ferroflow_engine::error::TrainError;
+use ferroflow_engine::sample::output_velocity;
 use ferroflow_engine::train::FlowModel;
 use ferroflow_engine::train::observe::{Journal, Observer, StepInfo};
-use ferroflow_paths::Prediction;
+use ferroflow_paths::{ConditionalPath, Prediction};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -322,15 +322,28 @@ pub struct StreamObserver {
     last_progress: Option<Instant>,
     last_snapshot: Option<Instant>,
     source: Tensor,
+    /// The run's path and what its network predicts, to turn its output into a velocity.
+    path: Box<dyn ConditionalPath + Send + Sync>,
+    prediction: Prediction,
     /// Seconds spent drawing snapshots (to report the overhead).
     pub snapshot_seconds: f64,
 }
 
 impl StreamObserver {
-    /// An observer that sends into `events`; snapshots start from points of `source` drawn with `seed`.
-    pub fn new(events: mpsc::Sender<TrainEvent>, source: &Dataset, seed: u64) -> Self {
-        let points = source.sample(SNAPSHOT_POINTS, &mut ChaCha8Rng::seed_from_u64(seed));
-        Self {
+    /// An observer of the training of `config` that sends into `events`; snapshots start from points of its
+    /// source drawn with its seed and follow the velocity its network's output stands for.
+    pub fn new(events: mpsc::Sender<TrainEvent>, config: &RunConfig) -> Result<Self, ApiError> {
+        let points = config
+            .data
+            .source
+            .sample(SNAPSHOT_POINTS, &mut ChaCha8Rng::seed_from_u64(config.run.seed));
+        let path = config
+            .flow
+            .build_path()
+            .map_err(|e| ApiError::invalid("path", e.to_string()))?;
+        Ok(Self {
+            path,
+            prediction: config.flow.prediction,
             events,
             started: Instant::now(),
             first_step: 0,
@@ -338,7 +351,7 @@ impl StreamObserver {
             last_snapshot: None,
             source: Tensor::from_slice(&points).view([SNAPSHOT_POINTS as i64, 2]),
             snapshot_seconds: 0.0,
-        }
+        })
     }
 
     fn snapshot(&self, model: &FlowModel) -> Vec<f32> {
@@ -348,8 +361,16 @@ impl StreamObserver {
             let mut x = self.source.to_device(device);
             let dt = 1.0 / SNAPSHOT_STEPS as f64;
             for step in 0..SNAPSHOT_STEPS {
-                let t = Tensor::full([SNAPSHOT_POINTS as i64], step as f64 * dt, (Kind::Float, device));
-                x = &x + net.forward(&x, &t) * dt;
+                let t = step as f64 * dt;
+                let times = Tensor::full([SNAPSHOT_POINTS as i64], t, (Kind::Float, device));
+                let velocity = output_velocity(
+                    self.path.as_ref(),
+                    self.prediction,
+                    &x,
+                    net.forward(&x, &times),
+                    t,
+                );
+                x = &x + velocity * dt;
             }
             let flat = x.to_kind(Kind::Float).contiguous().view([-1]);
             Vec::<f32>::try_from(&flat).unwrap_or_default()
@@ -419,9 +440,14 @@ pub fn run_training(config: RunConfig, stop: Arc<AtomicBool>, events: mpsc::Send
         run: run.clone(),
         total: config.train.steps,
     });
-    let mut observer = StreamObserver::new(events.clone(), &config.data.source, config.run.seed);
-    let result = ferroflow_engine::run::train_new(&config, &mut [&mut observer], Some(&stop));
-    let message = result.as_ref().err().map(|e| format!("{e:#}"));
+    // `config` passed `RunConfig::validate`, which builds its path, so this does not fail; if it did, the page
+    // hears why.
+    let result = match StreamObserver::new(events.clone(), &config) {
+        Ok(mut observer) => ferroflow_engine::run::train_new(&config, &mut [&mut observer], Some(&stop))
+            .map_err(|e| format!("{e:#}")),
+        Err(e) => Err(e.to_string()),
+    };
+    let message = result.as_ref().err().cloned();
     let _ = events.blocking_send(TrainEvent::Finished {
         run,
         completed: result.is_ok(),

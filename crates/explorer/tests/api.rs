@@ -1509,3 +1509,33 @@ async fn a_conditional_run_is_guided_and_a_ddpm_run_sampled_ancestrally() {
         "{answer}"
     );
 }
+
+/// The live snapshots of a training follow the velocity its network's output stands for: an epsilon
+/// network's last snapshot (16 Euler steps) lands near 8gaussians' modes; the raw epsilon read as a velocity
+/// would leave the points near the origin, about 4 from any mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_training_snapshots_of_an_epsilon_network_follow_its_velocity() {
+    let runs = tempdir("epsilon-stream");
+    let (app, _state) = router(ServerConfig {
+        runs_dir: runs.clone(),
+        initial_run: None,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut request = train_request("epsilon-client", 3000);
+    request["path"] = json!({ "kind": "variance_preserving", "sigma": 0.0 });
+    request["prediction"] = json!("epsilon");
+    request["width"] = json!(64);
+    request["depth"] = json!(2);
+    request["batch_size"] = json!(256);
+    let (_stream, seen) = open_stream(addr, "/api/train", &request, "event: finished").await;
+    let last = seen.rfind("event: snapshot").expect("a snapshot");
+    let data = &seen[last..];
+    let start = data.find("data: ").unwrap() + "data: ".len();
+    let end = start + data[start..].find('\n').unwrap();
+    let snapshot: Value = serde_json::from_str(&data[start..end]).expect("one JSON line");
+    let (distance, near) = near_8gaussians_modes(&floats(&snapshot["points"]));
+    eprintln!("last snapshot of an epsilon network: {distance:.3} from a mode ({near:.3} within 1)");
+    assert!(distance < 2.0, "{distance}");
+}
