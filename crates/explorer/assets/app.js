@@ -13,6 +13,7 @@ const probe = (window.__explorer = {
   runDensity: null,
   classifierFree: null,
   flow: null,
+  runDensityFrames: null,
   streamlineSegments: 0,
   train: { started: false, finished: null, progressEvents: 0, snapshots: 0, firstAt: 0, lastAt: 0, run: null },
 });
@@ -55,7 +56,11 @@ async function api(path, body) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const json = await response.json();
-  if (!response.ok) throw new Error(json.error || response.statusText);
+  if (!response.ok) {
+    const error = new Error(json.error || response.statusText);
+    error.status = response.status;
+    throw error;
+  }
   return json;
 }
 
@@ -306,7 +311,10 @@ function redrawMain() {
   const [i, w] = frameAt(state.t);
   const nearest = w < 0.5 ? i : i + 1;
   if ($("show-density").checked && state.frames.log_density) {
-    drawDensity(ctx, canvas, state.frames.log_density[nearest], state.frames.density_grid);
+    // A run's density frames are fewer than its particle frames: the one nearest in time.
+    const times = state.frames.density_t;
+    const k = times ? Math.round(state.t * (times.length - 1)) : nearest;
+    drawDensity(ctx, canvas, state.frames.log_density[k], state.frames.density_grid);
   }
   if ($("show-trajectories").checked) drawTrajectories(ctx, canvas, nearest);
   if ($("show-field").checked) {
@@ -697,6 +705,21 @@ async function computeRunTrajectory() {
   }
 }
 
+// The learned ln rho_t over time (traced back to the source with the exact divergence), drawn under the run's
+// particles as the closed form's rho_t is.
+async function computeRunDensityFrames(frames) {
+  try {
+    const d = await api("/api/run_density_frames", { run: frames.run, grid: 40, frames: 11, steps: 40 });
+    if (state.frames !== frames) return;
+    Object.assign(state.frames, { log_density: d.log_density, density_grid: d.grid, density_t: d.t });
+    probe.runDensityFrames = d;
+    setStatus(`run ${frames.run} ready (learned rho_t: server ${d.compute_ms.toFixed(0)} ms, mass at t = 1 ${d.mass[d.mass.length - 1].toFixed(3)})`);
+    redraw();
+  } catch (e) {
+    // A refusal (a run whose source has no density) is an answer: said, not flagged as a fault.
+    setStatus(`run ${frames.run}: no learned rho_t: ${String(e.message || e)}`, !(e.status >= 400 && e.status < 500));
+  }
+}
 async function showRun() {
   const run = $("run").value;
   if (!run) return;
@@ -718,8 +741,9 @@ async function showRun() {
     $("main-title").textContent = `learned field v_theta(x, t): run ${run} (${frames.target})`;
     $("marg-caption").textContent = frames.coefficients.length ? "v_theta(x, t)" : "v_theta (no u_t(x | x1) for this run's source and path)";
     $("diff-caption").textContent = "u_t - v_theta";
-    setStatus(`run ${run} ready (server ${frames.compute_ms.toFixed(0)} ms)`);
+    setStatus(`run ${run} ready (server ${frames.compute_ms.toFixed(0)} ms); its learned rho_t next ...`);
     redraw();
+    await computeRunDensityFrames(frames);
   } catch (e) {
     setStatus(String(e.message || e), true);
   }

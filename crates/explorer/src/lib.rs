@@ -111,6 +111,7 @@ pub fn router(config: ServerConfig) -> (Router, Arc<AppState>) {
         .route("/api/run_view", post(run_view))
         .route("/api/run_density", post(run_density))
         .route("/api/run_trajectory", post(run_trajectory))
+        .route("/api/run_density_frames", post(run_density_frames))
         .route("/api/mode_seeking", post(mode_seeking))
         .route("/api/classifier_free", post(classifier_free))
         .route("/api/train", post(train))
@@ -238,6 +239,17 @@ async fn run_trajectory(
     let runs_dir = state.config.runs_dir.clone();
     Ok(Json(
         compute(&state, move || runs::run_trajectory(&runs_dir, &request)).await?,
+    ))
+}
+
+async fn run_density_frames(
+    State(state): Shared,
+    body: Result<Json<runs::RunDensityFramesRequest>, JsonRejection>,
+) -> Result<Json<runs::RunDensityFrames>, ApiError> {
+    let Json(request) = body?;
+    let runs_dir = state.config.runs_dir.clone();
+    Ok(Json(
+        compute(&state, move || runs::run_density_frames(&runs_dir, &request)).await?,
     ))
 }
 

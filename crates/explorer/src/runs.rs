@@ -461,3 +461,114 @@ pub fn run_trajectory(runs_dir: &Path, request: &RunTrajectoryRequest) -> Result
     out.log_density_backward = backward.log_density[0];
     Ok(out)
 }
+
+/// A request for a trained run's learned density `ln rho_t` over time on a grid.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunDensityFramesRequest {
+    /// The run's name under the runs folder.
+    pub run: String,
+    /// Cells per side of the window, 2..=48.
+    pub grid: i64,
+    /// Frames over [0, 1], 2..=21.
+    pub frames: i64,
+    /// Midpoint steps of a backward solve over the whole of [0, 1] (a frame at `t` takes `t` of them,
+    /// at least 2), 2..=200.
+    pub steps: i64,
+}
+
+/// `ln rho_t` of a trained run at the cell centres of a grid, per frame time.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunDensityFrames {
+    /// The run.
+    pub run: String,
+    /// Frame times.
+    pub t: Vec<f64>,
+    /// Cells per side.
+    pub grid: usize,
+    /// Per frame, `ln rho_t` at the cell centres `[grid^2]`, rows from the bottom.
+    pub log_density: Vec<Vec<f32>>,
+    /// Per frame, the probability mass inside the window.
+    pub mass: Vec<f64>,
+    /// Milliseconds the server spent.
+    pub compute_ms: f64,
+}
+
+/// The learned density at time `t` of the points `x` (`[n, 2]`, f32): traced back from `t` to 0 by `steps`
+/// midpoint steps of `(x, ln rho)` with the exact divergence,
+/// `ln rho_t(x) = ln rho_0(x_0) - int_0^t div v_theta(x_s, s) ds`. At `t = 1` this is the engine's likelihood
+/// (tested against it); at `t = 0` the source's density.
+pub fn run_log_density_at(
+    flow: &TrainedFlow,
+    source: &GaussianSource,
+    x: &Tensor,
+    t: f64,
+    steps: usize,
+) -> Result<Tensor, ApiError> {
+    let internal = |e: ferroflow_models::ModelError| ApiError::Internal(e.to_string());
+    let field = |x: &Tensor, s: f64| -> Result<(Tensor, Tensor), ApiError> {
+        let (velocity, divergence) =
+            divergence_exact(|x| flow.velocity_with_grad(x, s), x, false).map_err(internal)?;
+        Ok((velocity.detach(), divergence.detach().to_kind(Kind::Double)))
+    };
+    let mut x = x.shallow_clone();
+    // `integral` accumulates int_t^s div v ds as s runs from t down to 0, that is -int_0^t.
+    let mut integral = Tensor::zeros([x.size()[0]], (Kind::Double, x.device()));
+    if t > 0.0 {
+        let h = -t / steps as f64;
+        for step in 0..steps {
+            let s = t + step as f64 * h;
+            let (k1, _) = field(&x, s)?;
+            let middle = &x + &k1 * (0.5 * h);
+            let (k2, d2) = field(&middle, s + 0.5 * h)?;
+            x = &x + k2 * h;
+            integral += d2 * h;
+        }
+    }
+    let log_density = source.log_density(&x.to_kind(Kind::Double).to_device(tch::Device::Cpu))
+        + integral.to_device(tch::Device::Cpu);
+    Ok(log_density)
+}
+
+/// Computes a trained run's learned `ln rho_t` frames on a grid.
+pub fn run_density_frames(
+    runs_dir: &Path,
+    request: &RunDensityFramesRequest,
+) -> Result<RunDensityFrames, ApiError> {
+    let started = Instant::now();
+    let grid = check_range("grid", request.grid, 2, 48)?;
+    let frames = check_range("frames", request.frames, 2, 21)?;
+    let steps = check_range("steps", request.steps, 2, 200)?;
+    let dir = run_dir(runs_dir, &request.run)?;
+    let flow = TrainedFlow::load(&dir).map_err(|e| ApiError::Internal(format!("{e:#}")))?;
+    let source = GaussianSource::of(&flow.config.data.source)
+        .map_err(|e| ApiError::invalid("run", format!("run {}: {e}", request.run)))?;
+    let points = tensor_of(&grid_points(grid)).to_device(flow.device());
+    let times = frame_times(frames);
+    let cell = 2.0 * WINDOW / grid as f64;
+    let mut out = RunDensityFrames {
+        run: request.run.clone(),
+        t: times.clone(),
+        grid,
+        log_density: Vec::with_capacity(frames),
+        mass: Vec::with_capacity(frames),
+        compute_ms: 0.0,
+    };
+    for &t in &times {
+        let frame_steps = ((t * steps as f64).ceil() as usize).max(2);
+        let values = Vec::<f64>::try_from(&run_log_density_at(&flow, &source, &points, t, frame_steps)?)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        if values.iter().any(|v| v.is_nan()) {
+            return Err(ApiError::Internal(format!(
+                "run {}: the learned density at t = {t} is not finite",
+                request.run
+            )));
+        }
+        out.mass
+            .push(values.iter().map(|l| l.exp()).sum::<f64>() * cell * cell);
+        out.log_density
+            .push(values.iter().map(|&l| l.max(-1e4) as f32).collect());
+    }
+    out.compute_ms = started.elapsed().as_secs_f64() * 1e3;
+    Ok(out)
+}

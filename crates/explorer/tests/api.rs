@@ -1006,6 +1006,42 @@ async fn a_trained_runs_density_integrates_to_one_and_its_trajectory_meets_the_l
     assert!((0.85..1.05).contains(&mass), "mass {mass}");
     assert_eq!(density["log_density"].as_array().unwrap().len(), 48 * 48);
 
+    // The learned density over time: the source's at t = 0, the engine's likelihood at t = 1, and mass
+    // about 1 in between.
+    let (status, frames) = post_json(
+        &app,
+        "/api/run_density_frames",
+        &json!({ "run": run, "grid": 48, "frames": 3, "steps": 40 }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{frames}");
+    let masses = floats(&frames["mass"]);
+    eprintln!(
+        "learned density frames: mass {masses:.4?} at t = 0, 0.5, 1 ({} ms)",
+        frames["compute_ms"]
+    );
+    let at_zero = floats(&frames["log_density"][0]);
+    let cells = ferroflow_explorer::views::grid_points(48);
+    for (value, point) in at_zero.iter().zip(&cells) {
+        let exact = -std::f64::consts::TAU.ln() - 0.5 * (point[0] * point[0] + point[1] * point[1]);
+        assert!(
+            (value - exact).abs() < 1e-5 * exact.abs().max(1.0),
+            "{value} vs {exact}"
+        );
+    }
+    let at_one = floats(&frames["log_density"][2]);
+    let engine = floats(&density["log_density"]);
+    let worst = at_one
+        .iter()
+        .zip(&engine)
+        .filter(|(_, e)| **e > -30.0)
+        .map(|(a, e)| (a - e).abs())
+        .fold(0.0, f64::max);
+    eprintln!("ln rho_1 by the frames vs the engine's likelihood: max gap {worst:.2e} where ln p > -30");
+    assert!(worst < 1e-4, "{worst}");
+    assert!((0.9..1.05).contains(&masses[1]), "{masses:?}");
+    assert!((masses[2] - mass).abs() < 1e-2, "{masses:?} vs {mass}");
+
     let (status, trajectory) = post_json(
         &app,
         "/api/run_trajectory",

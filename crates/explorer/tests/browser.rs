@@ -696,6 +696,32 @@ async fn scenario(client: &Client, addr: SocketAddr, runs_dir: &Path) -> Result<
         pixels(client, "view").await?,
         "the trained run's view did not replace the closed form",
     )?;
+    // The learned rho_t under the run's particles: drawn at every t, and it changes with t.
+    wait_for(
+        client,
+        "the run's learned rho_t",
+        "window.__explorer.runDensityFrames !== null",
+    )
+    .await?;
+    let frames = js(client, "return window.__explorer.runDensityFrames.mass;").await?;
+    let masses: Vec<f64> = frames
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    eprintln!("explorer learned rho_t of {run}: mass over the window {masses:.3?} at t = 0, 0.1, ..., 1");
+    if masses.len() != 11 || masses.iter().any(|m| !(0.8..1.1).contains(m)) {
+        return Err(format!("the learned rho_t frames have masses {masses:?}"));
+    }
+    js(client, "document.getElementById('show-particles').click(); document.getElementById('show-field').click(); return 0;").await?;
+    set_t(client, 0.2).await?;
+    let density_early = pixels(client, "view").await?;
+    set_t(client, 0.9).await?;
+    assert_ne_or(
+        density_early,
+        pixels(client, "view").await?,
+        "the learned rho_t did not change with t",
+    )?;
+    js(client, "document.getElementById('show-particles').click(); document.getElementById('show-field').click(); return 0;").await?;
     // The conditional field u_t(x | x1) beside the learned v_theta and their difference.
     set_t(client, 0.5).await?;
     for id in ["cond", "marg", "diff"] {
