@@ -105,23 +105,23 @@ enum Fields {
 }
 
 impl Fields {
-    /// `(v(x, t), v(x, t | c))`, without gradients; NaN where a closed form refuses (never at regular times).
-    fn eval(&self, x: &Tensor, t: f64, class: usize) -> (Tensor, Tensor) {
+    /// `v(x, t)` (`class = None`) or `v(x, t | class)`, without gradients; NaN where a closed form refuses
+    /// (never at regular times).
+    fn eval(&self, x: &Tensor, t: f64, class: Option<usize>) -> Tensor {
         tch::no_grad(|| match self {
-            Fields::Closed { all, class, t_min } => {
-                let t = t.clamp(*t_min, T_MAX);
-                let nan = || x.full_like(f64::NAN);
-                (
-                    all.velocity(x, t).unwrap_or_else(|_| nan()),
-                    class.velocity(x, t).unwrap_or_else(|_| nan()),
-                )
+            Fields::Closed {
+                all,
+                class: of_class,
+                t_min,
+            } => {
+                let field = if class.is_some() { of_class } else { all };
+                field
+                    .velocity(x, t.clamp(*t_min, T_MAX))
+                    .unwrap_or_else(|_| x.full_like(f64::NAN))
             }
             Fields::Run(flow) => {
-                let label = Tensor::from_slice(&[class as i64]).to_device(x.device());
-                (
-                    flow.velocity_labelled(x, t, None),
-                    flow.velocity_labelled(x, t, Some(&label)),
-                )
+                let label = class.map(|c| Tensor::from_slice(&[c as i64]).to_device(x.device()));
+                flow.velocity_labelled(x, t, label.as_ref())
             }
         })
     }
@@ -167,6 +167,12 @@ pub fn classifier_free(
     let steps = check_range("steps", request.steps, 1, 200)?;
     let method = crate::mode_seeking::sampler("sampler", &request.sampler)?;
     let class_index = check_range("class", request.class, 0, i64::MAX)?;
+    let outside = |classes: usize| {
+        ApiError::invalid(
+            "class",
+            format!("class {class_index} is outside 0..{classes} (the target's classes)"),
+        )
+    };
     let no_classes = |what: String| {
         ApiError::invalid(
             "class",
@@ -206,15 +212,9 @@ pub fn classifier_free(
             let field = |mixture: &GaussianMixture| -> Result<_, ApiError> {
                 MixtureVelocity::new(mixture, built()?, 1.0).map_err(|e| ApiError::Internal(e.to_string()))
             };
-            let class_mixture = labelled.class_mixture(class_index).ok_or_else(|| {
-                ApiError::invalid(
-                    "class",
-                    format!(
-                        "class {class_index} is outside 0..{} (the target's classes)",
-                        labelled.classes
-                    ),
-                )
-            })?;
+            let class_mixture = labelled
+                .class_mixture(class_index)
+                .ok_or_else(|| outside(labelled.classes))?;
             let fields = Fields::Closed {
                 all: field(&labelled.mixture)?,
                 class: field(&class_mixture)?,
@@ -227,27 +227,21 @@ pub fn classifier_free(
         }
     };
     if class_index >= labelled.classes {
-        return Err(ApiError::invalid(
-            "class",
-            format!(
-                "class {class_index} is outside 0..{} (the target's classes)",
-                labelled.classes
-            ),
-        ));
+        return Err(outside(labelled.classes));
     }
     let options = OdeOptions::fixed(method, steps);
-    let solve = |pick: &dyn Fn(Tensor, Tensor) -> Tensor| -> Result<Tensor, ApiError> {
-        let mut field = |t: f64, x: &Tensor| -> Result<Tensor, SolverError> {
-            let (all, class) = fields.eval(x, t, class_index);
-            Ok(pick(all, class))
-        };
+    let solve = |field: &dyn Fn(&Tensor, f64) -> Tensor| -> Result<Tensor, ApiError> {
+        let mut field = |t: f64, x: &Tensor| -> Result<Tensor, SolverError> { Ok(field(x, t)) };
         integrate_unit_interval(&mut field, x0.shallow_clone(), &options, None)
             .map(|solution| solution.state)
             .map_err(|e| ApiError::Internal(e.to_string()))
     };
-    let unconditional = solve(&|all, _| all)?;
-    let conditional = solve(&|_, class| class)?;
-    let guided = solve(&|all, class| combine_classifier_free(&class, &all, weight))?;
+    let unconditional = solve(&|x, t| fields.eval(x, t, None))?;
+    let conditional = solve(&|x, t| fields.eval(x, t, Some(class_index)))?;
+    let guided = solve(&|x, t| {
+        let class = fields.eval(x, t, Some(class_index));
+        combine_classifier_free(&class, &fields.eval(x, t, None), weight)
+    })?;
     let mut probabilities = [0.0; 3];
     for (slot, samples) in probabilities
         .iter_mut()
