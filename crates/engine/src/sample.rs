@@ -38,11 +38,31 @@ fn epsilon_alpha(alpha: f64) -> f64 {
     alpha.max(EPSILON_ALPHA_FLOOR)
 }
 
+/// The affine map `v = a x + b out` from a network's output `out` at `(x, t)` to the velocity it stands for,
+/// in a run whose network predicts `prediction` on `path`; `None` for the velocity itself. Through
+/// `x_t = a_t x0 + b_t x1`, `v = a'_t x0 + b'_t x1` at `t` clamped to `[1e-4, 1 - 1e-4]`, with `b_t` at least
+/// [`EPSILON_ALPHA_FLOOR`] for epsilon. Affine in `out`, so `div v = a dim + b div out`.
+fn output_map(path: &dyn ConditionalPath, prediction: Prediction, t: f64) -> Option<(f64, f64)> {
+    let c = path.coefficients(t.clamp(1e-4, 1.0 - 1e-4));
+    match prediction {
+        Prediction::Velocity => None,
+        // x0_hat = (x - out c_t) / c_s, so v = x0_hat d_s + out d_t = x d_s / c_s + out (d_t - c_t d_s / c_s).
+        Prediction::Target => Some((
+            c.d_source / c.source,
+            c.d_target - c.target * c.d_source / c.source,
+        )),
+        // x1_hat = (x - out c_s) / c_t, so v = out d_s + x1_hat d_t.
+        _ => {
+            let alpha = epsilon_alpha(c.target);
+            Some((c.d_target / alpha, c.d_source - c.source * c.d_target / alpha))
+        }
+    }
+}
+
 /// The velocity that a network's output `out` at `(x, t)` stands for, in a run whose network predicts
-/// `prediction` on `path` (`x` and `out` flat, `[n, dim]`): `out` itself for the velocity; from `x1` or
-/// epsilon through `x_t = a_t x0 + b_t x1`, `v = a'_t x0 + b'_t x1`, at `t` clamped to `[1e-4, 1 - 1e-4]` and
-/// with `b_t` at least [`EPSILON_ALPHA_FLOOR`] for epsilon. Every sampler of a run goes through it (and the
-/// explorer's live snapshots of a training network).
+/// `prediction` on `path` (`x` and `out` flat, `[n, dim]`): `out` itself for the velocity, else
+/// [`output_map`]'s `a x + b out`. Every sampler of a run goes through it (and the explorer's live snapshots
+/// of a training network).
 pub fn output_velocity(
     path: &dyn ConditionalPath,
     prediction: Prediction,
@@ -50,19 +70,9 @@ pub fn output_velocity(
     out: Tensor,
     t: f64,
 ) -> Tensor {
-    match prediction {
-        Prediction::Velocity => out,
-        prediction => {
-            let c = path.coefficients(t.clamp(1e-4, 1.0 - 1e-4));
-            let (x0_hat, x1_hat) = match prediction {
-                Prediction::Target => ((x - &out * c.target) / c.source, out),
-                _ => (
-                    out.shallow_clone(),
-                    (x - &out * c.source) / epsilon_alpha(c.target),
-                ),
-            };
-            x0_hat * c.d_source + x1_hat * c.d_target
-        }
+    match output_map(path, prediction, t) {
+        None => out,
+        Some((a, b)) => x * a + out * b,
     }
 }
 
@@ -233,23 +243,8 @@ impl TrainedFlow {
         let (out, divergence) =
             self.net
                 .divergence_forward(&params, x, &times, probes, FORWARD_MODE_MAX_ELEMENTS)?;
-        let (a, b) = match self.config.flow.prediction {
-            Prediction::Velocity => return Some((out, divergence)),
-            prediction => {
-                let c = self.path.coefficients(t.clamp(1e-4, 1.0 - 1e-4));
-                match prediction {
-                    // x0_hat = (x - out c_t) / c_s, so v = x0_hat d_s + out d_t = x d_s / c_s + out (d_t - c_t d_s / c_s).
-                    Prediction::Target => (
-                        c.d_source / c.source,
-                        c.d_target - c.target * c.d_source / c.source,
-                    ),
-                    // x1_hat = (x - out c_s) / c_t, so v = out d_s + x1_hat d_t.
-                    _ => (
-                        c.d_target / epsilon_alpha(c.target),
-                        c.d_source - c.source * c.d_target / epsilon_alpha(c.target),
-                    ),
-                }
-            }
+        let Some((a, b)) = output_map(self.path.as_ref(), self.config.flow.prediction, t) else {
+            return Some((out, divergence));
         };
         let dim = x.size()[1] as f64;
         Some(tch::no_grad(|| (x * a + out * b, divergence * b + a * dim)))
