@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use ferroflow_engine::sample::{TrainedFlow, integrate_unit_interval};
 use ferroflow_guidance::{MixtureVelocity, combine_classifier_free};
-use ferroflow_paths::{AffinePath, CondOtScheduler, ConditionalPath, GaussianMixture};
+use ferroflow_paths::{AffinePath, CondOtScheduler, ConditionalPath};
 use ferroflow_solvers::{OdeOptions, SolverError};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -139,21 +139,41 @@ fn flat(tensor: &Tensor) -> Result<Vec<f32>, ApiError> {
     }
 }
 
-/// The mean posterior `p(c | x)` of `class`'s components under `labelled`'s mixture over the rows of `x`.
-fn class_probability(labelled: &LabelledMixture, x: &Tensor, class: usize) -> Result<f64, ApiError> {
-    let classifier = MixtureVelocity::new(&labelled.mixture, AffinePath::without_noise(CondOtScheduler), 1.0)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let x = x.to_device(tch::Device::Cpu).to_kind(Kind::Double);
-    let responsibilities = tch::no_grad(|| classifier.responsibilities(&x, 1.0))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let members: Vec<i64> = (0..labelled.labels.len())
-        .filter(|&k| labelled.labels[k] == class)
-        .map(|k| k as i64)
-        .collect();
-    let mass = responsibilities
-        .index_select(1, &Tensor::from_slice(&members))
-        .sum_dim_intlist([1i64].as_slice(), false, Kind::Double);
-    Ok(mass.mean(Kind::Double).double_value(&[]))
+/// The target's classifier: the posterior `p(c | x)` of a class's components under its mixture.
+struct Classifier {
+    /// The mixture at t = 1 of the CondOT path, which is the mixture itself.
+    mixture: MixtureVelocity<AffinePath<CondOtScheduler>>,
+    /// The components of the class.
+    members: Tensor,
+}
+
+impl Classifier {
+    fn new(labelled: &LabelledMixture, class: usize) -> Result<Self, ApiError> {
+        let mixture =
+            MixtureVelocity::new(&labelled.mixture, AffinePath::without_noise(CondOtScheduler), 1.0)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let members: Vec<i64> = (0..labelled.labels.len())
+            .filter(|&k| labelled.labels[k] == class)
+            .map(|k| k as i64)
+            .collect();
+        Ok(Self {
+            mixture,
+            members: Tensor::from_slice(&members),
+        })
+    }
+
+    /// The mean of `p(c | x)` over the rows of `x`.
+    fn mean_probability(&self, x: &Tensor) -> Result<f64, ApiError> {
+        let x = x.to_device(tch::Device::Cpu).to_kind(Kind::Double);
+        let responsibilities = tch::no_grad(|| self.mixture.responsibilities(&x, 1.0))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mass = responsibilities.index_select(1, &self.members).sum_dim_intlist(
+            [1i64].as_slice(),
+            false,
+            Kind::Double,
+        );
+        Ok(mass.mean(Kind::Double).double_value(&[]))
+    }
 }
 
 /// Computes the classifier-free guidance views of `request`.
@@ -204,20 +224,12 @@ pub fn classifier_free(
                 return Err(no_classes(format!("target `{}`", target.kind)));
             }
             let t_min = Marginal::new(target, path, request.seed)?.t_min;
-            let built = || {
-                path.flow_section("path")?
-                    .build_path()
-                    .map_err(|e| ApiError::invalid("path", e.to_string()))
-            };
-            let field = |mixture: &GaussianMixture| -> Result<_, ApiError> {
-                MixtureVelocity::new(mixture, built()?, 1.0).map_err(|e| ApiError::Internal(e.to_string()))
-            };
             let class_mixture = labelled
                 .class_mixture(class_index)
                 .ok_or_else(|| outside(labelled.classes))?;
             let fields = Fields::Closed {
-                all: field(&labelled.mixture)?,
-                class: field(&class_mixture)?,
+                all: path.mixture_velocity(&labelled.mixture)?,
+                class: path.mixture_velocity(&class_mixture)?,
                 t_min,
             };
             let start = source_points(n_samples, request.seed);
@@ -242,12 +254,13 @@ pub fn classifier_free(
         let class = fields.eval(x, t, Some(class_index));
         combine_classifier_free(&class, &fields.eval(x, t, None), weight)
     })?;
+    let classifier = Classifier::new(&labelled, class_index)?;
     let mut probabilities = [0.0; 3];
     for (slot, samples) in probabilities
         .iter_mut()
         .zip([&unconditional, &conditional, &guided])
     {
-        *slot = class_probability(&labelled, samples, class_index)?;
+        *slot = classifier.mean_probability(samples)?;
     }
     Ok(ClassifierFreeView {
         field: name,

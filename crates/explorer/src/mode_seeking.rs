@@ -221,12 +221,7 @@ impl Velocity {
             FieldSource::Closed(target, path) => {
                 let marginal = Marginal::new(target, path, request.seed)?;
                 let (mixture, _) = target.mixture("target", request.seed)?;
-                let built = path
-                    .flow_section("path")?
-                    .build_path()
-                    .map_err(|e| ApiError::invalid("path", e.to_string()))?;
-                let field = MixtureVelocity::new(&mixture, built, 1.0)
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                let field = path.mixture_velocity(&mixture)?;
                 Ok(Velocity::Closed {
                     field,
                     t_min: marginal.t_min,

@@ -366,6 +366,22 @@ impl PathSpec {
             .map_err(|e| ApiError::invalid(format!("{field}.sigma"), e.to_string()))?;
         Ok(flow)
     }
+
+    /// The path itself, from the standard normal source of the closed-form views.
+    pub fn build(&self) -> Result<Box<dyn ConditionalPath + Send + Sync>, ApiError> {
+        self.flow_section("path")?
+            .build_path()
+            .map_err(|e| ApiError::invalid("path", e.to_string()))
+    }
+
+    /// The closed-form marginal velocity of `mixture` under this path, in batched f64 tensor operations
+    /// (the guidance crate's `MixtureVelocity`, source N(0, I)).
+    pub fn mixture_velocity(
+        &self,
+        mixture: &GaussianMixture,
+    ) -> Result<MixtureVelocity<Box<dyn ConditionalPath + Send + Sync>>, ApiError> {
+        MixtureVelocity::new(mixture, self.build()?, 1.0).map_err(|e| ApiError::Internal(e.to_string()))
+    }
 }
 
 /// The closed-form marginal of a target under a path, from a standard normal source.
@@ -381,10 +397,7 @@ impl Marginal {
     /// The marginal of `target` under `path`; `seed` draws a kernel density estimate's samples.
     pub fn new(target: &TargetSpec, path: &PathSpec, seed: u64) -> Result<Self, ApiError> {
         let (mixture, exact) = target.mixture("target", seed)?;
-        let flow = path.flow_section("path")?;
-        let path = flow
-            .build_path()
-            .map_err(|e| ApiError::invalid("path", e.to_string()))?;
+        let path = path.build()?;
         let marginal =
             MixtureMarginal::new(mixture, path, 1.0).map_err(|e| ApiError::Internal(e.to_string()))?;
         let regular = |t: f64| {
@@ -458,14 +471,8 @@ struct BatchedMarginal {
 impl BatchedMarginal {
     fn new(request: &FlowRequest, t_min: f64) -> Result<Self, ApiError> {
         let (mixture, _) = request.target.mixture("target", request.seed)?;
-        let path = request
-            .path
-            .flow_section("path")?
-            .build_path()
-            .map_err(|e| ApiError::invalid("path", e.to_string()))?;
         let chunk_rows = (1_000_000 / mixture.n_components().max(1)).max(1) as i64;
-        let field =
-            MixtureVelocity::new(&mixture, path, 1.0).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let field = request.path.mixture_velocity(&mixture)?;
         Ok(Self {
             field,
             t_min,
